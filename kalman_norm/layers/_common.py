@@ -1,0 +1,186 @@
+"""Shared machinery of the normalization layers: layouts, micro-batch groups, EMA, affine."""
+import tensorflow as tf
+from tensorflow.python.training import moving_averages
+from tensorpack.tfutils.tower import get_current_tower_context
+
+__all__ = ['Layout', 'resolve_training', 'affine_params', 'EMA', 'to_float32', 'EVAL_STATS']
+
+EVAL_STATS = ('moving', 'batch')
+DATA_FORMATS = ('NHWC', 'NCHW', 'channels_last', 'channels_first')
+
+
+def canonical_data_format(data_format):
+    if data_format is None:
+        from ..flow import default_data_format
+        data_format = default_data_format()
+    if data_format not in DATA_FORMATS:
+        raise ValueError("Unknown data_format %r; use 'NHWC' (channels_last) or 'NCHW' (channels_first)"
+                         % (data_format,))
+    return {'channels_last': 'NHWC', 'channels_first': 'NCHW'}.get(data_format, data_format)
+
+
+class Layout(object):
+    """Where the batch, channel and reduced axes of a 2-D or 4-D feature tensor are.
+
+    Micro-batch groups: a tower batch of N samples with ``group_size`` g is viewed as
+    ``[G, g, ...]`` with G = N / g; every statistic is per group ``[G, C]``.
+    ``group_size=None`` means one group holding the whole tower batch (plain BN).
+    """
+
+    def __init__(self, x, data_format=None):
+        shape = x.shape.as_list()
+        self.ndims = len(shape)
+        if self.ndims not in (2, 4):
+            raise ValueError('Normalization layers take 2-D [N, C] or 4-D feature tensors, got shape %s'
+                             % (shape,))
+        self.data_format = canonical_data_format(data_format)
+        self.channel_axis = 1 if (self.ndims == 2 or self.data_format == 'NCHW') else 3
+        self.channels = shape[self.channel_axis]
+        if self.channels is None:
+            raise ValueError('The channel dimension must be static, got shape %s' % (shape,))
+        self.shape = shape
+        self.batch = shape[0]
+
+    @property
+    def spatial_axes(self):
+        if self.ndims == 2:
+            return []
+        return [2, 3] if self.data_format == 'NCHW' else [1, 2]
+
+    @property
+    def spatial_hw(self):
+        if self.ndims == 2:
+            return None
+        return tuple(self.shape[a] for a in self.spatial_axes)
+
+    def group(self, x, group_size, name='input'):
+        """Reshape x to [G, g, ...]; returns (grouped, reduction axes of a group's statistic)."""
+        if group_size is None:
+            grouped = tf.expand_dims(x, 0)
+        else:
+            if not isinstance(group_size, int) or group_size < 1:
+                raise ValueError('group_size must be a positive integer or None, got %r' % (group_size,))
+            if self.batch is not None and self.batch % group_size != 0:
+                raise ValueError('The tower batch of %d samples is not divisible by group_size=%d: '
+                                 'each micro-batch group must be full.' % (self.batch, group_size))
+            tail = self.shape[1:]
+            if any(d is None for d in tail):
+                new_shape = tf.concat([[-1, group_size], tf.shape(x)[1:]], 0)
+            else:
+                new_shape = [-1, group_size] + tail
+            if self.batch is None:
+                check = tf.debugging.assert_equal(
+                    tf.math.floormod(tf.shape(x)[0], group_size), 0,
+                    message='The tower batch is not divisible by group_size=%d' % group_size)
+                with tf.control_dependencies([check]):
+                    x = tf.identity(x)
+            grouped = tf.reshape(x, new_shape)
+        axes = [1] + [a + 1 for a in range(1, self.ndims) if a != self.channel_axis]
+        return grouped, axes
+
+    def group_moments(self, x, group_size):
+        """Per-group, per-channel mean and (biased) variance, each [G, C]."""
+        grouped, axes = self.group(x, group_size)
+        mean, var = tf.nn.moments(grouped, axes=axes)
+        return grouped, mean, var
+
+    def broadcast(self, stat, grouped_rank):
+        """[G, C] → shape broadcastable against the grouped tensor [G, g, ...]."""
+        shape = [-1] + [1] * (grouped_rank - 1)
+        shape[self.channel_axis + 1] = self.channels
+        return tf.reshape(stat, shape)
+
+    def channel_broadcast(self, vec):
+        """[C] → shape broadcastable against x."""
+        shape = [1] * self.ndims
+        shape[self.channel_axis] = self.channels
+        return tf.reshape(vec, shape)
+
+    def normalize_grouped(self, x, group_size, mean, var, gamma, beta, epsilon):
+        """(x - mean) / sqrt(var + eps) * gamma + beta with per-group [G, C] statistics."""
+        grouped, _ = self.group(x, group_size)
+        scale = gamma * tf.math.rsqrt(var + epsilon)           # [G, C]
+        offset = beta - mean * scale
+        rank = grouped.shape.rank
+        out = grouped * self.broadcast(scale, rank) + self.broadcast(offset, rank)
+        return tf.reshape(out, tf.shape(x))
+
+    def normalize_global(self, x, mean, var, gamma, beta, epsilon):
+        scale = gamma * tf.math.rsqrt(var + epsilon)
+        offset = beta - mean * scale
+        return x * self.channel_broadcast(scale) + self.channel_broadcast(offset)
+
+
+def to_float32(x):
+    """Statistics are kept in float32; returns (x as float32, function restoring the input dtype)."""
+    dtype = x.dtype.base_dtype
+    if dtype == tf.float32:
+        return x, lambda y: y
+    if dtype not in (tf.float16, tf.bfloat16, tf.float64):
+        raise TypeError('Normalization layers take floating-point inputs, got %s' % dtype.name)
+    return tf.cast(x, tf.float32), lambda y: tf.cast(y, dtype)
+
+
+def resolve_training(training):
+    if training is None:
+        return bool(get_current_tower_context().is_training)
+    return bool(training)
+
+
+def affine_params(channels, center=True, scale=True, gamma_init=1.0):
+    """gamma and beta, named as in tensorpack's BatchNorm so checkpoints interchange."""
+    beta = tf.compat.v1.get_variable('beta', [channels], initializer=tf.zeros_initializer()) \
+        if center else tf.zeros([channels], name='beta')
+    gamma = tf.compat.v1.get_variable('gamma', [channels], initializer=tf.constant_initializer(gamma_init)) \
+        if scale else tf.ones([channels], name='gamma')
+    return gamma, beta
+
+
+class EMA(object):
+    """Moving mean/variance named ``mean/EMA`` and ``variance/EMA`` (tensorpack's names).
+
+    Update policy (tensorpack's ``ema_update``):
+      * ``'collection'`` (default): update ops go to ``UPDATE_OPS`` on the first training tower
+        only (tensorpack trainers run them after every step);
+      * ``'internal'``: the output depends on the update ops (first training tower only);
+      * ``'skip'``: never update.
+    In a prediction tower with batch statistics nothing is updated.
+    """
+
+    def __init__(self, channels, momentum=0.9, ema_update='default'):
+        if ema_update == 'default':
+            ema_update = 'collection'
+        if ema_update not in ('collection', 'internal', 'skip'):
+            raise ValueError("ema_update must be 'default', 'collection', 'internal' or 'skip', got %r"
+                             % (ema_update,))
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError('momentum must be in [0, 1), got %r' % (momentum,))
+        self.momentum, self.ema_update = momentum, ema_update
+        get = tf.compat.v1.get_variable
+        self.mean = get('mean/EMA', [channels], initializer=tf.zeros_initializer(), trainable=False)
+        self.variance = get('variance/EMA', [channels], initializer=tf.ones_initializer(), trainable=False)
+        ctx = get_current_tower_context()
+        if ctx.is_main_training_tower:
+            for v in (self.mean, self.variance):
+                tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.MODEL_VARIABLES, v)
+
+    def should_update(self, training):
+        ctx = get_current_tower_context()
+        return training and ctx.is_training and ctx.is_main_training_tower and self.ema_update != 'skip'
+
+    def update(self, output, mean, var, training):
+        """Fold per-group statistics ([G, C], averaged over groups) into the EMA."""
+        if not self.should_update(training):
+            return tf.identity(output, name='output')
+        mean = tf.reduce_mean(tf.stop_gradient(mean), axis=0)
+        var = tf.reduce_mean(tf.stop_gradient(var), axis=0)
+        ops = [moving_averages.assign_moving_average(self.mean, mean, self.momentum,
+                                                     zero_debias=False, name='mean_ema_op'),
+               moving_averages.assign_moving_average(self.variance, var, self.momentum,
+                                                     zero_debias=False, name='var_ema_op')]
+        if self.ema_update == 'collection':
+            for op in ops:
+                tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, op)
+            return tf.identity(output, name='output')
+        with tf.control_dependencies(ops):
+            return tf.identity(output, name='output')

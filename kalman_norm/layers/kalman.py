@@ -1,0 +1,374 @@
+"""Batch Kalman Normalization (BKN) and Group Kalman Normalization (GKN).
+
+KN (Wang et al., NeurIPS 2018) estimates a layer's statistics from two sources (Eq. 7):
+
+    prediction   µ̂_{k|k-1} = A_k µ̂_{k-1|k-1}          Σ̂_{k|k-1} = A_k Σ̂_{k-1|k-1} A_kᵀ + R
+    update       µ̂_{k|k}   = p µ̂_{k|k-1} + q x̄_k      Σ̂_{k|k}   = p Σ̂_{k|k-1} + q S_k      (p = 1 - q)
+
+The prediction (the prior) arrives from the previous KN layer through
+:mod:`kalman_norm.transition` / :mod:`kalman_norm.flow`; this module implements the update and
+the normalisation with the posterior ``(µ̂_{k|k}, Σ̂_{k|k})``.
+"""
+import collections
+import math
+
+import tensorflow as tf
+from tensorpack.models import layer_register
+from tensorpack.tfutils.tower import get_current_tower_context
+
+from ..estimate import Estimate, get_estimate, set_estimate
+from ._common import EMA, EVAL_STATS, Layout, affine_params, resolve_training, to_float32
+
+__all__ = ['BatchKalmanNorm', 'GroupKalmanNorm', 'kalman_update', 'KN_DIAGNOSTICS', 'KNDiagnostic',
+           'PROPAGATE_MODES']
+
+#: Graph collection of :class:`KNDiagnostic` records, one per KN layer with a prior (per tower).
+KN_DIAGNOSTICS = 'kalman_norm_diagnostics'
+KNDiagnostic = collections.namedtuple(
+    'KNDiagnostic', ['layer', 'prior_mean', 'prior_var', 'group_mean', 'group_var',
+                     'tower_mean', 'tower_var', 'trusted'])
+
+#: What a KN layer hands on to the next prediction step.
+#: 'input':  the posterior estimate of its own input, as the paper and the authors' code do
+#:           (the normalisation and γ/β in between are ignored by the transition);
+#: 'output': the distribution the next layer really receives, the normalised, scaled and
+#:           shifted output: N(γ(µ̂ - µ_n)/σ_n + β, γ² Σ̂ / σ_n²), with (µ_n, σ_n²) the statistics used to normalise.
+PROPAGATE_MODES = ('input', 'output')
+
+
+class _Gain(object):
+    """The Kalman gain q of Eq. 7: a fixed number, or one learned scalar kept in (0, 1) by a sigmoid."""
+
+    def __init__(self, gain, gain_init):
+        if gain == 'learned':
+            if not 0.0 < gain_init < 1.0:
+                raise ValueError('gain_init must be in (0, 1), got %r' % (gain_init,))
+            logit = tf.compat.v1.get_variable(
+                'gain_logit', [], initializer=tf.constant_initializer(math.log(gain_init / (1.0 - gain_init))))
+            self.q = tf.sigmoid(logit, name='gain')
+        else:
+            try:
+                gain = float(gain)
+            except (TypeError, ValueError):
+                raise ValueError("gain must be a number in [0, 1] or 'learned', got %r" % (gain,))
+            if not 0.0 <= gain <= 1.0:
+                raise ValueError('gain must be in [0, 1], got %r' % (gain,))
+            self.q = tf.constant(gain, tf.float32, name='gain')
+
+
+def _process_noise(channels, enabled, noise_init):
+    """Diagonal process noise R of Eq. 7, R = softplus(ρ) ≥ 0 per channel (None when off)."""
+    if not enabled:
+        return None
+    if not noise_init > 0.0:
+        raise ValueError('noise_init must be > 0 (R = softplus(rho) is positive), got %r' % (noise_init,))
+    rho0 = math.log(math.expm1(noise_init))     # softplus⁻¹(noise_init)
+    rho = tf.compat.v1.get_variable('noise_rho', [channels], initializer=tf.constant_initializer(rho0))
+    return tf.nn.softplus(rho, name='process_noise')
+
+
+def kalman_update(prior_mean, prior_var, batch_mean, batch_var, q, noise=None,
+                  pooled_variance=True, guard_ratio=100.0, epsilon=1e-5):
+    """Eq. 7's update for statistics of shape ``[..., C]``; returns (mean, var, trusted).
+
+    * ``noise`` R is added to the predicted variance: Σ̂_{k|k-1} = AΣA^T + R.
+    * ``pooled_variance`` adds q(1-q)(x̄ - µ̂_{k|k-1})², making Σ̂_{k|k} the variance of the mixture
+      p·N(µ̂_{k|k-1}, Σ̂_{k|k-1}) + q·N(x̄, S) (the authors' code); Eq. 7 leaves the term out.
+    * The guard (authors' code: mean(prior_var / batch_var) ≥ 100) falls back to the batch
+      statistics of a row when prior and batch variance disagree by ``guard_ratio`` or more in
+      either direction (channel-mean of the ratio), or when the prior is not finite.
+      ``guard_ratio=None`` disables the ratio test (non-finite priors are always rejected).
+    ``trusted`` [..., 1] is True where the prior was used.
+    """
+    if noise is not None:
+        prior_var = prior_var + noise
+    finite = tf.reduce_all(tf.math.is_finite(prior_mean) & tf.math.is_finite(prior_var), -1, keepdims=True)
+    # Keep non-finite priors out of the arithmetic entirely so that they cannot reach gradients.
+    prior_mean = tf.where(finite, prior_mean, tf.zeros_like(prior_mean))
+    prior_var = tf.where(finite, prior_var, tf.ones_like(prior_var))
+    p = 1.0 - q
+    mean = p * prior_mean + q * batch_mean
+    var = p * prior_var + q * batch_var
+    if pooled_variance:
+        var = var + p * q * tf.square(batch_mean - prior_mean)
+    trusted = finite
+    if guard_ratio is not None:
+        up = tf.reduce_mean((prior_var + epsilon) / (batch_var + epsilon), -1, keepdims=True)
+        down = tf.reduce_mean((batch_var + epsilon) / (prior_var + epsilon), -1, keepdims=True)
+        ratio = tf.maximum(tf.stop_gradient(up), tf.stop_gradient(down))
+        trusted = trusted & (ratio < guard_ratio)
+    mean = tf.where(trusted & tf.ones_like(mean, tf.bool), mean, batch_mean)
+    var = tf.where(trusted & tf.ones_like(var, tf.bool), var, batch_var)
+    return mean, var, trusted
+
+
+def _resolve_prior(x, prior, channels):
+    """The prior as an Estimate, or None.  'auto' reads the estimate the flow attached to x."""
+    if isinstance(prior, str):
+        if prior != 'auto':
+            raise ValueError("prior must be 'auto', None, an Estimate or a (mean, var) pair, got %r" % (prior,))
+        prior = get_estimate(x)
+    if prior is None:
+        return None
+    if not isinstance(prior, Estimate):
+        try:
+            mean, var = prior
+        except (TypeError, ValueError):
+            raise ValueError('prior must be an Estimate or a (mean, var) pair, got %r' % (prior,))
+        prior = Estimate(mean, var)
+    mean, var = prior.moments()
+    for what, t in (('mean', mean), ('variance', var)):
+        shape = t.shape.as_list()
+        if len(shape) == 1:
+            shape = [1] + shape
+        if len(shape) != 2 or shape[-1] != channels:
+            raise ValueError('The prior %s has shape %s; expected [groups, %d] or [%d] for an input '
+                             'with %d channels' % (what, t.shape.as_list(), channels, channels, channels))
+    mean = tf.reshape(mean, [-1, channels])
+    var = tf.reshape(var, [-1, channels])
+    return mean, var
+
+
+def _match_groups(prior_mean, prior_var, num_groups_tensor, static_groups):
+    """Check the prior has one row per group (or one row for all) and broadcast it."""
+    pg = prior_mean.shape[0]
+    if pg is not None and static_groups is not None and pg not in (1, static_groups):
+        raise ValueError('The prior has %d groups but the input has %d micro-batch groups'
+                         % (pg, static_groups))
+    if pg is None or static_groups is None:
+        rows = tf.shape(prior_mean)[0]
+        check = tf.debugging.Assert(
+            tf.logical_or(tf.equal(rows, 1), tf.equal(rows, num_groups_tensor)),
+            ['The prior does not have one row per micro-batch group: prior rows, groups =',
+             rows, num_groups_tensor])
+        with tf.control_dependencies([check]):
+            prior_mean = tf.identity(prior_mean)
+    shape = tf.stack([num_groups_tensor, prior_mean.shape[1]])
+    return tf.broadcast_to(prior_mean, shape), tf.broadcast_to(prior_var, shape)
+
+
+def _output_estimate(post_mean, post_var, norm_mean, norm_var, gamma, beta, epsilon):
+    """Distribution of γ(x - µ_n)/sqrt(σ_n² + ε) + β for x ~ N(post_mean, post_var)."""
+    scale = gamma * tf.math.rsqrt(norm_var + epsilon)
+    return Estimate((post_mean - norm_mean) * scale + beta, post_var * tf.square(scale))
+
+
+def _check_common(propagate, eval_stats=None):
+    if propagate not in PROPAGATE_MODES:
+        raise ValueError('propagate must be one of %s, got %r' % (PROPAGATE_MODES, propagate))
+    if eval_stats is not None and eval_stats not in EVAL_STATS:
+        raise ValueError('eval_stats must be one of %s, got %r' % (EVAL_STATS, eval_stats))
+
+
+def _record_diagnostic(layout, x, prior, group_mean, group_var, trusted):
+    tower_mean, tower_var = tf.nn.moments(x, axes=[a for a in range(layout.ndims) if a != layout.channel_axis])
+    tf.compat.v1.add_to_collection(KN_DIAGNOSTICS, KNDiagnostic(
+        tf.compat.v1.get_variable_scope().name, prior[0], prior[1], group_mean, group_var,
+        tower_mean, tower_var, trusted))
+
+
+@layer_register()
+def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1,
+                    process_noise=True, noise_init=1e-3, pooled_variance=True, guard_ratio=100.0,
+                    propagate='input', eval_stats='moving', momentum=0.9, epsilon=1e-5,
+                    center=True, scale=True, gamma_init=1.0, training=None, ema_update='default',
+                    data_format=None):
+    """Batch Kalman Normalization, Eq. 7 of the paper, over micro-batch groups.
+
+    Args:
+        x: 4-D (NHWC or NCHW) or 2-D [N, C] features.
+        prior: ``'auto'`` (default) takes the estimate :mod:`kalman_norm.flow` predicted for x;
+            an :class:`Estimate` or ``(mean, var)`` of shape [G, C] (or [C]) gives it explicitly;
+            None, or no estimate attached, means no prior (the first KN layer of a network):
+            plain batch statistics, exactly BN.
+        group_size: samples per normalisation (the paper's per-GPU batch).  The tower batch is
+            split into consecutive groups, each with its own statistics and prior.  None: one group.
+        gain: q of Eq. 7, a number in [0, 1] (weight of the batch statistics), or ``'learned'``:
+            q = sigmoid(θ), one scalar per layer, initialised to ``gain_init``.  The paper learns q;
+            the authors' code fixes q = 0.1 for micro-batches (0.95 for batch 128).  Default 0.1.
+        process_noise: learn a diagonal R ≥ 0 (R = softplus(ρ), initialised to ``noise_init``)
+            added to the predicted variance (Eq. 7; the paper's Table 2 counts it).  False: R = 0
+            (authors' code).
+        pooled_variance: add q(1-q)(x̄ - µ̂_{k|k-1})² to the posterior variance (authors' code).
+        guard_ratio: fall back to batch statistics where prior and batch variance disagree by this
+            factor (see :func:`kalman_update`); None disables it.  Default 100 (authors' code).
+        propagate: what this layer hands to the next prediction step; see ``PROPAGATE_MODES``.
+        eval_stats: at inference, ``'moving'`` normalises with the moving averages of the
+            posterior (paper's option A); ``'batch'`` runs the filter online on the test groups
+            (option B, Tables 4, 5, 7).
+        momentum, epsilon, center, scale, gamma_init, ema_update: as tensorpack's BatchNorm.
+        training: None follows the tower context.
+
+    Variables: ``gamma``, ``beta``, ``mean/EMA``, ``variance/EMA`` (as tensorpack's BatchNorm),
+    ``gain_logit`` if the gain is learned, ``noise_rho`` if R is on.
+
+    NaN/Inf: non-finite inputs propagate to the output as in BN; a non-finite prior is never
+    used (that group falls back to batch statistics).
+
+    Returns the normalised tensor, with ``.posterior`` (an Estimate or None) and the estimate
+    for the next layer attached through :func:`kalman_norm.set_estimate`.
+    """
+    _check_common(propagate, eval_stats)
+    layout = Layout(x, data_format)
+    x32, restore = to_float32(x)
+    c = layout.channels
+    gamma, beta = affine_params(c, center, scale, gamma_init)
+    q = _Gain(gain, gain_init).q
+    noise = _process_noise(c, process_noise, noise_init)
+    ema = EMA(c, momentum, ema_update)
+    training = resolve_training(training)
+    prior = _resolve_prior(x, prior, c)
+
+    if not training and eval_stats == 'moving':
+        out = layout.normalize_global(x32, ema.mean, ema.variance, gamma, beta, epsilon)
+        out = tf.identity(restore(out), name='output')
+        out.posterior = None
+        return out
+
+    grouped, batch_mean, batch_var = layout.group_moments(x32, group_size)
+    if prior is None:
+        mean, var, trusted = batch_mean, batch_var, None
+    else:
+        prior = _match_groups(prior[0], prior[1], tf.shape(batch_mean)[0], batch_mean.shape[0])
+        mean, var, trusted = kalman_update(prior[0], prior[1], batch_mean, batch_var, q, noise,
+                                           pooled_variance, guard_ratio, epsilon)
+        _record_diagnostic(layout, x32, prior, batch_mean, batch_var, trusted)
+    out = layout.normalize_grouped(x32, group_size, mean, var, gamma, beta, epsilon)
+    out = ema.update(restore(out), mean, var, training)
+    out.posterior = Estimate(mean, var)
+    set_estimate(out, out.posterior if propagate == 'input' else
+                 _output_estimate(mean, var, mean, var, gamma, beta, epsilon))
+    return out
+
+
+def _channel_groups(channels, channel_groups):
+    if not isinstance(channel_groups, int) or channel_groups < 1:
+        raise ValueError('channel_groups must be a positive integer, got %r' % (channel_groups,))
+    groups = min(channel_groups, channels)
+    if channels % groups != 0:
+        raise ValueError('GroupNorm: %d channels are not divisible by channel_groups=%d'
+                         % (channels, groups))
+    return groups
+
+
+def group_norm_view(layout, x, groups):
+    """Reshape x so that a sample's channel group is one reduction; returns (view, axes)."""
+    cg = layout.channels // groups
+    if layout.ndims == 2:
+        return tf.reshape(x, [-1, groups, cg]), [2]
+    if any(d is None for d in layout.shape[1:]):
+        raise ValueError('GroupNorm needs static height, width and channels, got %s' % (layout.shape,))
+    if layout.data_format == 'NHWC':
+        _, h, w, _ = layout.shape
+        return tf.reshape(x, [-1, h, w, groups, cg]), [1, 2, 4]
+    _, _, h, w = layout.shape
+    return tf.reshape(x, [-1, groups, cg, h, w]), [2, 3, 4]
+
+
+def group_norm_stats_shape(layout, groups):
+    """Shape that broadcasts [N, groups] statistics against the group_norm_view."""
+    if layout.ndims == 2:
+        return [-1, groups, 1]
+    return [-1, 1, 1, groups, 1] if layout.data_format == 'NHWC' else [-1, groups, 1, 1, 1]
+
+
+def group_norm_apply(layout, x, groups, mean, var, gamma, beta, epsilon):
+    """Normalise with per-sample, per-channel-group statistics [N, groups], then γ, β per channel."""
+    view, _ = group_norm_view(layout, x, groups)
+    shape = group_norm_stats_shape(layout, groups)
+    out = (view - tf.reshape(mean, shape)) * tf.reshape(tf.math.rsqrt(var + epsilon), shape)
+    out = tf.reshape(out, tf.shape(x))
+    return out * layout.channel_broadcast(gamma) + layout.channel_broadcast(beta)
+
+
+def _to_channel_groups(mean, var, groups):
+    """Per-channel Gaussian estimates [G, C] → moments of the pooled channel-group distribution
+    [G, groups]: mean of the means, and mean variance plus variance of the means (total variance)."""
+    c = mean.shape[-1]
+    m = tf.reshape(mean, [-1, groups, c // groups])
+    v = tf.reshape(var, [-1, groups, c // groups])
+    gm, spread = tf.nn.moments(m, axes=[2])
+    return gm, tf.reduce_mean(v, 2) + spread
+
+
+def _per_sample(stat, group_size, batch):
+    """[G, k] per micro-batch group → [N, k] per sample (samples of a group are consecutive)."""
+    if group_size is None:
+        return tf.broadcast_to(stat, tf.stack([batch, tf.shape(stat)[1]]))
+    return tf.repeat(stat, group_size, axis=0)
+
+
+@layer_register()
+def GroupKalmanNorm(x, prior='auto', *, group_size=None, channel_groups=32, gain=0.1, gain_init=0.1,
+                    process_noise=True, noise_init=1e-3, pooled_variance=True, guard_ratio=100.0,
+                    propagate='input', epsilon=1e-5, center=True, scale=True, gamma_init=1.0,
+                    training=None, data_format=None):
+    """Group Kalman Normalization (GKN, Sect. 3.3): Group Normalization's statistics updated by a prior.
+
+    The paper defines GKN only as "Eq. 7 with GN's statistic sets S_i".  The design here:
+
+    1. Observation.  GN's statistics: per sample n and channel group j, mean x̄_{n,j} and
+       variance S_{n,j} over the group's channels and all positions (Wu & He 2018).
+    2. Prior in GN's space.  The prior arrives per micro-batch group b and channel c
+       (µ_{b,c}, σ²_{b,c}) like BKN's.  GN's set S_i pools the channels of group j, so the prior
+       for that set is the moments of the pooled distribution: mean over the group's channels
+       of µ, and mean of σ² plus the variance of µ across those channels (total variance).
+       R is averaged over the group's channels in the same way.  Every sample of micro-batch
+       group b gets b's prior.
+    3. Update.  Eq. 7 (with the same gain, pooled-variance and guard options as BKN) per
+       sample and channel group; the result normalises the sample's group, then γ, β per channel.
+    4. Hand-on.  The next prediction needs per-channel moments: ``propagate='input'`` hands on
+       Eq. 7 applied per channel to the prior and the micro-batch group's per-channel moments;
+       ``'output'`` hands on the distribution of the normalised output under that estimate.
+
+    Like GN, GKN has no moving averages: inference runs the same computation.  With
+    ``gain=1`` GKN is GN.  Variables: ``gamma``, ``beta``, and ``gain_logit`` / ``noise_rho``
+    as in :func:`BatchKalmanNorm`.
+    """
+    _check_common(propagate)
+    layout = Layout(x, data_format)
+    x32, restore = to_float32(x)
+    c = layout.channels
+    groups = _channel_groups(c, channel_groups)
+    gamma, beta = affine_params(c, center, scale, gamma_init)
+    q = _Gain(gain, gain_init).q
+    noise = _process_noise(c, process_noise, noise_init)
+    resolve_training(training)
+    prior = _resolve_prior(x, prior, c)
+
+    view, axes = group_norm_view(layout, x32, groups)
+    sample_mean, sample_var = tf.nn.moments(view, axes=axes)
+    sample_mean = tf.reshape(sample_mean, [-1, groups])
+    sample_var = tf.reshape(sample_var, [-1, groups])
+    if prior is None:
+        out = group_norm_apply(layout, x32, groups, sample_mean, sample_var, gamma, beta, epsilon)
+        out = tf.identity(restore(out), name='output')
+        out.posterior = None
+        return out
+
+    _, chan_mean, chan_var = layout.group_moments(x32, group_size)      # [G, C] observed per channel
+    prior = _match_groups(prior[0], prior[1], tf.shape(chan_mean)[0], chan_mean.shape[0])
+    # 2-3: prior pooled into channel groups, broadcast to samples, updated with GN statistics.
+    group_noise = None if noise is None else tf.reduce_mean(tf.reshape(noise, [groups, -1]), 1)
+    pm, pv = _to_channel_groups(prior[0], prior[1], groups)
+    batch = tf.shape(x32)[0]
+    pm, pv = _per_sample(pm, group_size, batch), _per_sample(pv, group_size, batch)
+    mean, var, trusted = kalman_update(pm, pv, sample_mean, sample_var, q, group_noise,
+                                       pooled_variance, guard_ratio, epsilon)
+    out = group_norm_apply(layout, x32, groups, mean, var, gamma, beta, epsilon)
+    out = tf.identity(restore(out), name='output')
+    # 4: per-channel posterior for the next prediction step.
+    post_mean, post_var, chan_trusted = kalman_update(prior[0], prior[1], chan_mean, chan_var, q, noise,
+                                                      pooled_variance, guard_ratio, epsilon)
+    _record_diagnostic(layout, x32, prior, chan_mean, chan_var, chan_trusted)
+    out.posterior = Estimate(post_mean, post_var)
+    if propagate == 'input':
+        set_estimate(out, out.posterior)
+    else:
+        # normalising statistics of each micro-batch group, averaged over its samples, per channel
+        gsize = 1 if group_size is None else group_size
+        nm = tf.reduce_mean(tf.reshape(mean, [-1, gsize if group_size else batch, groups]), 1)
+        nv = tf.reduce_mean(tf.reshape(var, [-1, gsize if group_size else batch, groups]), 1)
+        nm, nv = tf.repeat(nm, c // groups, axis=1), tf.repeat(nv, c // groups, axis=1)
+        set_estimate(out, _output_estimate(post_mean, post_var, nm, nv, gamma, beta, epsilon))
+    return out

@@ -1,0 +1,132 @@
+"""One entry point for every normalization, by name, so that models are written once.
+
+    with kn.norm_scope('bkn', group_size=2, gain='learned'):
+        logits = model(image)          # every F.norm(...) inside is a BKN layer
+
+A :class:`NormSpec` names the method and its options and validates them up front.  Inside its
+scope, :func:`kalman_norm.flow.norm` builds that layer, :func:`kalman_norm.flow.conv2d` applies
+weight normalization for ``'wn'``, and the flow ops propagate KN's prior for ``'bkn'``/``'gkn'``.
+"""
+import inspect
+import threading
+
+from .layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm, LayerNormalization,
+                     MicroBatchNorm, MicroBatchRenorm)
+from .transition import METHODS
+
+__all__ = ['NORMS', 'NormSpec', 'norm_scope', 'current_norm']
+
+#: name -> (layer, takes group_size, one-line description)
+_KINDS = {
+    'bn': (MicroBatchNorm, True, 'Batch Normalization over micro-batch groups'),
+    'bkn': (BatchKalmanNorm, True, 'Batch Kalman Normalization (Eq. 7)'),
+    'gn': (GroupNorm, False, 'Group Normalization'),
+    'gkn': (GroupKalmanNorm, True, 'Group Kalman Normalization (Sect. 3.3)'),
+    'brn': (MicroBatchRenorm, True, 'Batch Renormalization over micro-batch groups'),
+    'ln': (LayerNormalization, False, 'Layer Normalization'),
+    'wn': (BiasOnly, False, 'Weight Normalization of conv/dense kernels (+ bias)'),
+    'none': (BiasOnly, False, 'no normalization (+ bias)'),
+}
+NORMS = tuple(_KINDS)
+_PROPAGATING = ('bkn', 'gkn')
+_state = threading.local()
+
+
+def _stack():
+    if not hasattr(_state, 'stack'):
+        _state.stack = []
+    return _state.stack
+
+
+class NormSpec(object):
+    """A normalization method and its options.
+
+    Args:
+        kind: one of :data:`NORMS`.
+        group_size: samples per normalization (micro-batch group) for the batch-statistics
+            norms ('bn', 'bkn', 'gkn', 'brn'); None = the whole tower batch.  Ignored (allowed, so
+            that one command line serves every norm) by the batch-independent ones.
+        prior_method: 'bkn'/'gkn' only: how the prior is predicted, 'analytic' (default) or 'mc'
+            (see :mod:`kalman_norm.transition`).
+        prior_samples: 'mc' only: sampled feature maps per group (the authors use 1).
+        **options: keyword arguments of the layer (see its docstring), checked here.
+    """
+
+    def __init__(self, kind, group_size=None, prior_method='analytic', prior_samples=1, **options):
+        if kind not in _KINDS:
+            raise ValueError('Unknown normalization %r; choose one of: %s' % (kind, ', '.join(NORMS)))
+        if group_size is not None and (not isinstance(group_size, int) or isinstance(group_size, bool)
+                                       or group_size < 1):
+            raise ValueError('group_size must be a positive integer or None, got %r' % (group_size,))
+        if prior_method not in METHODS:
+            raise ValueError('Unknown prior method %r; choose one of %s' % (prior_method, METHODS))
+        if not isinstance(prior_samples, int) or prior_samples < 1:
+            raise ValueError('prior_samples must be a positive integer, got %r' % (prior_samples,))
+        layer, grouped, _ = _KINDS[kind]
+        accepted = set(inspect.signature(layer).parameters) - {'x', 'prior', 'group_size'}
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise ValueError('Option(s) %s do not apply to %r; it accepts: %s'
+                             % (', '.join(unknown), kind, ', '.join(sorted(accepted)) or 'none'))
+        self.kind, self.group_size = kind, group_size
+        self.prior_method, self.prior_samples = prior_method, prior_samples
+        self.options = dict(options)
+        self._layer, self._grouped = layer, grouped
+
+    @property
+    def propagates(self):
+        """Whether the flow ops predict priors (KN methods)."""
+        return self.kind in _PROPAGATING
+
+    @property
+    def weight_norm(self):
+        return self.kind == 'wn'
+
+    def __call__(self, name, x, **overrides):
+        kwargs = dict(self.options)
+        if self._grouped:
+            kwargs['group_size'] = self.group_size
+        kwargs.update(overrides)
+        return self._layer(name, x, **kwargs)
+
+    def replace(self, **changes):
+        """A copy with some options changed (e.g. ``spec.replace(eval_stats='batch')``)."""
+        kw = dict(group_size=self.group_size, prior_method=self.prior_method,
+                  prior_samples=self.prior_samples, **self.options)
+        kw.update(changes)
+        return NormSpec(self.kind, **kw)
+
+    def __enter__(self):
+        _stack().append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _stack().pop()
+        return False
+
+    def __repr__(self):
+        opts = ''.join(', %s=%r' % kv for kv in sorted(self.options.items()))
+        extra = ', prior_method=%r' % self.prior_method if self.propagates else ''
+        if self.propagates and self.prior_method == 'mc':
+            extra += ', prior_samples=%d' % self.prior_samples
+        return 'NormSpec(%r, group_size=%r%s%s)' % (self.kind, self.group_size, extra, opts)
+
+
+def norm_scope(kind, **options):
+    """Context manager selecting the normalization of :func:`kalman_norm.flow.norm` calls."""
+    if isinstance(kind, NormSpec):
+        if options:
+            kind = kind.replace(**options)
+        return kind
+    return NormSpec(kind, **options)
+
+
+def current_norm(required=True):
+    """The innermost active :class:`NormSpec` (None if there is none and not ``required``)."""
+    stack = _stack()
+    if stack:
+        return stack[-1]
+    if required:
+        raise RuntimeError('kalman_norm.flow.norm() was called outside a norm scope; wrap the model '
+                           "in `with kalman_norm.norm_scope('bn'):` (or another norm name)")
+    return None

@@ -1,0 +1,28 @@
+"""kalman-norm: Kalman Normalization (Wang et al., NeurIPS 2018) for TensorFlow/Tensorpack."""
+from setuptools import find_packages, setup
+
+setup(
+    name="kalman-norm",
+    version="0.1.0",
+    description="Batch/Group Kalman Normalization and baselines as Tensorpack layers, "
+                "with trainers reproducing the NeurIPS 2018 paper",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["kalman_norm", "kalman_norm.*", "models", "models.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        # one TensorFlow wheel serves CPU and GPU machines (GPU kernels load when CUDA is present)
+        "tensorflow==2.21.*",
+        # tensorpack's layers need Keras 2 (tf.layers); kalman_norm sets TF_USE_LEGACY_KERAS=1
+        "tf-keras==2.21.*",
+        "tensorpack==0.11",
+        "numpy>=1.24",
+        "opencv-python-headless",
+        "tabulate",
+    ],
+    extras_require={
+        "test": ["pytest", "scipy"],
+        "svhn": ["scipy"],
+        "plots": ["matplotlib"],
+    },
+)
