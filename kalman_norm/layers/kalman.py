@@ -153,7 +153,23 @@ def _output_estimate(post_mean, post_var, norm_mean, norm_var, gamma, beta, epsi
     return Estimate((post_mean - norm_mean) * scale + beta, post_var * tf.square(scale))
 
 
-def _check_common(propagate, eval_stats=None):
+def _validate_gain(gain, gain_init):
+    if gain == 'learned':
+        if not 0.0 < gain_init < 1.0:
+            raise ValueError('gain_init must be in (0, 1), got %r' % (gain_init,))
+        return
+    try:
+        value = float(gain)
+    except (TypeError, ValueError):
+        raise ValueError("gain must be a number in [0, 1] or 'learned', got %r" % (gain,))
+    if not 0.0 <= value <= 1.0:
+        raise ValueError('gain must be in [0, 1], got %r' % (gain,))
+
+
+def _check_common(propagate, eval_stats=None, gain=0.1, gain_init=0.1, process_noise=False, noise_init=1.0):
+    _validate_gain(gain, gain_init)
+    if process_noise and not noise_init > 0.0:
+        raise ValueError('noise_init must be > 0 (R = softplus(rho) is positive), got %r' % (noise_init,))
     if propagate not in PROPAGATE_MODES:
         raise ValueError('propagate must be one of %s, got %r' % (PROPAGATE_MODES, propagate))
     if eval_stats is not None and eval_stats not in EVAL_STATS:
@@ -200,7 +216,8 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
         training: None follows the tower context.
 
     Variables: ``gamma``, ``beta``, ``mean/EMA``, ``variance/EMA`` (as tensorpack's BatchNorm),
-    ``gain_logit`` if the gain is learned, ``noise_rho`` if R is on.
+    and, only in layers that receive a prior, ``gain_logit`` if the gain is learned and
+    ``noise_rho`` if R is on (the paper's extra parameters, Table 2).
 
     NaN/Inf: non-finite inputs propagate to the output as in BN; a non-finite prior is never
     used (that group falls back to batch statistics).
@@ -208,16 +225,17 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
     Returns the normalised tensor, with ``.posterior`` (an Estimate or None) and the estimate
     for the next layer attached through :func:`kalman_norm.set_estimate`.
     """
-    _check_common(propagate, eval_stats)
+    _check_common(propagate, eval_stats, gain, gain_init, process_noise, noise_init)
     layout = Layout(x, data_format)
     x32, restore = to_float32(x)
     c = layout.channels
     gamma, beta = affine_params(c, center, scale, gamma_init)
-    q = _Gain(gain, gain_init).q
-    noise = _process_noise(c, process_noise, noise_init)
     ema = EMA(c, momentum, ema_update)
     training = resolve_training(training)
     prior = _resolve_prior(x, prior, c)
+    # q and R exist only where there is a prior to weigh (not in the first KN layer).
+    q = _Gain(gain, gain_init).q if prior is not None else None
+    noise = _process_noise(c, process_noise, noise_init) if prior is not None else None
 
     if not training and eval_stats == 'moving':
         out = layout.normalize_global(x32, ema.mean, ema.variance, gamma, beta, epsilon)
@@ -320,47 +338,51 @@ def GroupKalmanNorm(x, prior='auto', *, group_size=None, channel_groups=32, gain
     4. Hand-on.  The next prediction needs per-channel moments: ``propagate='input'`` hands on
        Eq. 7 applied per channel to the prior and the micro-batch group's per-channel moments;
        ``'output'`` hands on the distribution of the normalised output under that estimate.
+       A GKN layer without a prior (the first of a network) is GN and hands on its micro-batch
+       group's per-channel moments, as BKN's first layer does, so that the chain starts there.
 
     Like GN, GKN has no moving averages: inference runs the same computation.  With
     ``gain=1`` GKN is GN.  Variables: ``gamma``, ``beta``, and ``gain_logit`` / ``noise_rho``
     as in :func:`BatchKalmanNorm`.
     """
-    _check_common(propagate)
+    _check_common(propagate, None, gain, gain_init, process_noise, noise_init)
     layout = Layout(x, data_format)
     x32, restore = to_float32(x)
     c = layout.channels
     groups = _channel_groups(c, channel_groups)
     gamma, beta = affine_params(c, center, scale, gamma_init)
-    q = _Gain(gain, gain_init).q
-    noise = _process_noise(c, process_noise, noise_init)
     resolve_training(training)
     prior = _resolve_prior(x, prior, c)
+    q = _Gain(gain, gain_init).q if prior is not None else None
+    noise = _process_noise(c, process_noise, noise_init) if prior is not None else None
 
     view, axes = group_norm_view(layout, x32, groups)
     sample_mean, sample_var = tf.nn.moments(view, axes=axes)
     sample_mean = tf.reshape(sample_mean, [-1, groups])
     sample_var = tf.reshape(sample_var, [-1, groups])
-    if prior is None:
-        out = group_norm_apply(layout, x32, groups, sample_mean, sample_var, gamma, beta, epsilon)
-        out = tf.identity(restore(out), name='output')
-        out.posterior = None
-        return out
-
     _, chan_mean, chan_var = layout.group_moments(x32, group_size)      # [G, C] observed per channel
-    prior = _match_groups(prior[0], prior[1], tf.shape(chan_mean)[0], chan_mean.shape[0])
-    # 2-3: prior pooled into channel groups, broadcast to samples, updated with GN statistics.
-    group_noise = None if noise is None else tf.reduce_mean(tf.reshape(noise, [groups, -1]), 1)
-    pm, pv = _to_channel_groups(prior[0], prior[1], groups)
     batch = tf.shape(x32)[0]
-    pm, pv = _per_sample(pm, group_size, batch), _per_sample(pv, group_size, batch)
-    mean, var, trusted = kalman_update(pm, pv, sample_mean, sample_var, q, group_noise,
-                                       pooled_variance, guard_ratio, epsilon)
-    out = group_norm_apply(layout, x32, groups, mean, var, gamma, beta, epsilon)
-    out = tf.identity(restore(out), name='output')
-    # 4: per-channel posterior for the next prediction step.
-    post_mean, post_var, chan_trusted = kalman_update(prior[0], prior[1], chan_mean, chan_var, q, noise,
-                                                      pooled_variance, guard_ratio, epsilon)
-    _record_diagnostic(layout, x32, prior, chan_mean, chan_var, chan_trusted)
+    if prior is None:
+        # The first KN layer: plain GN, and (as BKN's first layer) it hands on the observed
+        # per-channel moments so that the chain of priors starts here.
+        mean, var = sample_mean, sample_var
+        out = group_norm_apply(layout, x32, groups, mean, var, gamma, beta, epsilon)
+        out = tf.identity(restore(out), name='output')
+        post_mean, post_var = chan_mean, chan_var
+    else:
+        prior = _match_groups(prior[0], prior[1], tf.shape(chan_mean)[0], chan_mean.shape[0])
+        # 2-3: prior pooled into channel groups, broadcast to samples, updated with GN statistics.
+        group_noise = None if noise is None else tf.reduce_mean(tf.reshape(noise, [groups, -1]), 1)
+        pm, pv = _to_channel_groups(prior[0], prior[1], groups)
+        pm, pv = _per_sample(pm, group_size, batch), _per_sample(pv, group_size, batch)
+        mean, var, trusted = kalman_update(pm, pv, sample_mean, sample_var, q, group_noise,
+                                           pooled_variance, guard_ratio, epsilon)
+        out = group_norm_apply(layout, x32, groups, mean, var, gamma, beta, epsilon)
+        out = tf.identity(restore(out), name='output')
+        # 4: per-channel posterior for the next prediction step.
+        post_mean, post_var, chan_trusted = kalman_update(prior[0], prior[1], chan_mean, chan_var, q, noise,
+                                                          pooled_variance, guard_ratio, epsilon)
+        _record_diagnostic(layout, x32, prior, chan_mean, chan_var, chan_trusted)
     out.posterior = Estimate(post_mean, post_var)
     if propagate == 'input':
         set_estimate(out, out.posterior)

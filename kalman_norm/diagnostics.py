@@ -1,0 +1,64 @@
+"""How good are KN's priors?  Per KN layer, compare with the statistics of a large batch.
+
+Every KN layer with a prior records a :class:`~kalman_norm.layers.KNDiagnostic` in the graph
+collection ``KN_DIAGNOSTICS``: its prior ``[G, C]``, the observed micro-batch statistics
+``[G, C]``, and the statistics of the whole tower batch ``[C]``.  Feed a large tower batch (say
+512 samples) in groups of the training size: the tower statistics are then a good stand-in
+for the population, and :func:`prior_report` tells, per layer, how far the prior and the
+micro-batch statistics each are from them.  This is what decides between the two hand-on
+modes (``propagate='input'``, the paper's, and ``'output'``) or between priors in general.
+
+Two errors, averaged over groups and channels:
+  * mean error:      |µ_est - µ_large| / σ_large          (in units of the large-batch std)
+  * variance error:  |log(σ²_est / σ²_large)|              (0 when equal; log 2 = off by 2×)
+"""
+import numpy as np
+import tensorflow as tf
+
+from .layers.kalman import KN_DIAGNOSTICS
+
+__all__ = ['prior_report', 'format_report', 'diagnostic_records']
+
+
+def diagnostic_records(graph=None, tower_prefix=None):
+    graph = graph or tf.compat.v1.get_default_graph()
+    recs = graph.get_collection(KN_DIAGNOSTICS)
+    if tower_prefix is not None:
+        recs = [r for r in recs if r.layer.startswith(tower_prefix)]
+    return recs
+
+
+def _errors(mean, var, ref_mean, ref_var, eps=1e-5):
+    std = np.sqrt(ref_var + eps)
+    mean_err = np.abs(mean - ref_mean) / std
+    var_err = np.abs(np.log((var + eps) / (ref_var + eps)))
+    return float(np.mean(mean_err)), float(np.mean(var_err))
+
+
+def prior_report(sess, feed_dict=None, records=None):
+    """Run the recorded tensors once; returns a list of dicts, one per KN layer with a prior."""
+    records = diagnostic_records() if records is None else records
+    if not records:
+        raise ValueError('No KN layer with a prior in this graph: build the model under '
+                         "norm_scope('bkn') or ('gkn') in a training (or eval_stats='batch') tower")
+    fetched = sess.run([r._replace(layer=tf.constant(0)) for r in records], feed_dict=feed_dict)
+    rows = []
+    for rec, val in zip(records, fetched):
+        prior_mean_err, prior_var_err = _errors(val.prior_mean, val.prior_var, val.tower_mean, val.tower_var)
+        group_mean_err, group_var_err = _errors(val.group_mean, val.group_var, val.tower_mean, val.tower_var)
+        rows.append(dict(layer=rec.layer, prior_mean_err=prior_mean_err, prior_var_err=prior_var_err,
+                         batch_mean_err=group_mean_err, batch_var_err=group_var_err,
+                         trusted=float(np.mean(val.trusted))))
+    return rows
+
+
+def format_report(rows, title=None):
+    from tabulate import tabulate
+    table = [[r['layer'], r['prior_mean_err'], r['prior_var_err'], r['batch_mean_err'], r['batch_var_err'],
+              r['trusted']] for r in rows]
+    mean = ['(mean)'] + [float(np.mean([t[i] for t in table])) for i in range(1, 6)]
+    text = tabulate(table + [mean], headers=['layer', 'prior: mean err', 'prior: |log var ratio|',
+                                             'micro-batch: mean err', 'micro-batch: |log var ratio|',
+                                             'prior trusted'],
+                    floatfmt='.3f', tablefmt='github')
+    return (title + '\n\n' + text) if title else text

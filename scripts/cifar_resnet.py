@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Train a CIFAR ResNet (or the paper's small Inception net) with any normalization.
+
+    python scripts/cifar_resnet.py --norm bkn --batch 2 --data ../shared/data/cifar10-jpeg.tar.gz
+
+--batch is the number of samples per normalization (the paper's per-GPU batch); a step holds
+--total-batch samples (default 128) split over --gpus towers.  See --help and configs/*.toml.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+from kalman_norm.cifar import main  # noqa: E402
+
+if __name__ == '__main__':
+    main()
