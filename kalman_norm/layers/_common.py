@@ -174,10 +174,13 @@ class EMA(object):
             return tf.identity(output, name='output')
         mean = tf.reduce_mean(tf.stop_gradient(mean), axis=0)
         var = tf.reduce_mean(tf.stop_gradient(var), axis=0)
-        ops = [moving_averages.assign_moving_average(self.mean, mean, self.momentum,
-                                                     zero_debias=False, name='mean_ema_op'),
-               moving_averages.assign_moving_average(self.variance, var, self.momentum,
-                                                     zero_debias=False, name='var_ema_op')]
+        # Assign only after the output is computed: layers that read the EMA in training
+        # (Batch Renorm's r, d) would otherwise race with the update run in the same step.
+        with tf.control_dependencies([output]):
+            ops = [moving_averages.assign_moving_average(self.mean, mean, self.momentum,
+                                                         zero_debias=False, name='mean_ema_op'),
+                   moving_averages.assign_moving_average(self.variance, var, self.momentum,
+                                                         zero_debias=False, name='var_ema_op')]
         if self.ema_update == 'collection':
             for op in ops:
                 tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, op)

@@ -137,8 +137,11 @@ def LayerNormalization(x, *, epsilon=1e-5, center=True, scale=True, gamma_init=1
     x32, restore = to_float32(x)
     gamma, beta = affine_params(layout.channels, center, scale, gamma_init)
     mean, var = tf.nn.moments(x32, axes=list(range(1, layout.ndims)), keepdims=True)
-    out = (x32 - mean) * tf.math.rsqrt(var + epsilon)
-    out = out * layout.channel_broadcast(gamma) + layout.channel_broadcast(beta)
+    # γ is folded into the scale on purpose: on 2-D inputs TF's oneDNN remapper rewrites
+    # (x - µ) * rsqrt(σ² + ε) * γ + β into a fused LayerNorm that fails ("scale must be 1D")
+    # or ignores ε; this form is not rewritten.
+    factor = tf.math.rsqrt(var + epsilon) * layout.channel_broadcast(gamma)
+    out = (x32 - mean) * factor + layout.channel_broadcast(beta)
     return tf.identity(restore(out), name='output')
 
 
