@@ -25,6 +25,7 @@ from tensorpack import (AutoResumeTrainConfig, ModelDesc, QueueInput, SimpleTrai
                         SyncMultiGPUTrainerReplicated, launch_train_with_config)
 from tensorpack.callbacks import (Callback, ClassificationError, EstimatedTimeLeft, InferenceRunner,
                                   ModelSaver, ScheduledHyperParamSetter)
+from tensorpack.tfutils.common import get_global_step_var
 from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.tfutils.tower import get_current_tower_context
 from tensorpack.utils import logger
@@ -276,6 +277,9 @@ class CifarModel(ModelDesc):
 
     def build_graph(self, image, label):
         ctx = get_current_tower_context()
+        # Create the global step at the root now: otherwise the first layer asking for it (BRN's
+        # warm-up) would create it inside its own variable scope ('bn0/global_step').
+        get_global_step_var()
         image = (tf.cast(image, tf.float32) - self.mean) / self.std
         spec = self.o['spec']
         if not ctx.is_training and self.o['norm'] in EMA_NORMS:

@@ -1,6 +1,7 @@
 """The paper's baselines: BN and BRN over micro-batch groups, GN, LN, WN, and no normalization."""
 import tensorflow as tf
 from tensorpack.models import layer_register
+from tensorpack.tfutils.common import get_global_step_var
 
 from ._common import EMA, EVAL_STATS, Layout, affine_params, resolve_training, to_float32
 from .kalman import _channel_groups, group_norm_apply, group_norm_view
@@ -55,7 +56,8 @@ def renorm_clip_schedule(rmax=3.0, dmax=5.0, warmup=(5000, 40000, 25000), step=N
         raise ValueError('renorm warmup must be (start, rmax_end, dmax_end) with start <= ends, got %r'
                          % (warmup,))
     if step is None:
-        step = tf.compat.v1.train.get_or_create_global_step()
+        # at the root variable scope, not inside the calling layer's ('bn0/global_step')
+        step = get_global_step_var()
     step = tf.cast(step, tf.float32)
 
     def ramp(end):
