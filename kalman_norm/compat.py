@@ -5,7 +5,7 @@ tensorpack 0.11 still uses NumPy aliases that NumPy 1.24/2.0 removed:
   * ``np.object`` (dataflow/serialize.py, utils/viz.py),
   * ``np.sctypes`` (dataflow/common.py: PrintData).
 We restore exactly these names with the meaning they had (``np.float is float``), and nothing else.
-Each patch is idempotent and tested in tests/test_compat.py.
+Each patch is idempotent and tested in tests/test_spec_and_compat.py.
 """
 import numpy as np
 
