@@ -26,6 +26,7 @@ from tensorpack import (AutoResumeTrainConfig, ModelDesc, QueueInput, SimpleTrai
 from tensorpack.callbacks import (Callback, ClassificationError, EstimatedTimeLeft, InferenceRunner,
                                   ModelSaver, ScheduledHyperParamSetter)
 from tensorpack.tfutils.common import get_global_step_var
+from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.tfutils.tower import get_current_tower_context
 from tensorpack.utils import logger
@@ -357,9 +358,27 @@ def make_config(o, ds):
         callbacks.append(InferenceRunner(test_df, [ClassificationError('wrong', tag)],
                                          tower_name=tower_name))
     model = CifarModel(o, ds.channel_mean, ds.channel_std, ds.num_classes)
-    return AutoResumeTrainConfig(
+    config = AutoResumeTrainConfig(
         always_resume=True, model=model, data=QueueInput(train_df), callbacks=callbacks,
         steps_per_epoch=steps, max_epoch=o['epochs'], session_config=session_config())
+    return resume_from_recorded_epoch(config, steps)
+
+
+def resume_from_recorded_epoch(config, steps):
+    """AutoResumeTrainConfig takes the epoch from stats.json but the weights from the latest
+    checkpoint.  ModelSaver saves an epoch's checkpoint before stats.json records the epoch (the
+    validation runs in between), so a run killed there would redo that epoch from the next
+    epoch's weights and global step.  Load the checkpoint of the last recorded epoch instead
+    (ModelSaver keeps the previous one)."""
+    path = getattr(config.session_init, 'path', None)
+    if path is None or config.starting_epoch <= 1:
+        return config
+    want = '%s-%d' % (path.rsplit('-', 1)[0], (config.starting_epoch - 1) * steps)
+    if path != want and tf.io.gfile.exists(want + '.index'):
+        logger.warn('%s is ahead of the last epoch in stats.json (%d); resuming from %s'
+                    % (path, config.starting_epoch - 1, want))
+        config.session_init = SaverRestore(want)
+    return config
 
 
 def session_config():

@@ -1,0 +1,527 @@
+"""Tests of the CIFAR trainer (kalman_norm/cifar.py, scripts/cifar_resnet.py) on tiny generated data.
+
+* the trainer path in-process (make_config + make_trainer + launch_train_with_config) for every
+  norm with the ResNet and for a few norms with the Inception net;
+* per-tower normalization of the replicated multi-"GPU" trainer on CPU towers;
+* the script end to end on each data format (official pickles, image folder, .tar.gz), with
+  --gpus 2, and killed + resumed;
+* every bad option combination: a clear message and exit code 2.
+
+Model x norm graphs on their own are tested in tests/test_models.py; here every graph goes
+through the trainer.  Graphs are tiny (ResNet-8, Inception at width 1/8, 8 samples per step).
+"""
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+
+import kalman_norm  # noqa: F401  (before tensorflow / tensorpack)
+import cv2
+import tensorflow as tf
+from tensorpack import TrainConfig, launch_train_with_config
+from tensorpack.callbacks import Callback
+from tensorpack.input_source import TensorInput
+from tensorpack.tfutils.sesscreate import NewSessionCreator
+from tensorpack.tfutils.tower import get_current_tower_context
+from tensorpack.utils import logger
+
+from kalman_norm import cifar, datasets
+from kalman_norm.cifar import OptionError, parse_options
+from kalman_norm.layers import KN_DIAGNOSTICS
+
+tf1 = tf.compat.v1
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, 'scripts', 'cifar_resnet.py')
+CLASSES = ['c%d' % i for i in range(10)]
+# the smallest trainer runs: ResNet-8, 8 samples per step in groups of 2, 2 steps, no workers
+TINY = ['-n', '1', '--batch', '2', '--total-batch', '8', '--steps-per-epoch', '2', '--epochs', '1',
+        '--num-proc', '0', '--seed', '1']
+RUN_TIMEOUT = 400
+
+
+# ----------------------------------------------------------------------------------------------
+# tiny datasets
+
+def _images(rng, n):
+    return rng.randint(0, 256, size=(n, 32, 32, 3)).astype(np.uint8)
+
+
+def write_cifar10(root, n=4, seed=0):
+    """The official 'cifar-10-batches-py/' layout with n images per batch file."""
+    rng = np.random.RandomState(seed)
+    d = os.path.join(str(root), datasets.CIFAR10_DIR)
+    os.makedirs(d)
+    for f in datasets.CIFAR10_FILES:
+        x = _images(rng, n)
+        with open(os.path.join(d, f), 'wb') as fo:
+            pickle.dump({b'batch_label': f.encode(), b'labels': rng.randint(0, 10, n).tolist(),
+                         b'data': x.transpose(0, 3, 1, 2).reshape(n, 3072)}, fo, protocol=2)
+    return str(root)
+
+
+def write_folder(root, n_train, n_test=1, seed=0):
+    """train/<class>/*.png + test/<class>/*.png."""
+    rng = np.random.RandomState(seed)
+    for split, n in (('train', n_train), ('test', n_test)):
+        for c in CLASSES:
+            d = os.path.join(str(root), split, c)
+            os.makedirs(d)
+            for i in range(n):
+                assert cv2.imwrite(os.path.join(d, '%03d.png' % i), _images(rng, 1)[0])
+    return str(root)
+
+
+def memory_dataset(n_train=16, n_test=6, seed=0):
+    rng = np.random.RandomState(seed)
+    tr, te = _images(rng, n_train), _images(rng, n_test)
+    mean, std = datasets._channel_stats(tr)
+    return datasets.Dataset(tr, rng.randint(0, 10, n_train).astype(np.int32), te,
+                            rng.randint(0, 10, n_test).astype(np.int32), CLASSES, 10, mean, std,
+                            'memory', 'cifar10')
+
+
+@pytest.fixture(scope='module')
+def data_dirs(tmp_path_factory):
+    base = tmp_path_factory.mktemp('cifar_data')
+    pickles = write_cifar10(base / 'pickles')                         # 20 train, 4 test
+    folder = write_folder(base / 'folder', n_train=2)                 # 20 train, 10 test
+    big = write_folder(base / 'big' / 'imgs', n_train=4)              # 40 train, 10 test
+    tgz = str(base / 'imgs.tar.gz')
+    with tarfile.open(tgz, 'w:gz') as t:
+        t.add(big, arcname='imgs')
+    return dict(pickles=pickles, folder=folder, tgz=tgz)
+
+
+def no_grappler_session():
+    """Grappler's rewrites cost many seconds on the first step of the KN graphs; not tested here."""
+    config = tf1.ConfigProto(allow_soft_placement=True)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    return NewSessionCreator(config=config)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. the trainer path in-process, every norm
+
+def _norm_args(norm, model):
+    args = ['--norm', norm, '--model', model]
+    if norm in cifar.EMA_NORMS:
+        args += ['--eval-stats', 'both']
+    if norm in ('gn', 'gkn'):
+        args += ['--norm-option', 'channel_groups=8']
+    return args
+
+
+@pytest.mark.parametrize('model,norm', [('resnet', n) for n in kalman_norm.NORMS]
+                         + [('inception', 'gn')])
+def test_trainer_trains_every_norm_two_steps(model, norm, tmp_path):
+    if model == 'inception':
+        pytest.importorskip('models.inception_cifar')
+    o = parse_options(TINY + _norm_args(norm, model) + ['--logdir', str(tmp_path / 'log')])
+    if model == 'inception':
+        o['model_options'] = {'width': 0.125}
+    ds = memory_dataset()
+    logger.set_logger_dir(o['logdir'], action='k')
+    with tf.Graph().as_default() as g:
+        config = cifar.make_config(o, ds)
+        config.session_creator = no_grappler_session()
+        assert config.steps_per_epoch == 2 and config.max_epoch == 1
+        launch_train_with_config(config, cifar.make_trainer(o))
+        diagnostics = g.get_collection(KN_DIAGNOSTICS)
+    assert bool(diagnostics) == (norm in cifar.KALMAN_NORMS)
+    with open(os.path.join(o['logdir'], 'stats.json')) as f:
+        stats = json.load(f)
+    assert [s['epoch_num'] for s in stats] == [1] and stats[-1]['global_step'] == 2
+    for _, tag in cifar.eval_tags(o):
+        assert 0.0 <= stats[-1][tag] <= 1.0, tag
+    for key in ('xentropy', 'cost', 'train_error'):
+        assert np.isfinite(stats[-1][key]), key
+    assert tf.train.load_variable(os.path.join(o['logdir'], 'model-2'), 'global_step') == 2
+    line = cifar.summarize(o['logdir'], o)
+    assert line.startswith('FINAL cifar10 %s norm=%s' % ('resnet8' if model == 'resnet' else 'inception',
+                                                         norm))
+
+
+def test_make_config_eval_towers_and_step_count():
+    ds = memory_dataset(n_train=40, n_test=10)
+    o = parse_options(['--norm', 'bkn', '--batch', '2', '--total-batch', '8', '--eval-stats', 'both',
+                       '--num-proc', '0', '--logdir', 'unused'])
+    assert cifar.eval_tags(o) == [('InferenceTowerMoving', 'val-error-moving'),
+                                  ('InferenceTowerBatch', 'val-error-batch')]
+    with tf.Graph().as_default():
+        assert cifar.make_config(o, ds).steps_per_epoch == 5
+    o = parse_options(['--norm', 'gn', '--total-batch', '8', '--gpus', '2', '--batch', '4',
+                       '--num-proc', '0', '--logdir', 'unused'])
+    assert cifar.eval_tags(o) == [('InferenceTower', 'val-error')]
+    with tf.Graph().as_default():
+        assert cifar.make_config(o, ds).steps_per_epoch == 5      # 10 tower batches / 2 towers
+    o = parse_options(['--total-batch', '64', '--batch', '64', '--num-proc', '0', '--logdir', 'unused'])
+    with pytest.raises(ValueError, match='larger than the training set'):
+        cifar.make_config(o, ds)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. each tower of the replicated trainer normalizes only its own samples
+
+class _Capture(Callback):
+    def __init__(self, names):
+        self.names, self.values = names, None
+
+    def _trigger_epoch(self):
+        # values, not resource handles; the replicas of towers >= 1 are local variables
+        variables = {v.name: v for v in tf1.global_variables() + tf1.local_variables()}
+        self.values = self.trainer.sess.run({n: variables.get(n, n) for n in self.names})
+
+
+def _numpy_conv_same(x, w):
+    """3x3 stride-1 SAME convolution, NHWC x [N,H,W,C], w [3,3,C,K]."""
+    n, h, wd, _ = x.shape
+    p = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((n, h, wd, w.shape[3]), np.float64)
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum('nhwc,ck->nhwk', p[:, i:i + h, j:j + wd, :], w[i, j])
+    return out
+
+
+def test_replicated_towers_normalize_only_their_own_samples():
+    o = parse_options(['--norm', 'bn', '-n', '1', '--gpus', '2', '--total-batch', '8', '--batch', '4',
+                       '--num-proc', '0', '--logdir', 'unused'])
+    rng = np.random.RandomState(3)
+    tower_images = [rng.randint(0, 40, size=(4, 32, 32, 3)).astype(np.uint8),      # dark
+                    rng.randint(190, 256, size=(4, 32, 32, 3)).astype(np.uint8)]   # bright
+    mean, std = np.array([120.0, 121.0, 122.0], np.float32), np.array([60.0, 61.0, 62.0], np.float32)
+    built = []
+
+    def tower_input():
+        k = get_current_tower_context().index
+        built.append(get_current_tower_context().name)
+        return [tf.constant(tower_images[k]), tf.constant(np.arange(4, dtype=np.int32) + k)]
+
+    names = []
+    for k in range(2):
+        vs = '' if k == 0 else 'tower%d/' % k
+        names += ['tower%d/conv0/output:0' % k, 'tower%d/bn0/output:0' % k,
+                  '%sconv0/W:0' % vs, '%sbn0/gamma:0' % vs, '%sbn0/beta:0' % vs]
+    capture = _Capture(names)
+    with tf.Graph().as_default():
+        trainer = cifar.make_trainer(o)
+        assert type(trainer).__name__ == 'SyncMultiGPUTrainerReplicated'
+        config = TrainConfig(model=cifar.CifarModel(o, mean, std, 10), data=TensorInput(tower_input),
+                             callbacks=[capture], monitors=[], steps_per_epoch=2, max_epoch=1,
+                             session_creator=no_grappler_session())
+        launch_train_with_config(config, trainer)
+    assert built == ['tower0', 'tower1']
+    v = capture.values
+    tower_mean = []
+    for k in range(2):
+        vs = '' if k == 0 else 'tower%d/' % k
+        x = (tower_images[k].astype(np.float64) - mean) / std
+        conv = _numpy_conv_same(x, v['%sconv0/W:0' % vs].astype(np.float64))
+        np.testing.assert_allclose(v['tower%d/conv0/output:0' % k], conv, rtol=1e-3, atol=1e-3)
+        m, var = conv.mean(axis=(0, 1, 2)), conv.var(axis=(0, 1, 2))
+        tower_mean.append(m)
+        gamma, beta = v['%sbn0/gamma:0' % vs], v['%sbn0/beta:0' % vs]
+        want = (conv - m) / np.sqrt(var + 1e-5) * gamma + beta
+        np.testing.assert_allclose(v['tower%d/bn0/output:0' % k], want, rtol=1e-3, atol=2e-3)
+    # replicas stay in sync; the towers saw very different data, so normalizing over the mixture
+    # of both towers would have given visibly different outputs
+    np.testing.assert_allclose(v['conv0/W:0'], v['tower1/conv0/W:0'], atol=1e-6)
+    assert np.abs(tower_mean[0] - tower_mean[1]).max() > 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. the script end to end
+
+def _env(tmp_path):
+    env = dict(os.environ)
+    env.update(KALMAN_NORM_CACHE=str(tmp_path / 'cache'), TENSORPACK_DATASET=str(tmp_path / 'tp_data'),
+               PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
+    return env
+
+
+def run_script(args, tmp_path, timeout=RUN_TIMEOUT):
+    return subprocess.run([sys.executable, SCRIPT] + list(args), cwd=str(tmp_path), env=_env(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def _fail_text(r):
+    return 'exit %s\nSTDOUT tail:\n%s\nSTDERR tail:\n%s' % (r.returncode, r.stdout[-3000:], r.stderr[-3000:])
+
+
+def output_lines(stdout):
+    """The lines the script prints itself: tensorpack's threads and dataflow workers may log
+    their shutdown (EnqueueThread, MultiProcessRunnerZMQ clean-up) after the summary line."""
+    return [line for line in stdout.splitlines()
+            if line.strip() and not re.match(r'\[\d{4} \d\d:\d\d:\d\d @', line)
+            and 'MultiProcessRunnerZMQ successfully cleaned-up' not in line]
+
+
+def check_finished_run(r, logdir, tags, epochs=1, steps=2):
+    assert r.returncode == 0, _fail_text(r)
+    lines = output_lines(r.stdout)
+    assert lines and lines[-1].startswith('FINAL cifar10 '), _fail_text(r)
+    assert 'epochs=%d' % epochs in lines[-1]
+    for tag in tags:
+        assert '%s best ' % tag in lines[-1], lines[-1]
+    with open(os.path.join(logdir, 'stats.json')) as f:
+        stats = json.load(f)
+    assert stats and stats[-1]['epoch_num'] == epochs
+    for tag in tags:
+        assert 0.0 <= stats[-1][tag] <= 1.0
+    files = os.listdir(logdir)
+    assert 'checkpoint' in files and 'model-%d.index' % (epochs * steps) in files, files
+    assert any(f.startswith('events.out.tfevents.') for f in files), files
+    assert 'options.json' in files and 'log.log' in files
+    assert tf.train.load_variable(tf.train.latest_checkpoint(logdir), 'global_step') == epochs * steps
+    return stats
+
+
+def test_script_official_pickles_num_proc_1_both_eval_modes(data_dirs, tmp_path):
+    logdir = tmp_path / 'log'
+    r = run_script(TINY + ['--num-proc', '1', '--norm', 'bn',
+                                                       '--eval-stats', 'both', '--data', data_dirs['pickles'],
+                                                       '--logdir', str(logdir)], tmp_path)
+    check_finished_run(r, str(logdir), ['val-error-moving', 'val-error-batch'])
+    assert 'train 20, test 4 images' in r.stdout + r.stderr
+
+
+def test_script_image_folder_with_config(data_dirs, tmp_path):
+    logdir = tmp_path / 'log'
+    conf = tmp_path / 'run.toml'
+    conf.write_text('norm = "bkn"\nbatch = 2\ntotal-batch = 8\ndepth = 1\nepochs = 1\n'
+                    'steps_per_epoch = 2\nnum_proc = 0\n[norm_options]\nprocess_noise = false\n')
+    r = run_script(['--config', str(conf), '--data', data_dirs['folder'], '--logdir', str(logdir)], tmp_path)
+    check_finished_run(r, str(logdir), ['val-error-moving'])
+    assert 'norm=bkn batch=2 gpus=1' in r.stdout
+    with open(logdir / 'options.json') as f:
+        options = json.load(f)
+    assert options['norm_options'] == {'process_noise': False} and options['gain'] == 0.1
+    assert any(f.endswith('.npz') for f in os.listdir(tmp_path / 'cache'))     # KALMAN_NORM_CACHE
+
+
+def test_script_tar_gz_two_towers(data_dirs, tmp_path):
+    logdir = tmp_path / 'log'
+    r = run_script(['-n', '1', '--gpus', '2', '--total-batch', '16', '--batch', '2', '--norm', 'brn',
+                    '--eval-stats', 'both', '--steps-per-epoch', '2', '--epochs', '1', '--num-proc', '0',
+                    '--data', data_dirs['tgz'], '--logdir', str(logdir)], tmp_path)
+    check_finished_run(r, str(logdir), ['val-error-moving', 'val-error-batch'])
+    assert 'gpus=2' in output_lines(r.stdout)[-1]
+    assert 'train 40, test 10 images' in r.stdout + r.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. killed, then resumed with the same command
+
+def _stats_epochs(path):
+    try:
+        with open(path) as f:
+            return [s['epoch_num'] for s in json.load(f)]
+    except (OSError, ValueError):
+        return []
+
+
+def test_script_killed_then_resumed(data_dirs, tmp_path):
+    logdir = tmp_path / 'log'
+    args = [SCRIPT, '-n', '1', '--norm', 'bn', '--batch', '2', '--total-batch', '8', '--epochs', '4',
+            '--steps-per-epoch', '2', '--num-proc', '0', '--seed', '1', '--data', data_dirs['pickles'],
+            '--logdir', str(logdir)]
+    out1 = open(tmp_path / 'run1.out', 'w')
+    p = subprocess.Popen([sys.executable] + args, cwd=str(tmp_path), env=_env(tmp_path), stdout=out1,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    killed = False
+    try:
+        deadline = time.time() + RUN_TIMEOUT
+        while time.time() < deadline and p.poll() is None:
+            epochs = _stats_epochs(logdir / 'stats.json')
+            if epochs and epochs[-1] >= 1 and os.path.exists(logdir / 'checkpoint'):
+                os.killpg(p.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.05)
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        out1.close()
+    if not killed:      # finished before the poll saw epoch 1: still a valid run
+        assert p.returncode == 0, (tmp_path / 'run1.out').read_text()[-3000:]
+    epochs_before = _stats_epochs(logdir / 'stats.json')
+    print('first run killed: %s; epochs in stats.json: %s' % (killed, epochs_before))
+    assert epochs_before and epochs_before == list(range(1, epochs_before[-1] + 1))
+
+    r = subprocess.run([sys.executable] + args, cwd=str(tmp_path), env=_env(tmp_path),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT)
+    assert r.returncode == 0, r.stdout[-4000:]
+    lines = output_lines(r.stdout)
+    assert lines[-1].startswith('FINAL cifar10 resnet8 norm=bn batch=2 gpus=1 epochs=4'), lines[-1]
+    if epochs_before[-1] < 4:
+        assert 'starting_epoch to %d' % (epochs_before[-1] + 1) in r.stdout, r.stdout[-4000:]
+        # the weights of the last recorded epoch (not a later checkpoint saved before the kill)
+        assert 'Restoring checkpoint from %s ' % (logdir / ('model-%d' % (2 * epochs_before[-1]))) in r.stdout, \
+            [line for line in r.stdout.splitlines() if 'checkpoint' in line or 'epoch' in line.lower()]
+    else:
+        assert 'nothing to do' in r.stdout
+    epochs = _stats_epochs(logdir / 'stats.json')
+    assert epochs == [1, 2, 3, 4], epochs          # continued, no epoch repeated or skipped
+    assert tf.train.load_variable(tf.train.latest_checkpoint(str(logdir)), 'global_step') == 4 * 2
+    with open(logdir / 'stats.json') as f:
+        assert [s['global_step'] for s in json.load(f)] == [2, 4, 6, 8]
+
+
+def _train_in_process(o, ds):
+    logger.set_logger_dir(o['logdir'], action='k')
+    with tf.Graph().as_default():
+        config = cifar.make_config(o, ds)
+        config.session_creator = no_grappler_session()
+        if config.starting_epoch <= o['epochs']:
+            launch_train_with_config(config, cifar.make_trainer(o))
+    return config
+
+
+def test_resume_when_killed_between_checkpoint_and_stats(tmp_path):
+    """ModelSaver writes epoch 2's checkpoint before stats.json records epoch 2 (validation runs
+    in between): a run killed there must redo epoch 2 from epoch 1's checkpoint."""
+    ds = memory_dataset()
+    argv = TINY + ['--logdir', str(tmp_path / 'log')]
+    o = parse_options(argv + ['--epochs', '2'])
+    _train_in_process(o, ds)
+    stats_path = tmp_path / 'log' / 'stats.json'
+    stats = json.loads(stats_path.read_text())
+    assert [s['global_step'] for s in stats] == [2, 4]
+    stats_path.write_text(json.dumps(stats[:1]))          # killed before epoch 2 was recorded
+    o = parse_options(argv + ['--epochs', '3'])
+    config = _train_in_process(o, ds)
+    assert config.starting_epoch == 2
+    assert config.session_init.path == str(tmp_path / 'log' / 'model-2')
+    stats = json.loads(stats_path.read_text())
+    assert [(s['epoch_num'], s['global_step']) for s in stats] == [(1, 2), (2, 4), (3, 6)]
+    assert tf.train.load_variable(str(tmp_path / 'log' / 'model-6'), 'global_step') == 6
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. bad options: a clear message, exit code 2
+
+BASE = ['--logdir', 'unused']
+BAD_OPTIONS = [
+    (['--total-batch', '12', '--batch', '4', '--gpus', '2'], r'multiple of --batch × --gpus'),
+    (['--total-batch', '9', '--batch', '1', '--gpus', '2'], 'not divisible by --gpus 2'),
+    (['--batch', '0'], '--batch must be a positive integer, got 0'),
+    (['--gpus', '0'], '--gpus must be a positive integer'),
+    (['--norm', 'bn', '--gain', '0.5'], '--gain applies to bkn and gkn only'),
+    (['--norm', 'bkn', '--gain', '1.5'], r'--gain must be in \[0, 1\]'),
+    (['--norm', 'gkn', '--gain', 'abc'], "--gain must be a number in .*'abc'"),
+    (['--norm', 'bn', '--prior', 'mc'], '--prior/--prior-samples apply to bkn and gkn only'),
+    (['--norm', 'gn', '--eval-stats', 'batch'], '--eval-stats applies to norms with moving averages'),
+    (['--norm-option', 'unknown_key=1'], r"unknown_key do not apply to 'bn'"),
+    (['--norm-option', 'process_noise'], "--norm-option takes KEY=VALUE, got 'process_noise'"),
+    (['--epochs', '0'], '--epochs must be a positive integer'),
+    (['--lr', '-1'], '--lr must be > 0'),
+    (['--steps-per-epoch', '0'], '--steps-per-epoch must be >= 1'),
+    (['--num-proc', '-1'], '--num-proc must be >= 0'),
+    (['--weight-decay', '-0.1'], '--weight-decay must be >= 0'),
+]
+
+
+@pytest.mark.parametrize('argv,match', BAD_OPTIONS, ids=[' '.join(a) for a, _ in BAD_OPTIONS])
+def test_bad_option_raises_option_error_and_exits_2(argv, match, capsys):
+    with pytest.raises(OptionError, match=match):
+        parse_options(argv + BASE)
+    with pytest.raises(SystemExit) as e:
+        cifar.main(argv + BASE)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('argv,match', [
+    (['--norm', 'xn'], "argument --norm: invalid choice: 'xn'"),
+    (['--batch', 'two'], "argument --batch: invalid int value: 'two'"),
+    (['--model', 'vgg'], "argument --model: invalid choice"),
+    (['--no-such-flag'], 'unrecognized arguments: --no-such-flag'),
+])
+def test_argparse_errors_exit_2(argv, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        cifar.main(argv + BASE)
+    assert e.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def _toml(tmp_path, text, name='c.toml'):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize('text,match', [
+    (None, 'no such file'),
+    ('norm = "bn\n', 'is not valid TOML'),
+    ('norm = "bn"\nlearning_rate = 0.1\n', r'unknown option\(s\) learning_rate; known: '),
+    ('lr = "fast"\n', '--lr must be a number'),
+    ('num_proc = "two"\n', '--num-proc must be'),
+    ('steps_per_epoch = 1.5\n', '--steps-per-epoch must be'),
+    ('norm_options = 3\n', 'norm_options must be a table'),
+])
+def test_bad_config_file(text, match, tmp_path, capsys):
+    path = str(tmp_path / 'missing.toml') if text is None else _toml(tmp_path, text)
+    with pytest.raises(OptionError, match=match):
+        parse_options(['--config', path] + BASE)
+    with pytest.raises(SystemExit) as e:
+        cifar.main(['--config', path] + BASE)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: --config %s' % path) or err.startswith('error: %s: ' % path) \
+        or text.startswith(('lr', 'num_proc', 'steps')), err
+
+
+def test_precedence_command_line_over_config_over_defaults(tmp_path):
+    path = _toml(tmp_path, 'norm = "bkn"\nbatch = 4\ntotal-batch = 16\nlr = 0.05\ndepth = 2\n'
+                           'gain = "learned"\nschedule = "paper"\n'
+                           '[norm_options]\nprocess_noise = false\nguard_ratio = 10.0\n'
+                           '[model_options]\ndata_format = "NHWC"\n')
+    o = parse_options(['--config', path, '--batch', '2', '--lr', '0.2',
+                       '--norm-option', 'guard_ratio=50', '--norm-option', 'pooled_variance=false'])
+    # command line
+    assert o['batch'] == 2 and o['lr'] == 0.2
+    assert o['norm_options'] == {'process_noise': False, 'guard_ratio': 50, 'pooled_variance': False}
+    # config
+    assert (o['norm'], o['total_batch'], o['depth'], o['gain'], o['schedule']) == ('bkn', 16, 2, 'learned', 'paper')
+    assert o['model_options'] == {'data_format': 'NHWC'}
+    # defaults (the schedule's recipe where the default is None)
+    assert (o['gpus'], o['momentum'], o['model'], o['eval_stats']) == (1, 0.9, 'resnet', 'moving')
+    assert (o['epochs'], o['weight_decay']) == (400, 1e-4)
+    assert o['logdir'] == os.path.join('train_log', 'cifar10-resnet14-bkn-b2-g1')
+    spec = o['spec']
+    assert spec.kind == 'bkn' and spec.group_size == 2
+    assert spec.options == {'gain': 'learned', 'process_noise': False, 'guard_ratio': 50,
+                            'pooled_variance': False}
+    # defaults alone
+    d = parse_options([])
+    assert (d['norm'], d['batch'], d['total_batch'], d['epochs'], d['weight_decay'], d['gain']) == \
+        ('bn', 128, 128, 30, 5e-4, 'auto')
+    assert parse_options(['--norm', 'bkn', '--batch', '2'])['gain'] == 0.1
+    assert parse_options(['--norm', 'bkn'])['gain'] == 0.95
+
+
+def test_script_bad_combination_exits_2(tmp_path):
+    r = run_script(['--total-batch', '10', '--batch', '4', '--logdir', str(tmp_path / 'log')], tmp_path)
+    assert r.returncode == 2, _fail_text(r)
+    assert 'error: --total-batch (10) must be a multiple of --batch × --gpus (4 × 1)' in r.stderr
+    assert 'Traceback' not in r.stderr
+    assert not (tmp_path / 'log').exists()
+
+
+def test_script_missing_data_exits_2(tmp_path):
+    missing = str(tmp_path / 'no_such_data.tar.gz')
+    r = run_script(TINY + ['--data', missing, '--logdir', str(tmp_path / 'log')], tmp_path)
+    assert r.returncode == 2, _fail_text(r)
+    assert 'error: data path %s does not exist' % missing in r.stderr
+    assert 'Traceback' not in r.stderr
