@@ -242,6 +242,9 @@ def make_spec(o):
         steps = o['epochs'] * (o['steps_per_epoch'] or 50000 // o['total_batch'])
         options.setdefault('warmup', (int(steps * 0.05), int(steps * 0.4), int(steps * 0.25)))
     try:
+        if 'gain' in options and o['norm'] in KALMAN_NORMS:
+            from .layers.kalman import _validate_gain
+            _validate_gain(options['gain'], options.get('gain_init', 0.1))
         return NormSpec(o['norm'], group_size=o['batch'], **kw, **options)
     except ValueError as e:
         raise OptionError(str(e))

@@ -423,6 +423,7 @@ BAD_OPTIONS = [
     (['--norm', 'gn', '--eval-stats', 'batch'], '--eval-stats applies to norms with moving averages'),
     (['--norm-option', 'unknown_key=1'], r"unknown_key do not apply to 'bn'"),
     (['--norm-option', 'process_noise'], "--norm-option takes KEY=VALUE, got 'process_noise'"),
+    (['--norm', 'bkn', '--norm-option', 'gain=2'], r'gain must be in \[0, 1\], got 2'),
     (['--epochs', '0'], '--epochs must be a positive integer'),
     (['--lr', '-1'], '--lr must be > 0'),
     (['--steps-per-epoch', '0'], '--steps-per-epoch must be >= 1'),
