@@ -97,8 +97,8 @@ def kalman_update(prior_mean, prior_var, batch_mean, batch_var, q, noise=None,
         down = tf.reduce_mean((batch_var + epsilon) / (prior_var + epsilon), -1, keepdims=True)
         ratio = tf.maximum(tf.stop_gradient(up), tf.stop_gradient(down))
         trusted = trusted & (ratio < guard_ratio)
-    mean = tf.where(trusted & tf.ones_like(mean, tf.bool), mean, batch_mean)
-    var = tf.where(trusted & tf.ones_like(var, tf.bool), var, batch_var)
+    mean = tf.where(trusted, mean, batch_mean)          # trusted [..., 1] broadcasts over channels
+    var = tf.where(trusted, var, batch_var)
     return mean, var, trusted
 
 
