@@ -120,9 +120,9 @@ def main():
     if args.out:
         with open(args.out, 'w') as f:
             f.write('# Training-step time of each norm relative to BN\n\n')
-            f.write('Produced by `python scripts/benchmark_norms.py --out %s` (ResNet-32, %d samples per step, '
+            f.write('Produced by `python scripts/benchmark_norms.py --steps %d --out %s` (ResNet-32, %d samples per step, '
                     'random data, SGD+momentum; %d warm-up rounds, median of %d interleaved rounds).\n\n'
-                    % (args.out, BATCH, WARMUP, args.steps))
+                    % (args.steps, args.out, BATCH, WARMUP, args.steps))
             f.write('Machine: %s, no GPU.\n\n' % machine())
             f.write(table + '\n')
 
