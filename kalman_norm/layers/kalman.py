@@ -40,28 +40,19 @@ class _Gain(object):
     """The Kalman gain q of Eq. 7: a fixed number, or one learned scalar kept in (0, 1) by a sigmoid."""
 
     def __init__(self, gain, gain_init):
+        _validate_gain(gain, gain_init)
         if gain == 'learned':
-            if not 0.0 < gain_init < 1.0:
-                raise ValueError('gain_init must be in (0, 1), got %r' % (gain_init,))
             logit = tf.compat.v1.get_variable(
                 'gain_logit', [], initializer=tf.constant_initializer(math.log(gain_init / (1.0 - gain_init))))
             self.q = tf.sigmoid(logit, name='gain')
         else:
-            try:
-                gain = float(gain)
-            except (TypeError, ValueError):
-                raise ValueError("gain must be a number in [0, 1] or 'learned', got %r" % (gain,))
-            if not 0.0 <= gain <= 1.0:
-                raise ValueError('gain must be in [0, 1], got %r' % (gain,))
-            self.q = tf.constant(gain, tf.float32, name='gain')
+            self.q = tf.constant(float(gain), tf.float32, name='gain')
 
 
 def _process_noise(channels, enabled, noise_init):
     """Diagonal process noise R of Eq. 7, R = softplus(ρ) ≥ 0 per channel (None when off)."""
     if not enabled:
         return None
-    if not noise_init > 0.0:
-        raise ValueError('noise_init must be > 0 (R = softplus(rho) is positive), got %r' % (noise_init,))
     rho0 = math.log(math.expm1(noise_init))     # softplus⁻¹(noise_init)
     rho = tf.compat.v1.get_variable('noise_rho', [channels], initializer=tf.constant_initializer(rho0))
     return tf.nn.softplus(rho, name='process_noise')
