@@ -1,7 +1,7 @@
 """How good are KN's priors?  Per KN layer, compare with the statistics of a large batch.
 
-Every KN layer with a prior records a :class:`~kalman_norm.layers.KNDiagnostic` in the graph
-collection ``KN_DIAGNOSTICS``: its prior ``[G, C]``, the observed micro-batch statistics
+Every KN layer with a prior records a :class:`~kalman_norm.layers.KNDiagnostic` in its graph
+(:func:`diagnostic_records`): its prior ``[G, C]``, the observed micro-batch statistics
 ``[G, C]``, and the statistics of the whole tower batch ``[C]``.  Feed a large tower batch (say
 512 samples) in groups of the training size: the tower statistics are then a good stand-in
 for the population, and :func:`prior_report` tells, per layer, how far the prior and the
@@ -15,14 +15,13 @@ Two errors, averaged over groups and channels:
 import numpy as np
 import tensorflow as tf
 
-from .layers.kalman import KN_DIAGNOSTICS
+from .layers.kalman import kn_diagnostics
 
 __all__ = ['prior_report', 'format_report', 'diagnostic_records']
 
 
 def diagnostic_records(graph=None, tower_prefix=None):
-    graph = graph or tf.compat.v1.get_default_graph()
-    recs = graph.get_collection(KN_DIAGNOSTICS)
+    recs = list(kn_diagnostics(graph))
     if tower_prefix is not None:
         recs = [r for r in recs if r.layer.startswith(tower_prefix)]
     return recs

@@ -35,7 +35,7 @@ from tensorpack.utils import logger
 
 from kalman_norm import cifar, datasets
 from kalman_norm.cifar import OptionError, parse_options
-from kalman_norm.layers import KN_DIAGNOSTICS
+from kalman_norm.layers import kn_diagnostics
 
 tf1 = tf.compat.v1
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,7 +134,7 @@ def test_trainer_trains_every_norm_two_steps(model, norm, tmp_path):
         config.session_creator = no_grappler_session()
         assert config.steps_per_epoch == 2 and config.max_epoch == 1
         launch_train_with_config(config, cifar.make_trainer(o))
-        diagnostics = g.get_collection(KN_DIAGNOSTICS)
+        diagnostics = kn_diagnostics(g)
     assert bool(diagnostics) == (norm in cifar.KALMAN_NORMS)
     with open(os.path.join(o['logdir'], 'stats.json')) as f:
         stats = json.load(f)

@@ -17,7 +17,7 @@ from tensorpack.tfutils.tower import TowerContext
 
 from kalman_norm import flow as F
 from kalman_norm.estimate import get_estimate
-from kalman_norm.layers import (KN_DIAGNOSTICS, BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm,
+from kalman_norm.layers import (kn_diagnostics, BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm,
                                 LayerNormalization, MicroBatchNorm, MicroBatchRenorm, kalman_update)
 from kalman_norm.transition import conv_estimate
 
@@ -250,7 +250,7 @@ def test_bkn_layer_is_eq7(pooled):
     def build():
         out = BatchKalmanNorm('bkn', tf.constant(x, tf.float32), (pm, pv), group_size=2, gain=q,
                               noise_init=noise, pooled_variance=pooled)
-        diag = tf.compat.v1.get_collection(KN_DIAGNOSTICS)
+        diag = kn_diagnostics()
         assert len(diag) == 1 and diag[0].layer == 'bkn'
         return out, out.posterior.mean, out.posterior.var, diag[0].trusted
 
@@ -387,7 +387,7 @@ def test_guard_in_layer(direction):
     def build():
         out = BatchKalmanNorm('bkn', tf.constant(x, tf.float32), (pm, pv), group_size=2, gain=q,
                               process_noise=False, pooled_variance=False, guard_ratio=100.0)
-        return out, tf.compat.v1.get_collection(KN_DIAGNOSTICS)[0].trusted, out.posterior.var
+        return out, kn_diagnostics()[0].trusted, out.posterior.var
 
     out, trusted, var = run(build)
     np.testing.assert_array_equal(trusted[:, 0], [True, False])
@@ -410,7 +410,7 @@ def test_non_finite_prior_falls_back_to_batch_statistics():
         bn = MicroBatchNorm('bn', xt, group_size=2)
         loss = tf.reduce_sum(out * tf.constant(rng.standard_normal(SHAPE), tf.float32))
         grads = tf.gradients(loss, [xt, pm, pv, _var('bkn/gain_logit'), _var('bkn/noise_rho')])
-        return out, bn, tf.compat.v1.get_collection(KN_DIAGNOSTICS)[0].trusted, grads
+        return out, bn, kn_diagnostics()[0].trusted, grads
 
     out, bn, trusted, grads = run(build)
     assert not trusted.any()
@@ -430,7 +430,7 @@ def test_no_prior_is_exactly_micro_batch_norm(prior):
         xt = tf.constant(x, tf.float32)
         bkn = BatchKalmanNorm('bkn', xt, prior, group_size=2, gain='learned')
         bn = MicroBatchNorm('bn', xt, group_size=2)
-        assert tf.compat.v1.get_collection(KN_DIAGNOSTICS) == []
+        assert kn_diagnostics() == []
         return bkn, bn, bkn.posterior.mean, bkn.posterior.var, get_estimate(bkn).mean
 
     bkn, bn, mean, var, handed_on = run(build)
@@ -484,7 +484,7 @@ def test_flow_hands_the_posterior_through_relu_and_conv(kind, channel_groups):
 
     def build():
         n1, n2, kernel = _two_layer_net(kind, **options)
-        diags = tf.compat.v1.get_collection(KN_DIAGNOSTICS)
+        diags = kn_diagnostics()
         assert [d.layer for d in diags] == ['bn2']          # the first KN layer has no prior
         expected = conv_estimate(n1.posterior.relu(), kernel, (6, 6), 2, 'SAME')
         return diags[0].prior_mean, diags[0].prior_var, expected.mean, expected.var, diags[0].trusted
@@ -507,7 +507,7 @@ def test_flow_propagate_output(kind, channel_groups):
     with g.as_default(), TowerContext('', is_training=True):
         n1, n2, kernel = _two_layer_net(kind, propagate='output', **options)
         est = get_estimate(n1)
-        diags = tf.compat.v1.get_collection(KN_DIAGNOSTICS)
+        diags = kn_diagnostics()
         assert [d.layer for d in diags] == ['bn2']
         expected = conv_estimate(est.relu(), kernel, (6, 6), 2, 'SAME')
         y1 = g.get_tensor_by_name('conv1/output:0')

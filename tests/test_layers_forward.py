@@ -13,7 +13,7 @@ import kalman_norm as kn  # noqa: I001  (must be imported before tensorflow / te
 from kalman_norm import flow as F
 from kalman_norm.layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm,
                                 LayerNormalization, MicroBatchNorm, MicroBatchRenorm)
-from kalman_norm.layers.kalman import KN_DIAGNOSTICS
+from kalman_norm.layers.kalman import kn_diagnostics
 
 import numpy as np
 import pytest
@@ -881,7 +881,7 @@ def test_nonfinite_prior_bkn_falls_back_to_bn(layout):
         xt = tf1.placeholder(tf.float32, x.shape)
         with TowerContext('', is_training=True):
             y = BatchKalmanNorm('L', xt, prior=(pm, pv), group_size=2)
-        diag = tf1.get_collection(KN_DIAGNOSTICS)
+        diag = kn_diagnostics()
         assert len(diag) == 1
         v = init_vars(sess, 61)
         out, trusted, post = sess.run([y, diag[0].trusted, (y.posterior.mean, y.posterior.var)], {xt: x})

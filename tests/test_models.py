@@ -12,7 +12,7 @@ import kalman_norm  # noqa: F401  (before tensorflow / tensorpack)
 import tensorflow as tf
 from tensorpack.tfutils.tower import TowerContext
 
-from kalman_norm.layers import KN_DIAGNOSTICS
+from kalman_norm.layers import kn_diagnostics
 from models.inception_cifar import INCEPTION_BLOCKS, inception_cifar, scaled
 from models.resnet_cifar import resnet_cifar
 
@@ -85,7 +85,7 @@ def train_run(model, norm, steps=2, **model_kw):
         if steps:
             with tf.control_dependencies(updates):
                 train_op = tf1.train.GradientDescentOptimizer(0.01).minimize(loss)
-        diags = tf1.get_collection(KN_DIAGNOSTICS)
+        diags = kn_diagnostics()
         with _session(graph) as sess:
             sess.run(tf1.global_variables_initializer())
             losses = [sess.run(loss)]
@@ -165,7 +165,7 @@ def test_inception_full_width_structure_and_hidden_fc():
         outs = [graph.get_tensor_by_name('inception%d/output:0' % (i + 1)) for i in range(3)]
         assert [o.shape.as_list() for o in outs] == [[BATCH, 16, 16, c] for c in (256, 480, 512)]
         assert logits.shape.as_list() == [BATCH, 7]
-        diags = {d.layer for d in tf1.get_collection(KN_DIAGNOSTICS)}
+        diags = {d.layer for d in kn_diagnostics()}
         assert 'bn_fc' in diags and 'bn0' not in diags
         assert len(diags) == 6 * 3 + 1
         kernels = {v.op.name: v.shape.as_list() for v in tf1.trainable_variables() if v.op.name.endswith('/W')}
@@ -237,7 +237,7 @@ def test_resnet_nchw_equals_nhwc(norm, opts):
             n_vars = len(tf1.global_variables())
             with tf1.variable_scope(tf1.get_variable_scope(), reuse=True):
                 nchw = resnet_cifar(image, n=1, data_format='NCHW')
-            diags = tf1.get_collection(KN_DIAGNOSTICS)
+            diags = kn_diagnostics()
         assert len(tf1.global_variables()) == n_vars          # the NCHW net shares every weight
         assert nchw.shape.as_list() == [BATCH, 10]
         assert len(diags) == 2 * 6                            # both towers carry their priors

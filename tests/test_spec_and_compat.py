@@ -15,7 +15,7 @@ from tensorpack.tfutils.tower import TowerContext
 from kalman_norm import NORMS, NormSpec, compat, current_norm, norm_scope
 from kalman_norm import _stack
 from kalman_norm import flow as F
-from kalman_norm.layers import KN_DIAGNOSTICS
+from kalman_norm.layers import kn_diagnostics
 
 tf1 = tf.compat.v1
 BATCH_NORMS = ('bn', 'bkn', 'gkn', 'brn')
@@ -197,7 +197,7 @@ def test_norm_dispatches_to_the_layer_of_the_scope(kind):
         # Batch Renorm's clipped correction r, d; only in 'brn'
         assert any('clip_by_value' in name for name in ops) == (kind == 'brn')
         # only KN layers record diagnostics (the second layer, which has a prior)
-        assert [d.layer for d in tf1.get_collection(KN_DIAGNOSTICS)] == (['n2'] if kind in ('bkn', 'gkn') else [])
+        assert [d.layer for d in kn_diagnostics()] == (['n2'] if kind in ('bkn', 'gkn') else [])
 
 
 def _run(graph, tensor):

@@ -19,11 +19,13 @@ from tensorpack.tfutils.tower import get_current_tower_context
 from ..estimate import Estimate, get_estimate, set_estimate
 from ._common import EMA, EVAL_STATS, Layout, affine_params, resolve_training, to_float32
 
-__all__ = ['BatchKalmanNorm', 'GroupKalmanNorm', 'kalman_update', 'KN_DIAGNOSTICS', 'KNDiagnostic',
+__all__ = ['BatchKalmanNorm', 'GroupKalmanNorm', 'kalman_update', 'kn_diagnostics', 'KNDiagnostic',
            'PROPAGATE_MODES']
 
-#: Graph collection of :class:`KNDiagnostic` records, one per KN layer with a prior (per tower).
-KN_DIAGNOSTICS = 'kalman_norm_diagnostics'
+#: One :class:`KNDiagnostic` per KN layer with a prior (per tower), kept per graph by
+#: :func:`kn_diagnostics`.  Not a TF collection: tensorpack's ModelSaver exports every collection
+#: into the .meta graph, and these Python records cannot be serialised there.
+_DIAGNOSTICS_ATTR = '_kalman_norm_diagnostics'
 KNDiagnostic = collections.namedtuple(
     'KNDiagnostic', ['layer', 'prior_mean', 'prior_var', 'group_mean', 'group_var',
                      'tower_mean', 'tower_var', 'trusted'])
@@ -167,9 +169,19 @@ def _check_common(propagate, eval_stats=None, gain=0.1, gain_init=0.1, process_n
         raise ValueError('eval_stats must be one of %s, got %r' % (EVAL_STATS, eval_stats))
 
 
+def kn_diagnostics(graph=None):
+    """The (mutable) list of KNDiagnostic records of ``graph`` (default: the default graph)."""
+    graph = graph or tf.compat.v1.get_default_graph()
+    records = getattr(graph, _DIAGNOSTICS_ATTR, None)
+    if records is None:
+        records = []
+        setattr(graph, _DIAGNOSTICS_ATTR, records)
+    return records
+
+
 def _record_diagnostic(layout, x, prior, group_mean, group_var, trusted):
     tower_mean, tower_var = tf.nn.moments(x, axes=[a for a in range(layout.ndims) if a != layout.channel_axis])
-    tf.compat.v1.add_to_collection(KN_DIAGNOSTICS, KNDiagnostic(
+    kn_diagnostics().append(KNDiagnostic(
         tf.compat.v1.get_variable_scope().name, prior[0], prior[1], group_mean, group_var,
         tower_mean, tower_var, trusted))
 
