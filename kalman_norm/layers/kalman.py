@@ -75,7 +75,8 @@ def kalman_update(prior_mean, prior_var, batch_mean, batch_var, q, noise=None,
     """
     if noise is not None:
         prior_var = prior_var + noise
-    finite = tf.reduce_all(tf.math.is_finite(prior_mean) & tf.math.is_finite(prior_var), -1, keepdims=True)
+    # (a NaN or ±Inf in either makes the sum non-finite)
+    finite = tf.reduce_all(tf.math.is_finite(prior_mean + prior_var), -1, keepdims=True)
     # Keep non-finite priors out of the arithmetic entirely so that they cannot reach gradients.
     prior_mean = tf.where(finite, prior_mean, tf.zeros_like(prior_mean))
     prior_var = tf.where(finite, prior_var, tf.ones_like(prior_var))
@@ -136,6 +137,8 @@ def _match_groups(prior_mean, prior_var, num_groups_tensor, static_groups):
              rows, num_groups_tensor])
         with tf.control_dependencies([check]):
             prior_mean = tf.identity(prior_mean)
+    if pg is not None and pg == static_groups:
+        return prior_mean, prior_var
     shape = tf.stack([num_groups_tensor, prior_mean.shape[1]])
     return tf.broadcast_to(prior_mean, shape), tf.broadcast_to(prior_var, shape)
 
