@@ -7,6 +7,7 @@ DATA="${1:-../shared/data/cifar10-jpeg.tar.gz}"
 
 # 1. Speed of every norm relative to BN (issue: benchmark), quiet machine.
 python scripts/benchmark_norms.py --steps 30 --out results/benchmark_norms.md
+python scripts/benchmark_norms.py --norms "BN,BKN analytic prior" --steps 40 --out results/benchmark_bn_vs_bkn.md
 
 # 2. Dataflow throughput vs a training step.
 python scripts/dataflow_speed.py --data "$DATA" --num-proc 1 --train-steps 30 | tee results/dataflow_speed.txt
