@@ -5,7 +5,6 @@ by default, where those layers do not exist; the ``tf-keras`` package provides K
 TensorFlow only uses it when ``TF_USE_LEGACY_KERAS=1`` is set *before* TensorFlow is imported.
 """
 import os
-import sys
 
 REQUIRED = {
     # distribution name -> (module name, version prefix we are tested with)
@@ -22,17 +21,12 @@ class StackError(ImportError):
 
 
 def prepare_environment():
-    """Set TF_USE_LEGACY_KERAS=1, or fail clearly if TensorFlow was already imported without it."""
+    """Set TF_USE_LEGACY_KERAS=1, or fail clearly if the user set it to something else."""
     if os.environ.get("TF_USE_LEGACY_KERAS") not in (None, "1", "true", "True"):
         raise StackError("TF_USE_LEGACY_KERAS is set to %r; kalman_norm needs it to be 1 (tensorpack "
                          "layers need Keras 2)." % os.environ["TF_USE_LEGACY_KERAS"])
-    if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") is None:
-        # TensorFlow reads the variable lazily (when tf.keras is first touched), so setting it
-        # now still works unless Keras 3 was already bound.
-        keras_mod = sys.modules.get("keras")
-        if keras_mod is not None and getattr(keras_mod, "__version__", "3").startswith("3") \
-                and "tensorflow.python.keras" not in sys.modules and "tf_keras" not in sys.modules:
-            pass  # checked again in check_stack() through tf.layers
+    # TensorFlow reads the variable lazily (when tf.keras is first touched), so setting it here
+    # works even after `import tensorflow`; check_stack() verifies that Keras 2 is what got bound.
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     # TensorFlow's C++ INFO/WARNING logs bury the training output on CPU machines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
