@@ -8,8 +8,8 @@ setup(
                 "with trainers reproducing the NeurIPS 2018 paper",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["kalman_norm", "kalman_norm.*", "models", "models.*"]),
-    python_requires=">=3.9",
+    packages=find_packages(include=["kalman_norm", "kalman_norm.*"]),
+    python_requires=">=3.10",
     install_requires=[
         # one TensorFlow wheel serves CPU and GPU machines (GPU kernels load when CUDA is present)
         "tensorflow==2.21.*",

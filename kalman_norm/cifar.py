@@ -255,10 +255,10 @@ def make_spec(o):
 
 def build_logits(model, image, num_classes, options):
     if model == 'resnet':
-        from models.resnet_cifar import resnet_cifar
+        from kalman_norm.models.resnet_cifar import resnet_cifar
         return resnet_cifar(image, n=options['depth'], num_classes=num_classes,
                             **options.get('model_options', {}))
-    from models.inception_cifar import inception_cifar
+    from kalman_norm.models.inception_cifar import inception_cifar
     return inception_cifar(image, num_classes=num_classes, **options.get('model_options', {}))
 
 

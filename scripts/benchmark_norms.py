@@ -24,7 +24,7 @@ import tensorflow as tf  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
-from models.resnet_cifar import resnet_cifar  # noqa: E402
+from kalman_norm.models.resnet_cifar import resnet_cifar  # noqa: E402
 
 # ---- configuration ------------------------------------------------------------------------
 DEPTH_N = 5                  # ResNet-32

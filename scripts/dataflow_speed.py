@@ -86,7 +86,7 @@ def measure_training(df, ds, batch, steps, warmup=5):
     import tensorflow as tf
     from tensorpack.tfutils.tower import TowerContext
     from kalman_norm.cifar import session_config
-    from models.resnet_cifar import resnet_cifar
+    from kalman_norm.models.resnet_cifar import resnet_cifar
     graph = tf.Graph()
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.uint8, [batch, 32, 32, 3])

@@ -22,7 +22,7 @@ from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
 from kalman_norm import datasets  # noqa: E402
 from kalman_norm.diagnostics import format_report, prior_report  # noqa: E402
-from models.resnet_cifar import resnet_cifar  # noqa: E402
+from kalman_norm.models.resnet_cifar import resnet_cifar  # noqa: E402
 
 # ---- configuration ------------------------------------------------------------------------
 DEPTH_N = 5              # ResNet-32

@@ -122,8 +122,6 @@ def _norm_args(norm, model):
 @pytest.mark.parametrize('model,norm', [('resnet', n) for n in kalman_norm.NORMS]
                          + [('inception', 'gn')])
 def test_trainer_trains_every_norm_two_steps(model, norm, tmp_path):
-    if model == 'inception':
-        pytest.importorskip('models.inception_cifar')
     o = parse_options(TINY + _norm_args(norm, model) + ['--logdir', str(tmp_path / 'log')])
     if model == 'inception':
         o['model_options'] = {'width': 0.125}

@@ -1,4 +1,4 @@
-"""Tests of the CIFAR models (models/resnet_cifar.py, models/inception_cifar.py) under every norm.
+"""Tests of the CIFAR models (kalman_norm/models/resnet_cifar.py, inception_cifar.py) under every norm.
 
 Every graph is small (ResNet n=1, Inception at width 0.25, batches of 8 or 32) and each
 (model, norm) training graph is built once and shared by the tests that look at it.
@@ -13,8 +13,8 @@ import tensorflow as tf
 from tensorpack.tfutils.tower import TowerContext
 
 from kalman_norm.layers import kn_diagnostics
-from models.inception_cifar import INCEPTION_BLOCKS, inception_cifar, scaled
-from models.resnet_cifar import resnet_cifar
+from kalman_norm.models.inception_cifar import INCEPTION_BLOCKS, inception_cifar, scaled
+from kalman_norm.models.resnet_cifar import resnet_cifar
 
 tf1 = tf.compat.v1
 BATCH, GROUP = 8, 2
