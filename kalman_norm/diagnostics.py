@@ -12,8 +12,9 @@ Two errors, averaged over groups and channels:
   * mean error:      |µ_est - µ_large| / σ_large          (in units of the large-batch std)
   * variance error:  |log(σ²_est / σ²_large)|              (0 when equal; log 2 = off by 2×)
 """
+import collections
+
 import numpy as np
-import tensorflow as tf
 
 from .layers.kalman import kn_diagnostics
 
@@ -40,9 +41,12 @@ def prior_report(sess, feed_dict=None, records=None):
     if not records:
         raise ValueError('No KN layer with a prior in this graph: build the model under '
                          "norm_scope('bkn') or ('gkn') in a training (or eval_stats='batch') tower")
-    fetched = sess.run([r._replace(layer=tf.constant(0)) for r in records], feed_dict=feed_dict)
+    # only the tensor fields: q and R are None where a layer has none
+    fields = ('prior_mean', 'prior_var', 'group_mean', 'group_var', 'tower_mean', 'tower_var', 'trusted')
+    fetched = sess.run([{f: getattr(r, f) for f in fields} for r in records], feed_dict=feed_dict)
     rows = []
     for rec, val in zip(records, fetched):
+        val = collections.namedtuple('Fetched', fields)(**val)
         prior_mean_err, prior_var_err = _errors(val.prior_mean, val.prior_var, val.tower_mean, val.tower_var)
         group_mean_err, group_var_err = _errors(val.group_mean, val.group_var, val.tower_mean, val.tower_var)
         rows.append(dict(layer=rec.layer, prior_mean_err=prior_mean_err, prior_var_err=prior_var_err,

@@ -51,3 +51,29 @@ def test_report_without_kn_layers_says_what_to_do():
         assert diagnostic_records() == []
         with pytest.raises(ValueError, match='norm_scope'):
             prior_report(sess, {x: np.zeros([16, 8, 8, 3])})
+
+
+@pytest.mark.parametrize('kind', ['bkn', 'gkn'])
+def test_records_carry_the_layers_gain_and_process_noise(kind):
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [4, 6, 6, 3])
+        opts = dict(gain='learned', gain_init=0.3, noise_init=0.02)
+        if kind == 'gkn':
+            opts['channel_groups'] = 2
+        with TowerContext('', is_training=True), kn.norm_scope(kind, group_size=2, **opts):
+            y = F.relu(F.norm('n1', F.conv2d('c1', x, 4, 3)))
+            F.norm('n2', F.conv2d('c2', y, 4, 3))
+        with kn.norm_scope(kind, group_size=2, process_noise=False, **({'channel_groups': 2} if kind == 'gkn' else {})), \
+                TowerContext('t2', is_training=True):
+            y = F.relu(F.norm('m1', F.conv2d('d1', x, 4, 3)))
+            F.norm('m2', F.conv2d('d2', y, 4, 3))
+        recs = diagnostic_records()
+        assert [r.layer for r in recs] == ['n2', 'm2']
+        assert recs[0].gain.name == 'n2/gain:0' and recs[0].process_noise.name == 'n2/process_noise:0'
+        assert recs[1].process_noise is None and recs[1].gain.name == 't2/m2/gain:0'
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            q, r, q2 = sess.run([recs[0].gain, recs[0].process_noise, recs[1].gain])
+    assert q == pytest.approx(0.3, rel=1e-5) and q2 == pytest.approx(0.1, rel=1e-5)   # fixed default
+    np.testing.assert_allclose(r, np.full(4, 0.02), rtol=1e-4)

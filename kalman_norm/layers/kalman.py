@@ -26,9 +26,12 @@ __all__ = ['BatchKalmanNorm', 'GroupKalmanNorm', 'kalman_update', 'kn_diagnostic
 #: :func:`kn_diagnostics`.  Not a TF collection: tensorpack's ModelSaver exports every collection
 #: into the .meta graph, and these Python records cannot be serialised there.
 _DIAGNOSTICS_ATTR = '_kalman_norm_diagnostics'
+#: ``gain`` (q, a scalar tensor) and ``process_noise`` (R [C], before it is added to ``prior_var``)
+#: are the layer's own tensors, None where the layer has no such tensor (R switched off).
 KNDiagnostic = collections.namedtuple(
     'KNDiagnostic', ['layer', 'prior_mean', 'prior_var', 'group_mean', 'group_var',
-                     'tower_mean', 'tower_var', 'trusted'])
+                     'tower_mean', 'tower_var', 'trusted', 'gain', 'process_noise'],
+    defaults=(None, None))
 
 #: What a KN layer hands on to the next prediction step.
 #: 'input':  the posterior estimate of its own input, as the paper and the authors' code do
@@ -183,10 +186,21 @@ def kn_diagnostics(graph=None):
 
 
 def _record_diagnostic(layout, x, prior, group_mean, group_var, trusted):
+    # q and R are read back by the names the layer gave them ('gain', 'process_noise') in its own
+    # name scope, so that a change of their parametrisation does not touch this record.
+    graph = tf.compat.v1.get_default_graph()
+    scope = graph.get_name_scope()
+    found = {}
+    for key in ('gain', 'process_noise'):
+        name = '%s/%s:0' % (scope, key) if scope else key + ':0'
+        try:
+            found[key] = graph.get_tensor_by_name(name)
+        except KeyError:
+            found[key] = None
     tower_mean, tower_var = tf.nn.moments(x, axes=[a for a in range(layout.ndims) if a != layout.channel_axis])
     kn_diagnostics().append(KNDiagnostic(
         tf.compat.v1.get_variable_scope().name, prior[0], prior[1], group_mean, group_var,
-        tower_mean, tower_var, trusted))
+        tower_mean, tower_var, trusted, found['gain'], found['process_noise']))
 
 
 @layer_register()
