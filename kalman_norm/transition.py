@@ -196,3 +196,159 @@ def global_avg_pool_estimate(est, in_hw):
     _check_static_hw(in_hw, 'global average pooling')
     m, v = est.moments()
     return Estimate(m, v / float(int(in_hw[0]) * int(in_hw[1])))
+
+
+# ----------------------------------------------------------------------------------------------
+# Max pooling
+# ----------------------------------------------------------------------------------------------
+#
+# Under the model every transition here shares (the taps of a window are independent draws of
+# the channel's distribution N(m, v), rectified if a ReLU lies in between), the max of a window
+# of n valid taps is
+#     max_t relu(z_t) = relu(max_t z_t) = relu(m + s·M_n),    s = √v,
+# with M_n the maximum of n independent standard normals (ReLU is monotone, so it commutes with
+# the max).  M_n has density p_n(x) = n φ(x) Φ(x)^(n-1), the same for every channel, so
+#     E[relu(m + s M_n)]   = m S0(t) + s S1(t)
+#     E[relu(m + s M_n)²]  = m² S0(t) + 2 m s S1(t) + s² S2(t),        t = -m/s,
+#     S_k(t) = ∫_t^∞ x^k p_n(x) dx      (S0(t) = 1 - Φ(t)^n),
+# and without the ReLU (t → -∞) simply E = m + s µ_n, Var = v σ_n² with µ_n, σ_n² the moments of
+# M_n.  S1 and S2 have no closed form: they are tabulated once per n with NumPy (fine trapezoid
+# rule) and linearly interpolated in the graph, which keeps the prior differentiable in m and s.
+# This is the exact limit of the Monte-Carlo prior (method 'mc': sample, tf.nn.max_pool2d,
+# moments), as 'analytic' is for the convolution; Clark's (1961) pairwise formulas would add a
+# second approximation (that every partial maximum is Gaussian), which costs up to ~30% of the
+# variance when ReLU cuts the max, and is not needed because all taps share one distribution.
+#
+# Borders: TensorFlow's max pooling ignores padded positions, so a window at a SAME border has
+# fewer valid taps.  A random output position is then a mixture over tap counts n with weights
+# w_n (fractions of output positions): mean = Σ w_n E_n, E[y²] = Σ w_n E2_n.
+#
+# What the prior assumes: taps independent with the channel's moments (real neighbouring
+# activations are positively correlated, which makes their max smaller and more spread than
+# predicted), and a Gaussian pre-activation.  The result carries moments only (not a Gaussian):
+# a max is skewed, and the next layer's prediction uses the first two moments, as for every
+# other op here.
+
+__all__ += ['max_pool_estimate', 'max_of_normals_moments', 'max_of_normals_table']
+
+_MAX_TABLE_RANGE = 10.0          # t in [-10, 10]: beyond it S_k is at its limit to float32 precision
+_MAX_TABLE_STEP = 1.0 / 128      # interpolation error ~ step²/8 · |S_k''| < 1e-5
+
+
+def _normal_cdf(x):
+    from math import erfc, sqrt
+    return np.array([0.5 * erfc(-v / sqrt(2.0)) for v in np.ravel(x)]).reshape(np.shape(x))
+
+
+_MAX_TABLES = {}
+
+
+def max_of_normals_table(n):
+    """(t [K], S0, S1, S2 [K]): S_k(t) = ∫_t^∞ x^k p_n(x) dx for the max of n standard normals,
+    on the grid t = -10 .. 10 (step 1/128), computed with a trapezoid rule 16× finer."""
+    n = int(n)
+    if n < 1:
+        raise ValueError('A pooling window needs at least one valid tap, got %d' % n)
+    if n not in _MAX_TABLES:
+        fine_step = _MAX_TABLE_STEP / 16
+        x = np.arange(-_MAX_TABLE_RANGE - 2.0, _MAX_TABLE_RANGE + 2.0 + fine_step / 2, fine_step)
+        pdf = n * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi) * _normal_cdf(x) ** (n - 1)
+        tails = []
+        for k in (0, 1, 2):
+            f = pdf * x ** k
+            # ∫_x^∞ f: cumulative trapezoid from the right end (where p_n is ~1e-30 or less)
+            seg = 0.5 * (f[1:] + f[:-1]) * fine_step
+            tails.append(np.concatenate([np.cumsum(seg[::-1])[::-1], [0.0]]))
+        grid = np.arange(-_MAX_TABLE_RANGE, _MAX_TABLE_RANGE + _MAX_TABLE_STEP / 2, _MAX_TABLE_STEP)
+        idx = np.round((grid - x[0]) / fine_step).astype(int)
+        _MAX_TABLES[n] = (grid,) + tuple(t[idx] for t in tails)
+    return _MAX_TABLES[n]
+
+
+def max_of_normals_moments(n):
+    """(µ_n, σ_n²): mean and variance of the maximum of n independent standard normals."""
+    _, s0, s1, s2 = max_of_normals_table(n)
+    mean = s1[0] / s0[0]
+    return float(mean), float(s2[0] / s0[0] - mean * mean)
+
+
+def _interp(table, t):
+    """Piecewise-linear interpolation of ``table`` (on the max-of-normals grid) at t; constant
+    outside the grid."""
+    k = len(table)
+    pos = tf.clip_by_value((t + _MAX_TABLE_RANGE) / _MAX_TABLE_STEP, 0.0, float(k - 1) - 1e-3)
+    i0 = tf.floor(pos)
+    frac = pos - i0
+    i0 = tf.cast(i0, tf.int32)
+    values = tf.constant(table, tf.float32)
+    lo, hi = tf.gather(values, i0), tf.gather(values, i0 + 1)
+    return lo + frac * (hi - lo)
+
+
+def _window_counts(in_hw, pool, strides, padding):
+    """{n: fraction of output positions whose window holds n valid input positions}."""
+    (ph, pw), (sh, sw) = _pair(pool), _pair(strides)
+    rows, _ = _axis_coverage(int(in_hw[0]), ph, sh, padding)
+    cols, _ = _axis_coverage(int(in_hw[1]), pw, sw, padding)
+    counts = (rows.sum(0)[:, None] * cols.sum(0)[None, :]).astype(int).ravel()
+    values, freq = np.unique(counts, return_counts=True)
+    return {int(v): float(f) / counts.size for v, f in zip(values, freq)}
+
+
+def _analytic_max_pool(est, counts):
+    m, v = est.mean, tf.maximum(est.var, 0.)
+    s = tf.sqrt(v + 1e-12)
+    if len(counts) == 1 and not est.rectified:
+        (n, _), = counts.items()
+        mu_n, var_n = max_of_normals_moments(n)
+        return m + s * mu_n, v * var_n
+    t = -m / s
+    first, second = 0., 0.
+    for n, weight in sorted(counts.items()):
+        if est.rectified:
+            _, s0, s1, s2 = max_of_normals_table(n)
+            p0, p1, p2 = _interp(s0, t), _interp(s1, t), _interp(s2, t)
+            e1 = m * p0 + s * p1
+            e2 = tf.square(m) * p0 + 2. * m * s * p1 + v * p2
+        else:
+            mu_n, var_n = max_of_normals_moments(n)
+            e1 = m + s * mu_n
+            e2 = tf.square(e1) + v * var_n
+        first, second = first + weight * e1, second + weight * e2
+    return first, tf.maximum(second - tf.square(first), 0.)
+
+
+def _mc_max_pool(est, in_hw, pool, strides, padding, num_samples):
+    x, groups = _sample(est, [int(in_hw[0]), int(in_hw[1])], num_samples)
+    x = tf.reshape(x, [-1, int(in_hw[0]), int(in_hw[1]), est.mean.shape[-1]])
+    y = tf.nn.max_pool2d(x, _pair(pool), _pair(strides), padding, data_format='NHWC')
+    return _grouped_moments(y, groups)
+
+
+def max_pool_estimate(est, in_hw, pool, strides=None, padding='VALID', method='analytic', num_samples=1):
+    """Predict the estimate of ``max_pool(x)`` from the estimate of ``x`` (see the notes above).
+
+    Args:
+        est (Estimate): estimate of the pooling input ``[G, C]`` (rectified or not).
+        in_hw: static (height, width) of the input.
+        pool, strides: window and strides (an int or a pair; strides default to the window).
+        padding: 'SAME' or 'VALID' (padded positions never win the max, as in TensorFlow).
+        method: 'analytic' (exact moments under independent taps) or 'mc' (sample the input
+            Gaussian, rectify if pending, ``tf.nn.max_pool2d``, take moments).
+        num_samples: 'mc' only: sampled feature maps per group.
+    Returns:
+        Estimate ``[G, C]`` holding the output's mean and variance (not rectified).
+    """
+    _check_static_hw(in_hw, 'max pooling')
+    padding = padding.upper()
+    if padding not in ('SAME', 'VALID'):
+        raise ValueError("padding must be 'SAME' or 'VALID', got %r" % (padding,))
+    strides = pool if strides is None else strides
+    counts = _window_counts(in_hw, pool, strides, padding)
+    if method == 'analytic':
+        mean, var = _analytic_max_pool(est, counts)
+    elif method == 'mc':
+        mean, var = _mc_max_pool(est, in_hw, pool, strides, padding, num_samples)
+    else:
+        raise ValueError("Unknown prior method %r; choose one of %s" % (method, METHODS))
+    return Estimate(mean, var)
