@@ -14,7 +14,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import kalman_norm  # noqa: E402,F401  (before tensorpack)
-from kalman_norm.datasets import DataError, describe, get_dataflow, load_dataset  # noqa: E402
+from kalman_norm.data import DataError, describe, get_dataflow, load_dataset  # noqa: E402
 
 # ---- config (overridable from the command line)
 DATASET = "cifar10"

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
-from kalman_norm import datasets  # noqa: E402
+from kalman_norm import data as datasets  # noqa: E402
 from kalman_norm.diagnostics import format_report, prior_report  # noqa: E402
 from kalman_norm.models.resnet_cifar import resnet_cifar  # noqa: E402
 
