@@ -23,7 +23,7 @@ class Estimate(object):
     """A diagonal Gaussian ``N(mean, var)`` per group and channel, optionally rectified.
 
     Args:
-        mean, var: float32 tensors of shape ``[G, C]``.
+        mean, var: tensors of shape ``[G, C]``, of any real dtype (kept as float32).
         rectified (bool): the described value is ``relu(z)`` with ``z ~ N(mean, var)``.
             ReLU is applied lazily so that the Monte-Carlo transition can sample the Gaussian
             and rectify the samples exactly as the paper does; :meth:`moments` gives the
@@ -32,8 +32,8 @@ class Estimate(object):
     __slots__ = ('mean', 'var', 'rectified')
 
     def __init__(self, mean, var, rectified=False):
-        self.mean = tf.convert_to_tensor(mean, dtype=tf.float32)
-        self.var = tf.convert_to_tensor(var, dtype=tf.float32)
+        self.mean = _as_float32(mean, 'mean')
+        self.var = _as_float32(var, 'variance')
         self.rectified = bool(rectified)
 
     def relu(self):
@@ -55,6 +55,15 @@ class Estimate(object):
 
     def __repr__(self):
         return 'Estimate(mean=%s, var=%s, rectified=%s)' % (self.mean.shape, self.var.shape, self.rectified)
+
+
+def _as_float32(value, what):
+    """A float32 tensor of ``value`` (any real dtype: a float16 prior for a float16 model works;
+    KN's statistics are float32 whatever the feature dtype)."""
+    t = tf.convert_to_tensor(value)
+    if not (t.dtype.is_floating or t.dtype.is_integer):
+        raise TypeError('An estimate\'s %s must be real numbers, got dtype %s' % (what, t.dtype.name))
+    return t if t.dtype == tf.float32 else tf.cast(t, tf.float32)
 
 
 def rectified_gaussian_moments(mean, var):

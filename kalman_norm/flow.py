@@ -12,10 +12,9 @@ KN layer finds its prior without the model passing it by hand::
 Estimates are propagated through: ReLU (lazily; closed form or sampled), conv2d and
 fully_connected (the layer's own kernel, gradients flow into it), average and global average
 pooling, strided subsampling, channel zero-padding, addition (independent branches: moments
-add, as the authors do for residual blocks), channel concatenation and max pooling (the
-moments of the max of independent taps, :func:`kalman_norm.transition.max_pool_estimate`).
-An op whose inputs do not all carry an estimate produces none, and any op outside this module
-ends the chain (the next KN layer has no prior and uses batch statistics).
+add, as the authors do for residual blocks) and channel concatenation.  Max pooling has no
+closed form: it ends the chain (the next KN layer has no prior and uses batch statistics).
+An op whose inputs do not all carry an estimate produces none.
 """
 import contextlib
 
@@ -23,32 +22,23 @@ import numpy as np
 import tensorflow as tf
 from tensorpack.models import layer_register
 
+from .data_format import canonical_data_format, data_format_scope, default_data_format
 from .estimate import Estimate, get_estimate, set_estimate
+from .layers import weight_normalize
+from .spec import current_norm
 from .transition import avg_pool_estimate, conv_estimate, dense_estimate, global_avg_pool_estimate
 
 __all__ = ['conv2d', 'fully_connected', 'norm', 'relu', 'add', 'avg_pool', 'max_pool',
            'global_avg_pool', 'concat', 'pad_channels', 'subsample', 'layout', 'default_data_format']
 
-_LAYOUT = ['NHWC']
-
-
 @contextlib.contextmanager
 def layout(data_format):
     """Default data format of the flow ops and norm layers inside the block ('NHWC' or 'NCHW')."""
-    from .layers._common import canonical_data_format
-    _LAYOUT.append(canonical_data_format(data_format))
-    try:
+    with data_format_scope(data_format):
         yield
-    finally:
-        _LAYOUT.pop()
-
-
-def default_data_format():
-    return _LAYOUT[-1]
 
 
 def _fmt(data_format):
-    from .layers._common import canonical_data_format
     return canonical_data_format(data_format)
 
 
@@ -66,7 +56,6 @@ def _pair(v):
 
 
 def _spec():
-    from .spec import current_norm
     return current_norm(required=False)
 
 
@@ -79,7 +68,6 @@ def _prior_method():
 
 def norm(name, x, **overrides):
     """The normalization layer of the innermost :func:`kalman_norm.norm_scope`."""
-    from .spec import current_norm
     return current_norm()(name, x, **overrides)
 
 
@@ -103,7 +91,6 @@ def conv2d(x, filters, kernel_size, strides=1, padding='SAME', use_bias=False,
     kernel = tf.compat.v1.get_variable('W', [kh, kw, cin, filters], initializer=kernel_initializer)
     spec = _spec()
     if spec is not None and spec.weight_norm:
-        from .layers import weight_normalize
         kernel = weight_normalize(kernel)
     conv_strides = [1, 1, sh, sw] if data_format == 'NCHW' else [1, sh, sw, 1]
     y = tf.nn.conv2d(x, tf.cast(kernel, x.dtype), strides=conv_strides, padding=padding.upper(),
@@ -132,7 +119,6 @@ def fully_connected(x, units, use_bias=True, kernel_initializer=None):
     kernel = tf.compat.v1.get_variable('W', [x.shape[1], units], initializer=kernel_initializer)
     spec = _spec()
     if spec is not None and spec.weight_norm:
-        from .layers import weight_normalize
         kernel = weight_normalize(kernel)
     y = tf.matmul(x, tf.cast(kernel, x.dtype))
     bias = None
@@ -176,6 +162,14 @@ def avg_pool(x, pool_size, strides=None, padding='VALID', data_format=None, name
     return y
 
 
+def max_pool(x, pool_size, strides=None, padding='VALID', data_format=None, name=None):
+    """Max pooling.  No closed form for the moments of a max: the KN chain restarts after it."""
+    data_format = _fmt(data_format)
+    strides = pool_size if strides is None else strides
+    return tf.nn.max_pool2d(x, _pair(pool_size), _pair(strides), padding.upper(), data_format=data_format,
+                            name=name)
+
+
 def global_avg_pool(x, data_format=None, name=None):
     """Mean over positions: [N, H, W, C] or [N, C, H, W] → [N, C]."""
     data_format = _fmt(data_format)
@@ -193,15 +187,8 @@ def concat(xs, data_format=None, name=None):
     y = tf.concat(list(xs), axis=_channel_axis(xs[0], data_format), name=name)
     ests = [get_estimate(x) for x in xs]
     if all(e is not None for e in ests):
-        if all(e.rectified for e in ests):
-            # every branch ends in a ReLU (Inception modules): keep the ReLU pending, so that a max
-            # pool or a Monte-Carlo conv after the concat sees the rectified Gaussian itself
-            set_estimate(y, Estimate(tf.concat([e.mean for e in ests], 1), tf.concat([e.var for e in ests], 1),
-                                     rectified=True))
-        else:
-            moments = [e.moments() for e in ests]
-            set_estimate(y, Estimate(tf.concat([m for m, _ in moments], 1),
-                                     tf.concat([v for _, v in moments], 1)))
+        moments = [e.moments() for e in ests]
+        set_estimate(y, Estimate(tf.concat([m for m, _ in moments], 1), tf.concat([v for _, v in moments], 1)))
     return y
 
 
@@ -231,22 +218,4 @@ def subsample(x, stride, data_format=None, name=None):
     est = get_estimate(x)
     if est is not None:
         set_estimate(y, est)
-    return y
-
-
-def max_pool(x, pool_size, strides=None, padding='VALID', data_format=None, name=None):
-    """Max pooling (TensorFlow's: padded positions never win).  The estimate is carried through
-    it: the moments of the max of the window's taps, taken as independent draws of the channel's
-    distribution (exactly for 'analytic', by sampling for the spec's ``prior_method='mc'``; see
-    :func:`kalman_norm.transition.max_pool_estimate` for what this assumes)."""
-    from .transition import max_pool_estimate
-    data_format = _fmt(data_format)
-    strides = pool_size if strides is None else strides
-    y = tf.nn.max_pool2d(x, _pair(pool_size), _pair(strides), padding.upper(), data_format=data_format,
-                         name=name)
-    est = get_estimate(x)
-    if est is not None:
-        method, samples = _prior_method()
-        set_estimate(y, max_pool_estimate(est, _hw(x, data_format), pool_size, strides, padding,
-                                          method=method, num_samples=samples))
     return y

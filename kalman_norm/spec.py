@@ -11,21 +11,25 @@ import inspect
 import threading
 
 from .layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm, LayerNormalization,
-                     MicroBatchNorm, MicroBatchRenorm)
+                     MicroBatchNorm, MicroBatchRenorm, check_batch_kalman_norm_options,
+                     check_bias_only_options, check_group_kalman_norm_options, check_group_norm_options,
+                     check_layer_normalization_options, check_micro_batch_norm_options,
+                     check_micro_batch_renorm_options)
 from .transition import METHODS
 
 __all__ = ['NORMS', 'NormSpec', 'norm_scope', 'current_norm']
 
-#: name -> (layer, takes group_size, one-line description)
+#: name -> (layer, takes group_size, one-line description, option checker)
 _KINDS = {
-    'bn': (MicroBatchNorm, True, 'Batch Normalization over micro-batch groups'),
-    'bkn': (BatchKalmanNorm, True, 'Batch Kalman Normalization (Eq. 7)'),
-    'gn': (GroupNorm, False, 'Group Normalization'),
-    'gkn': (GroupKalmanNorm, True, 'Group Kalman Normalization (Sect. 3.3)'),
-    'brn': (MicroBatchRenorm, True, 'Batch Renormalization over micro-batch groups'),
-    'ln': (LayerNormalization, False, 'Layer Normalization'),
-    'wn': (BiasOnly, False, 'Weight Normalization of conv/dense kernels (+ bias)'),
-    'none': (BiasOnly, False, 'no normalization (+ bias)'),
+    'bn': (MicroBatchNorm, True, 'Batch Normalization over micro-batch groups', check_micro_batch_norm_options),
+    'bkn': (BatchKalmanNorm, True, 'Batch Kalman Normalization (Eq. 7)', check_batch_kalman_norm_options),
+    'gn': (GroupNorm, False, 'Group Normalization', check_group_norm_options),
+    'gkn': (GroupKalmanNorm, True, 'Group Kalman Normalization (Sect. 3.3)', check_group_kalman_norm_options),
+    'brn': (MicroBatchRenorm, True, 'Batch Renormalization over micro-batch groups',
+            check_micro_batch_renorm_options),
+    'ln': (LayerNormalization, False, 'Layer Normalization', check_layer_normalization_options),
+    'wn': (BiasOnly, False, 'Weight Normalization of conv/dense kernels (+ bias)', check_bias_only_options),
+    'none': (BiasOnly, False, 'no normalization (+ bias)', check_bias_only_options),
 }
 NORMS = tuple(_KINDS)
 _PROPAGATING = ('bkn', 'gkn')
@@ -49,7 +53,9 @@ class NormSpec(object):
         prior_method: 'bkn'/'gkn' only: how the prior is predicted, 'analytic' (default) or 'mc'
             (see :mod:`kalman_norm.transition`).
         prior_samples: 'mc' only: sampled feature maps per group (the authors use 1).
-        **options: keyword arguments of the layer (see its docstring), checked here.
+        **options: keyword arguments of the layer (see its docstring), checked here: unknown
+            names against the layer's signature, values by the layer's ``check_*_options``
+            function (so a bad value fails now, with one line, not while a model is built).
     """
 
     def __init__(self, kind, group_size=None, prior_method='analytic', prior_samples=1, **options):
@@ -60,14 +66,15 @@ class NormSpec(object):
             raise ValueError('group_size must be a positive integer or None, got %r' % (group_size,))
         if prior_method not in METHODS:
             raise ValueError('Unknown prior method %r; choose one of %s' % (prior_method, METHODS))
-        if not isinstance(prior_samples, int) or prior_samples < 1:
+        if not isinstance(prior_samples, int) or isinstance(prior_samples, bool) or prior_samples < 1:
             raise ValueError('prior_samples must be a positive integer, got %r' % (prior_samples,))
-        layer, grouped, _ = _KINDS[kind]
+        layer, grouped, _, check_options = _KINDS[kind]
         accepted = set(inspect.signature(layer).parameters) - {'x', 'prior', 'group_size'}
         unknown = sorted(set(options) - accepted)
         if unknown:
             raise ValueError('Option(s) %s do not apply to %r; it accepts: %s'
                              % (', '.join(unknown), kind, ', '.join(sorted(accepted)) or 'none'))
+        check_options(**options)
         self.kind, self.group_size = kind, group_size
         self.prior_method, self.prior_samples = prior_method, prior_samples
         self.options = dict(options)

@@ -216,7 +216,7 @@ def run(build):
 
 
 @pytest.mark.parametrize('pooled', [False, True])
-@pytest.mark.parametrize('with_noise', [False, True])
+@pytest.mark.parametrize('with_noise', [False, 'absolute', 'relative'])
 def test_kalman_update_is_eq7(pooled, with_noise):
     rng = np.random.default_rng(0)
     pm, bm = rng.standard_normal((2, 3, 5))
@@ -227,9 +227,11 @@ def test_kalman_update_is_eq7(pooled, with_noise):
     def build():
         c = lambda a: tf.constant(a, tf.float32)  # noqa: E731
         return kalman_update(c(pm), c(pv), c(bm), c(bv), tf.constant(q), None if noise is None else c(noise),
-                             pooled_variance=pooled)
+                             pooled_variance=pooled, relative_noise=with_noise == 'relative')
 
     mean, var, trusted = run(build)
+    if with_noise == 'relative':          # R = r * prior variance
+        noise = noise * pv
     em, ev = np_eq7(pm, pv, bm, bv, q, 0.0 if noise is None else noise, pooled)
     np.testing.assert_allclose(mean, em, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(var, ev, rtol=1e-6, atol=1e-6)
@@ -240,7 +242,8 @@ def test_kalman_update_is_eq7(pooled, with_noise):
 
 
 @pytest.mark.parametrize('pooled', [False, True])
-def test_bkn_layer_is_eq7(pooled):
+@pytest.mark.parametrize('noise_param', ['relative', 'softplus'])
+def test_bkn_layer_is_eq7(pooled, noise_param):
     rng = np.random.default_rng(1)
     x = f32(0.3 + 1.2 * rng.standard_normal(SHAPE))
     pm = f32(0.5 * rng.standard_normal((2, 4)))
@@ -249,14 +252,15 @@ def test_bkn_layer_is_eq7(pooled):
 
     def build():
         out = BatchKalmanNorm('bkn', tf.constant(x, tf.float32), (pm, pv), group_size=2, gain=q,
-                              noise_init=noise, pooled_variance=pooled)
+                              noise_param=noise_param, noise_init=noise, pooled_variance=pooled)
         diag = kn_diagnostics()
         assert len(diag) == 1 and diag[0].layer == 'bkn'
         return out, out.posterior.mean, out.posterior.var, diag[0].trusted
 
     out, mean, var, trusted = run(build)
     bm, bv = np_batch_moments(x, 2)
-    em, ev = np_eq7(pm, pv, bm, bv, q, noise, pooled)
+    # relative (default): Σ_{k|k-1} = (1 + r) AΣAᵀ; softplus: Σ_{k|k-1} = AΣAᵀ + R
+    em, ev = np_eq7(pm, pv, bm, bv, q, noise * pv if noise_param == 'relative' else noise, pooled)
     assert trusted.all()
     np.testing.assert_allclose(mean, em, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(var, ev, rtol=1e-5, atol=1e-6)
@@ -459,7 +463,7 @@ def test_gain_one_is_bn_and_gain_zero_uses_the_prior():
     np.testing.assert_allclose(one, bn, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(mean0, pm.astype(np.float32))
     np.testing.assert_array_equal(var0, pv.astype(np.float32))
-    np.testing.assert_allclose(var0_r, pv + 0.3, rtol=1e-6)
+    np.testing.assert_allclose(var0_r, pv * 1.3, rtol=1e-6)     # relative R: (1 + r) · prior variance
     np.testing.assert_allclose(zero, np_normalize(x, 2, pm, pv), rtol=1e-5, atol=1e-5)
 
 

@@ -59,7 +59,7 @@ def _random_value(name, shape, seed):
     if name.endswith('variance/EMA'):
         return rng.uniform(0.3, 3.0, shape)
     if name.endswith('/noise_rho'):
-        return rng.uniform(-3.0, -1.0, shape)        # R = softplus(rho) in ~[0.05, 0.31]
+        return rng.uniform(-3.0, -1.0, shape)        # r = softplus(rho) in ~[0.05, 0.31]
     if name.endswith('/gain_logit'):
         return rng.uniform(-1.0, 1.0, shape)         # learned q in ~[0.27, 0.73]
     return None
@@ -164,8 +164,14 @@ def ref_global(xc, mean, var, gamma, beta):
     return (xc - bc(mean, xc.ndim)) / np.sqrt(bc(var, xc.ndim) + EPS) * bc(gamma, xc.ndim) + bc(beta, xc.ndim)
 
 
+def ref_R(rho, pv):
+    """The default (relative) process noise: R = softplus(rho) * prior variance, per channel."""
+    return softplus(rho) * pv
+
+
 def ref_eq7(pm, pv, bm, bv, q, R=None, pooled=True, guard=100.0):
-    """Eq. 7 update; asserts that the guard (if any) does not trigger for the test data."""
+    """Eq. 7 update (R added to the prior variance pv); asserts that the guard (if any) does not
+    trigger for the test data."""
     pv = pv + (0.0 if R is None else R)
     mean = (1 - q) * pm + q * bm
     var = (1 - q) * pv + q * bv
@@ -199,9 +205,10 @@ def ref_gkn(xc, gs, groups, pm, pv, q, R, pooled, guard, gamma, beta):
     sm, sv = ref_gn_moments(xc, groups)                                  # [N, groups]
     m, v = pm.reshape(-1, groups, cg), pv.reshape(-1, groups, cg)
     gpm, gpv = m.mean(2), v.mean(2) + m.var(2)                           # [G, groups]
-    gR = None if R is None else R.reshape(groups, cg).mean(1)
+    gR = None if R is None else np.broadcast_to(R, pv.shape).reshape(-1, groups, cg).mean(2)
     reps = n if gs is None else gs
     gpm, gpv = np.repeat(gpm, reps, 0), np.repeat(gpv, reps, 0)         # [N, groups]
+    gR = None if gR is None else np.repeat(gR, reps, 0)
     mean, var = ref_eq7(gpm, gpv, sm, sv, q, gR, pooled, guard)
     return ref_gn_apply(xc, groups, mean, var, gamma, beta)
 
@@ -337,7 +344,7 @@ def _bkn_prior_ref(xc, gs, kind, vals, priors):
     bm, bv = ref_group_moments(xc, gs)
     name = '%s%s' % (kind, gs)
     if kind == 'P':
-        mean, var = ref_eq7(pm, pv, bm, bv, 0.1, softplus(vals[name + '/noise_rho']), pooled=True, guard=guard)
+        mean, var = ref_eq7(pm, pv, bm, bv, 0.1, ref_R(vals[name + '/noise_rho'], pv), pooled=True, guard=guard)
     else:
         mean, var = ref_eq7(pm, pv, bm, bv, sigmoid(vals[name + '/gain_logit']), None, pooled=False, guard=None)
     return ref_normalize_grouped(xc, gs, mean, var, vals[name + '/gamma'], vals[name + '/beta']), (mean, var)
@@ -427,7 +434,7 @@ def test_group_kalman_norm_forward(layout):
             assert_close(res[('none', gs)], ref_gn_apply(xc, groups, sm, sv, v[n + '/gamma'], v[n + '/beta']),
                          layout, ctx + 'no prior = GN, group_size=%s' % gs)
             n = 'P%s' % gs
-            exp = ref_gkn(xc, gs, groups, pm, pv, 0.1, softplus(v[n + '/noise_rho']), True, guard,
+            exp = ref_gkn(xc, gs, groups, pm, pv, 0.1, ref_R(v[n + '/noise_rho'], pv), True, guard,
                           v[n + '/gamma'], v[n + '/beta'])
             assert_close(res[('P', gs)], exp, layout, ctx + 'P group_size=%s' % gs)
             n = 'U%s' % gs
@@ -511,7 +518,8 @@ def test_dynamic_batch_matches_static():
     xc = to_nc(x, 'NHWC')
     assert_close(y_bn, ref_bn(xc, 2, v['B/gamma'], v['B/beta']), 'NHWC')
     bm, bv = ref_group_moments(xc, 2)
-    mean, var = ref_eq7(pm.astype(np.float64), pv.astype(np.float64), bm, bv, 0.1, softplus(v['K/noise_rho']))
+    mean, var = ref_eq7(pm.astype(np.float64), pv.astype(np.float64), bm, bv, 0.1,
+                        ref_R(v['K/noise_rho'], pv.astype(np.float64)))
     assert_close(y_bkn, ref_normalize_grouped(xc, 2, mean, var, v['K/gamma'], v['K/beta']), 'NHWC')
 
 
@@ -889,9 +897,9 @@ def test_nonfinite_prior_bkn_falls_back_to_bn(layout):
     np.testing.assert_array_equal(trusted.ravel(), [True, False, False, True])
     xc = to_nc(x, layout)
     bm, bv = ref_group_moments(xc, 2)
-    R = softplus(v['L/noise_rho'])
     mean, var = bm.copy(), bv.copy()
     for g in (0, 3):
+        R = ref_R(v['L/noise_rho'], pv[g].astype(np.float64))
         mean[g], var[g] = ref_eq7(pm[g].astype(np.float64), pv[g].astype(np.float64), bm[g], bv[g], 0.1, R)
     assert_close(out, ref_normalize_grouped(xc, 2, mean, var, v['L/gamma'], v['L/beta']), layout)
     bn = ref_bn(xc, 2, v['L/gamma'], v['L/beta'])
@@ -916,7 +924,90 @@ def test_nonfinite_prior_gkn_falls_back_to_gn():
     sm, sv = ref_gn_moments(xc, 2)
     gn = ref_gn_apply(xc, 2, sm, sv, v['L/gamma'], v['L/beta'])
     gkn = ref_gkn(xc[:6], 2, 2, pm[:3].astype(np.float64), pv[:3].astype(np.float64), 0.1,
-                  softplus(v['L/noise_rho']), True, 100.0, v['L/gamma'], v['L/beta'])
+                  ref_R(v['L/noise_rho'], pv[:3].astype(np.float64)), True, 100.0, v['L/gamma'], v['L/beta'])
     out_nc = to_nc(out, 'NHWC')
     np.testing.assert_allclose(out_nc[6:], gn[6:], atol=ATOL, rtol=RTOL)
     np.testing.assert_allclose(out_nc[:6], gkn, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize('bad', ['negative', 'minus_inf', 'nan_var'])
+def test_negative_prior_variance_bkn_falls_back_to_bn(bad):
+    """A prior row with a negative (or -Inf / NaN) variance is rejected like a non-finite one:
+    that group is exactly plain BN (no NaN from rsqrt of a negative variance), the others follow
+    Eq. 7, and the diagnostics mark the row untrusted."""
+    x = make_x('NHWC', seed=65)
+    pm, pv = make_prior(4, seed=66)
+    pv[1, 2] = {'negative': -0.5, 'minus_inf': -np.inf, 'nan_var': np.nan}[bad]
+    with graph_session() as sess:
+        xt = tf1.placeholder(tf.float32, x.shape)
+        with TowerContext('', is_training=True):
+            y = BatchKalmanNorm('L', xt, prior=(pm, pv), group_size=2)
+            bn = MicroBatchNorm('B', xt, group_size=2)
+        diag = kn_diagnostics()
+        v = init_vars(sess, 65)
+        # same affine parameters for the BN reference layer
+        sess.run([get_var('B/gamma').assign(v['L/gamma']), get_var('B/beta').assign(v['L/beta'])])
+        out, out_bn, trusted = sess.run([y, bn, diag[0].trusted], {xt: x})
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(trusted.ravel(), [True, False, True, True])
+    np.testing.assert_allclose(out[2:4], out_bn[2:4], atol=1e-5, rtol=1e-5)   # group 1 is BN
+    xc = to_nc(x, 'NHWC')
+    bm, bv = ref_group_moments(xc, 2)
+    mean, var = bm.copy(), bv.copy()
+    for g in (0, 2, 3):
+        p_m, p_v = pm[g].astype(np.float64), pv[g].astype(np.float64)
+        mean[g], var[g] = ref_eq7(p_m, p_v, bm[g], bv[g], 0.1, ref_R(v['L/noise_rho'], p_v))
+    assert_close(out, ref_normalize_grouped(xc, 2, mean, var, v['L/gamma'], v['L/beta']), 'NHWC')
+
+
+def test_negative_prior_variance_gkn_falls_back_to_gn():
+    """GKN: one channel's negative prior variance rejects its micro-batch group's prior, even
+    though pooling it with the other channels of its GN group would give a positive variance."""
+    x = make_x('NHWC', seed=67)
+    pm, pv = make_prior(4, seed=68)
+    pv[0, 1] = -0.1                       # channel group 0 = channels 0, 1: pooled variance stays > 0
+    with graph_session() as sess:
+        xt = tf1.placeholder(tf.float32, x.shape)
+        with TowerContext('', is_training=True):
+            y = GroupKalmanNorm('L', xt, prior=(pm, pv), group_size=2, channel_groups=2)
+        v = init_vars(sess, 67)
+        out, post_var = sess.run([y, y.posterior.var], {xt: x})
+    assert np.isfinite(out).all() and (post_var >= 0).all()
+    xc = to_nc(x, 'NHWC')
+    sm, sv = ref_gn_moments(xc, 2)
+    gn = ref_gn_apply(xc, 2, sm, sv, v['L/gamma'], v['L/beta'])
+    gkn = ref_gkn(xc[2:], 2, 2, pm[1:].astype(np.float64), pv[1:].astype(np.float64), 0.1,
+                  ref_R(v['L/noise_rho'], pv[1:].astype(np.float64)), True, 100.0, v['L/gamma'], v['L/beta'])
+    out_nc = to_nc(out, 'NHWC')
+    np.testing.assert_allclose(out_nc[:2], gn[:2], atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(out_nc[2:], gkn, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize('kind', ['bkn', 'gkn'])
+@pytest.mark.parametrize('prior_dtype', [np.float16, np.float64, 'tf.float16', 'tf.bfloat16'])
+def test_prior_of_any_float_dtype(kind, prior_dtype):
+    """A float16 prior on a float16 input (and float64 / bfloat16 priors, NumPy or tensors) works:
+    the statistics are float32 inside, the output keeps the input dtype, and the numbers equal
+    those of the float32 prior rounded the same way."""
+    x = make_x('NHWC', seed=69)
+    pm, pv = make_prior(4, seed=70)
+    if isinstance(prior_dtype, str):
+        dtype = {'tf.float16': tf.float16, 'tf.bfloat16': tf.bfloat16}[prior_dtype]
+        as_given = lambda a: tf.constant(a, dtype)  # noqa: E731
+        rounded = lambda a: a.astype(dtype.as_numpy_dtype).astype(np.float32)  # noqa: E731
+    else:
+        as_given = lambda a: a.astype(prior_dtype)  # noqa: E731
+        rounded = lambda a: a.astype(prior_dtype).astype(np.float32)  # noqa: E731
+    opts = dict(group_size=2, **({'channel_groups': 2} if kind == 'gkn' else {}))
+    layer = BatchKalmanNorm if kind == 'bkn' else GroupKalmanNorm
+    with graph_session() as sess:
+        xt = tf1.placeholder(tf.float16, x.shape)
+        with TowerContext('', is_training=True):
+            y16 = layer('L', xt, prior=(as_given(pm), as_given(pv)), **opts)
+            with tf1.variable_scope(tf1.get_variable_scope(), reuse=True):
+                y32 = layer('L', tf.cast(xt, tf.float32), prior=(rounded(pm), rounded(pv)), **opts)
+        init_vars(sess, 69)
+        assert y16.dtype == tf.float16 and y16.posterior.mean.dtype == tf.float32
+        out16, out32 = sess.run([tf.cast(y16, tf.float32), y32], {xt: x.astype(np.float16)})
+    assert np.isfinite(out16).all()
+    np.testing.assert_allclose(out16, out32, atol=1e-2, rtol=1e-2)

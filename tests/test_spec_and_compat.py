@@ -15,7 +15,8 @@ from tensorpack.tfutils.tower import TowerContext
 from kalman_norm import NORMS, NormSpec, compat, current_norm, norm_scope
 from kalman_norm import _stack
 from kalman_norm import flow as F
-from kalman_norm.layers import kn_diagnostics
+from kalman_norm.layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm, LayerNormalization,
+                                MicroBatchNorm, MicroBatchRenorm, kn_diagnostics)
 
 tf1 = tf.compat.v1
 BATCH_NORMS = ('bn', 'bkn', 'gkn', 'brn')
@@ -80,6 +81,76 @@ def test_prior_method_and_samples_validation():
     for bad in (0, -1, 1.5, None):
         with pytest.raises(ValueError, match='prior_samples'):
             NormSpec('bkn', prior_method='mc', prior_samples=bad)
+
+
+#: (kind, options, message): every bad value is refused when the spec is made, by the layer's
+#: own check_*_options function, with a one-line message naming the option
+BAD_OPTION_VALUES = [
+    ('bn', {'epsilon': 0}, r'epsilon must be a number > 0, got 0'),
+    ('bkn', {'epsilon': -1e-5}, r'epsilon must be a number > 0'),
+    ('gn', {'epsilon': float('nan')}, r'epsilon must be a number > 0'),
+    ('ln', {'epsilon': '1e-5'}, r'epsilon must be a number > 0'),
+    ('bn', {'momentum': 1.0}, r'momentum must be in \[0, 1\), got 1.0'),
+    ('brn', {'momentum': -0.1}, r'momentum must be in \[0, 1\)'),
+    ('bkn', {'momentum': '0.9'}, r'momentum must be in \[0, 1\)'),
+    ('bkn', {'guard_ratio': 1.0}, r'guard_ratio must be None \(no guard\) or a number > 1, got 1.0'),
+    ('gkn', {'guard_ratio': 0.5}, r'guard_ratio must be None'),
+    ('bkn', {'guard_ratio': 'off'}, r'guard_ratio must be None'),
+    ('bkn', {'noise_init': 0.0}, r'noise_init must be a number > 0, got 0.0'),
+    ('gkn', {'noise_init': -1e-3}, r'noise_init must be a number > 0'),
+    ('bkn', {'noise_param': 'log'}, r"noise_param must be one of \('relative', 'softplus'\), got 'log'"),
+    ('bkn', {'process_noise': 'False'}, r"process_noise must be True or False, got 'False'"),
+    ('gkn', {'process_noise': 0}, r'process_noise must be True or False, got 0'),
+    ('bkn', {'pooled_variance': 'True'}, r"pooled_variance must be True or False, got 'True'"),
+    ('bn', {'center': 'False'}, r"center must be True or False, got 'False'"),
+    ('ln', {'scale': 1}, r'scale must be True or False, got 1'),
+    ('gkn', {'center': None}, r'center must be True or False'),
+    ('bkn', {'propagate': 'posterior'}, r"propagate must be one of \('input', 'output'\), got 'posterior'"),
+    ('gkn', {'propagate': None}, r'propagate must be one of'),
+    ('gn', {'channel_groups': 0}, r'channel_groups must be a positive integer, got 0'),
+    ('gkn', {'channel_groups': 2.0}, r'channel_groups must be a positive integer, got 2.0'),
+    ('gn', {'channel_groups': True}, r'channel_groups must be a positive integer, got True'),
+    ('bkn', {'gain': 1.5}, r'gain must be in \[0, 1\], got 1.5'),
+    ('bkn', {'gain': True}, r"gain must be a number in \[0, 1\] or 'learned', got True"),
+    ('bkn', {'gain': '0.1'}, r"gain must be a number in \[0, 1\] or 'learned'"),
+    ('gkn', {'gain': 'learned', 'gain_init': 1.0}, r'gain_init must be in \(0, 1\)'),
+    ('bkn', {'gain_init': 0.0}, r'gain_init must be in \(0, 1\)'),
+    ('bn', {'eval_stats': 'online'}, r"eval_stats must be one of \('moving', 'batch'\), got 'online'"),
+    ('bn', {'ema_update': 'always'}, r"ema_update must be .*got 'always'"),
+    ('bkn', {'training': 'yes'}, r"training must be None \(follow the tower\) or True/False, got 'yes'"),
+    ('bn', {'gamma_init': 'one'}, r"gamma_init must be a finite number, got 'one'"),
+    ('brn', {'rmax': 0.5}, r'rmax >= 1, got rmax=0.5'),
+    ('brn', {'dmax': -1}, r'dmax >= 0, got dmax=-1'),
+    ('brn', {'warmup': (10, 5, 20)}, r'renorm warmup must be None or \(start, rmax_end, dmax_end\)'),
+    ('brn', {'warmup': 100}, r'renorm warmup must be'),
+    ('none', {'data_format': 'NWHC'}, r"Unknown data_format 'NWHC'"),
+    ('bn', {'data_format': 'nhwc'}, r"Unknown data_format 'nhwc'"),
+]
+
+
+@pytest.mark.parametrize('kind,options,match', BAD_OPTION_VALUES,
+                         ids=['%s-%s' % (k, '-'.join(o)) for k, o, _ in BAD_OPTION_VALUES])
+def test_bad_option_values_are_refused_when_the_spec_is_made(kind, options, match):
+    with pytest.raises(ValueError, match=match) as err:
+        NormSpec(kind, **options)
+    assert '\n' not in str(err.value)
+    # and by the layer itself, before it creates anything, when called directly
+    layer = {'bn': MicroBatchNorm, 'bkn': BatchKalmanNorm, 'gn': GroupNorm, 'gkn': GroupKalmanNorm,
+             'brn': MicroBatchRenorm, 'ln': LayerNormalization, 'none': BiasOnly}[kind]
+    graph = tf.Graph()
+    with graph.as_default(), TowerContext('', is_training=True):
+        with pytest.raises(ValueError, match=match):
+            layer('L', tf.zeros([4, 3, 3, 8]), **options)
+        assert tf1.global_variables() == []
+
+
+def test_good_option_values_pass_the_checks():
+    NormSpec('bkn', epsilon=1e-3, momentum=0.0, guard_ratio=None, noise_init=0.5, noise_param='softplus',
+             process_noise=False, pooled_variance=False, center=False, scale=True, propagate='output',
+             gain=1, gain_init=0.5, training=False, gamma_init=0, ema_update='internal', data_format='NCHW')
+    NormSpec('gkn', channel_groups=8, guard_ratio=1.5, noise_init=None, gain='learned')
+    NormSpec('brn', rmax=1, dmax=0, warmup=[0, 0, 0])
+    NormSpec('gn', channel_groups=64)          # capped at the channel count when built
 
 
 def test_propagates_and_weight_norm_flags():

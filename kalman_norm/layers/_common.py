@@ -3,20 +3,11 @@ import tensorflow as tf
 from tensorflow.python.training import moving_averages
 from tensorpack.tfutils.tower import get_current_tower_context
 
+from ..data_format import DATA_FORMATS, canonical_data_format  # noqa: F401  (re-exported)
+
 __all__ = ['Layout', 'resolve_training', 'affine_params', 'EMA', 'to_float32', 'EVAL_STATS']
 
 EVAL_STATS = ('moving', 'batch')
-DATA_FORMATS = ('NHWC', 'NCHW', 'channels_last', 'channels_first')
-
-
-def canonical_data_format(data_format):
-    if data_format is None:
-        from ..flow import default_data_format
-        data_format = default_data_format()
-    if data_format not in DATA_FORMATS:
-        raise ValueError("Unknown data_format %r; use 'NHWC' (channels_last) or 'NCHW' (channels_first)"
-                         % (data_format,))
-    return {'channels_last': 'NHWC', 'channels_first': 'NCHW'}.get(data_format, data_format)
 
 
 class Layout(object):

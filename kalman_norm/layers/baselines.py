@@ -3,16 +3,63 @@ import tensorflow as tf
 from tensorpack.models import layer_register
 from tensorpack.tfutils.common import get_global_step_var
 
-from ._common import EMA, EVAL_STATS, Layout, affine_params, resolve_training, to_float32
-from .kalman import _channel_groups, group_norm_apply, group_norm_view
+from ._common import EMA, Layout, affine_params, resolve_training, to_float32
+from ._groupnorm import group_norm_apply, group_norm_view, num_channel_groups
+from ._options import (BATCH_STAT_CHECKS, COMMON_CHECKS, check_data_format, check_number, check_options,
+                       layer_options)
 
 __all__ = ['MicroBatchNorm', 'MicroBatchRenorm', 'GroupNorm', 'LayerNormalization', 'BiasOnly',
-           'weight_normalize', 'renorm_clip_schedule']
+           'weight_normalize', 'renorm_clip_schedule', 'check_micro_batch_norm_options',
+           'check_micro_batch_renorm_options', 'check_group_norm_options',
+           'check_layer_normalization_options', 'check_bias_only_options']
 
 
-def _check_eval_stats(eval_stats):
-    if eval_stats not in EVAL_STATS:
-        raise ValueError('eval_stats must be one of %s, got %r' % (EVAL_STATS, eval_stats))
+def check_micro_batch_norm_options(**options):
+    """Validate options of :func:`MicroBatchNorm` (raises ValueError with one line per problem)."""
+    check_options(options, BATCH_STAT_CHECKS)
+
+
+def _check_warmup(warmup):
+    if warmup is None:
+        return
+    ok = (isinstance(warmup, (list, tuple)) and len(warmup) == 3
+          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in warmup))
+    if not ok or not warmup[0] <= warmup[1] or not warmup[0] <= warmup[2]:
+        raise ValueError('renorm warmup must be None or (start, rmax_end, dmax_end), non-negative integer '
+                         'steps with start <= ends, got %r' % (warmup,))
+
+
+def check_micro_batch_renorm_options(**options):
+    """Validate options of :func:`MicroBatchRenorm`."""
+    check_options(options, BATCH_STAT_CHECKS)
+    if 'rmax' in options:
+        check_number('rmax', options['rmax'])
+        if options['rmax'] < 1.0:
+            raise ValueError('Batch Renorm needs rmax >= 1, got rmax=%r' % (options['rmax'],))
+    if 'dmax' in options:
+        check_number('dmax', options['dmax'])
+        if options['dmax'] < 0.0:
+            raise ValueError('Batch Renorm needs dmax >= 0, got dmax=%r' % (options['dmax'],))
+    if 'warmup' in options:
+        _check_warmup(options['warmup'])
+
+
+def check_group_norm_options(**options):
+    """Validate options of :func:`GroupNorm` (the channel count is checked when the layer is built)."""
+    check_options(options, COMMON_CHECKS)
+    if 'channel_groups' in options:
+        num_channel_groups(options['channel_groups'], options['channel_groups'])
+
+
+def check_layer_normalization_options(**options):
+    """Validate options of :func:`LayerNormalization`."""
+    check_options(options, COMMON_CHECKS)
+
+
+def check_bias_only_options(**options):
+    """Validate options of :func:`BiasOnly`."""
+    if 'data_format' in options:
+        check_data_format(options['data_format'])
 
 
 @layer_register()
@@ -31,7 +78,7 @@ def MicroBatchNorm(x, *, group_size=None, eval_stats='moving', momentum=0.9, eps
     tracks).  ``eval_stats='batch'`` normalises test batches with their own group statistics
     (the paper's option B).  Variables and EMA conventions are tensorpack's BatchNorm's.
     """
-    _check_eval_stats(eval_stats)
+    check_micro_batch_norm_options(**layer_options(locals()))
     layout = Layout(x, data_format)
     x32, restore = to_float32(x)
     gamma, beta = affine_params(layout.channels, center, scale, gamma_init)
@@ -82,9 +129,7 @@ def MicroBatchRenorm(x, *, group_size=None, rmax=3.0, dmax=5.0, warmup=(5000, 40
     (``eval_stats='moving'``), or test groups use their own statistics (``'batch'``).
     Ioffe uses momentum 0.99, the default here.
     """
-    _check_eval_stats(eval_stats)
-    if rmax < 1.0 or dmax < 0.0:
-        raise ValueError('Batch Renorm needs rmax >= 1 and dmax >= 0, got rmax=%r dmax=%r' % (rmax, dmax))
+    check_micro_batch_renorm_options(**layer_options(locals()))
     layout = Layout(x, data_format)
     x32, restore = to_float32(x)
     gamma, beta = affine_params(layout.channels, center, scale, gamma_init)
@@ -120,9 +165,10 @@ def GroupNorm(x, *, channel_groups=32, epsilon=1e-5, center=True, scale=True, ga
     all positions.  ``channel_groups`` is capped at the number of channels (so 32 groups on a
     16-channel layer means 16 groups of one channel); the channels must divide evenly.
     Batch-independent: training and inference are the same computation."""
+    check_group_norm_options(**layer_options(locals()))
     layout = Layout(x, data_format)
     x32, restore = to_float32(x)
-    groups = _channel_groups(layout.channels, channel_groups)
+    groups = num_channel_groups(layout.channels, channel_groups)
     gamma, beta = affine_params(layout.channels, center, scale, gamma_init)
     view, axes = group_norm_view(layout, x32, groups)
     mean, var = tf.nn.moments(view, axes=axes)
@@ -135,6 +181,7 @@ def GroupNorm(x, *, channel_groups=32, epsilon=1e-5, center=True, scale=True, ga
 def LayerNormalization(x, *, epsilon=1e-5, center=True, scale=True, gamma_init=1.0, data_format=None):
     """Layer Normalization (Ba et al. 2016): per sample over all channels and positions, then
     γ, β per channel (the convolutional variant)."""
+    check_layer_normalization_options(**layer_options(locals()))
     layout = Layout(x, data_format)
     x32, restore = to_float32(x)
     gamma, beta = affine_params(layout.channels, center, scale, gamma_init)
@@ -151,6 +198,7 @@ def LayerNormalization(x, *, epsilon=1e-5, center=True, scale=True, gamma_init=1
 def BiasOnly(x, *, data_format=None):
     """A per-channel bias ``beta``: the feature-side layer of 'wn' (the normalisation is in the
     kernel) and of 'none' (convs have no bias of their own)."""
+    check_bias_only_options(**layer_options(locals()))
     layout = Layout(x, data_format)
     beta = tf.compat.v1.get_variable('beta', [layout.channels], initializer=tf.zeros_initializer())
     return tf.identity(x + tf.cast(layout.channel_broadcast(beta), x.dtype), name='output')

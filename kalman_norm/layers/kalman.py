@@ -17,10 +17,14 @@ from tensorpack.models import layer_register
 from tensorpack.tfutils.tower import get_current_tower_context
 
 from ..estimate import Estimate, get_estimate, set_estimate
-from ._common import EMA, EVAL_STATS, Layout, affine_params, resolve_training, to_float32
+from ._common import EMA, Layout, affine_params, resolve_training, to_float32
+from ._groupnorm import group_norm_apply, group_norm_view, num_channel_groups
+from ._options import (BATCH_STAT_CHECKS, COMMON_CHECKS, check_bool, check_choice, check_group_size,
+                       check_options, check_positive, check_training, layer_options)
 
 __all__ = ['BatchKalmanNorm', 'GroupKalmanNorm', 'kalman_update', 'kn_diagnostics', 'KNDiagnostic',
-           'PROPAGATE_MODES']
+           'PROPAGATE_MODES', 'NOISE_PARAMS', 'check_batch_kalman_norm_options',
+           'check_group_kalman_norm_options']
 
 #: One :class:`KNDiagnostic` per KN layer with a prior (per tower), kept per graph by
 #: :func:`kn_diagnostics`.  Not a TF collection: tensorpack's ModelSaver exports every collection
@@ -41,8 +45,24 @@ KNDiagnostic = collections.namedtuple(
 PROPAGATE_MODES = ('input', 'output')
 
 
+#: How the learned process noise R is parametrised (option ``noise_param``); see :class:`_ProcessNoise`.
+NOISE_PARAMS = ('relative', 'softplus')
+#: ``noise_init=None`` means: r = 0.1 (relative), R = 1e-3 (softplus, the first version's value)
+_DEFAULT_NOISE_INIT = {'relative': 0.1, 'softplus': 1e-3}
+#: A learned gain starts this far from 0 and 1 at least: sigmoid(θ) rounds to 1 in float32 for
+#: θ > ~17, where q's gradient q(1-q) is exactly 0 and q could never move again.
+_GAIN_INIT_MARGIN = 1e-6
+
+
 class _Gain(object):
-    """The Kalman gain q of Eq. 7: a fixed number, or one learned scalar kept in (0, 1) by a sigmoid."""
+    """The Kalman gain q of Eq. 7, and p = 1 - q.
+
+    Fixed: a number.  Learned (``gain='learned'``): one scalar per layer, q = sigmoid(θ) with θ
+    (variable ``gain_logit``) initialised to logit(``gain_init``).  The gradient is
+    dL/dθ = q(1-q)·dL/dq: 0.09·dL/dq at q = 0.1, so q learns at the default start; the logit is
+    summed over every channel and group, so it sees a large share of the loss.  p is computed as
+    sigmoid(-θ), not 1 - sigmoid(θ): where q rounds to 1 in float32 p stays a positive number.
+    """
 
     def __init__(self, gain, gain_init):
         _validate_gain(gain, gain_init)
@@ -50,45 +70,97 @@ class _Gain(object):
             logit = tf.compat.v1.get_variable(
                 'gain_logit', [], initializer=tf.constant_initializer(math.log(gain_init / (1.0 - gain_init))))
             self.q = tf.sigmoid(logit, name='gain')
+            self.p = tf.sigmoid(-logit, name='one_minus_gain')
         else:
             self.q = tf.constant(float(gain), tf.float32, name='gain')
+            self.p = tf.constant(1.0 - float(gain), tf.float32, name='one_minus_gain')
 
 
-def _process_noise(channels, enabled, noise_init):
-    """Diagonal process noise R of Eq. 7, R = softplus(ρ) ≥ 0 per channel (None when off)."""
-    if not enabled:
-        return None
-    rho0 = math.log(math.expm1(noise_init))     # softplus⁻¹(noise_init)
-    rho = tf.compat.v1.get_variable('noise_rho', [channels], initializer=tf.constant_initializer(rho0))
-    return tf.nn.softplus(rho, name='process_noise')
+class _ProcessNoise(object):
+    """The diagonal process noise R of Eq. 7's prediction, Σ̂_{k|k-1} = A Σ̂ Aᵀ + R, learned per channel.
+
+    ``noise_param='relative'`` (default): R = r ⊙ AΣ̂Aᵀ, r = softplus(ρ) ≥ 0 per channel, so
+        Σ̂_{k|k-1} = (1 + r) ⊙ AΣ̂Aᵀ.  r is unit-free ("the prediction is r·100 % less certain than
+        the transition says"), initialised to ``noise_init`` = 0.1.  Why: the loss sees R only
+        through the normalising variance, so dL/dR scales like 1 / (feature variance) and a useful
+        R scales like the feature variance, which differs by orders of magnitude between layers
+        and changes during training.  Relative to the prediction, r ~ 0.1-1 matters in every layer,
+        and dr/dρ = sigmoid(ρ) ≈ 0.1 at the start: r moves when the data asks it to (a prior whose
+        variance is too small by a factor k is corrected by r → k - 1).
+    ``noise_param='softplus'``: the first version, R = softplus(ρ) added as is (absolute units),
+        init ``noise_init`` = 1e-3.  There dR/dρ = sigmoid(ρ) ≈ 1e-3 and R ≈ 1e-3 is negligible
+        next to feature variances ~1: the gradient reaching ρ is ~1e-6 of the loss's, and in a
+        4-epoch CIFAR run every R stayed at 0.00100.  Kept to reproduce old runs.
+    In both, ρ is the variable ``noise_rho`` [C] (the paper's one R vector per KN layer, Table 2)
+    and the tensor named ``process_noise`` is softplus(ρ): r for 'relative', R for 'softplus'.
+    """
+
+    def __init__(self, channels, noise_param, noise_init):
+        if noise_init is None:
+            noise_init = _DEFAULT_NOISE_INIT[noise_param]
+        rho0 = math.log(math.expm1(noise_init))     # softplus⁻¹(noise_init)
+        rho = tf.compat.v1.get_variable('noise_rho', [channels], initializer=tf.constant_initializer(rho0))
+        self.value = tf.nn.softplus(rho, name='process_noise')
+        self.relative = noise_param == 'relative'
+
+    def predict(self, prior_var):
+        """Σ̂_{k|k-1} from the transition's A Σ̂ Aᵀ ([..., C])."""
+        return prior_var * (1.0 + self.value) if self.relative else prior_var + self.value
+
+
+def _process_noise(channels, enabled, noise_param, noise_init):
+    """A :class:`_ProcessNoise`, or None when R is switched off."""
+    return _ProcessNoise(channels, noise_param, noise_init) if enabled else None
+
+
+def prior_validity(prior_mean, prior_var):
+    """[..., 1] bool: the prior row is usable: every mean and variance finite, every variance >= 0.
+
+    A negative variance cannot come out of the transition (its variances are sums of squares)
+    but can be handed in by a user; normalising with it would give NaN (rsqrt of a negative).
+    """
+    finite = tf.reduce_all(tf.math.is_finite(prior_mean) & tf.math.is_finite(prior_var), -1, keepdims=True)
+    return finite & tf.reduce_all(prior_var >= 0.0, -1, keepdims=True)
+
+
+def _keep_valid(prior_mean, prior_var, valid):
+    """Replace rejected rows by (0, 1) so that NaN/Inf cannot reach values or gradients."""
+    return (tf.where(valid, prior_mean, tf.zeros_like(prior_mean)),
+            tf.where(valid, prior_var, tf.ones_like(prior_var)))
 
 
 def kalman_update(prior_mean, prior_var, batch_mean, batch_var, q, noise=None,
-                  pooled_variance=True, guard_ratio=100.0, epsilon=1e-5):
+                  pooled_variance=True, guard_ratio=100.0, epsilon=1e-5, relative_noise=False, p=None,
+                  prior_valid=None):
     """Eq. 7's update for statistics of shape ``[..., C]``; returns (mean, var, trusted).
 
-    * ``noise`` R is added to the predicted variance: Σ̂_{k|k-1} = AΣA^T + R.
+    * ``noise`` R enters the predicted variance: Σ̂_{k|k-1} = AΣA^T + R, with R = ``noise``, or
+      R = ``noise`` ⊙ AΣA^T if ``relative_noise`` (see :class:`_ProcessNoise`).
+    * ``p``: 1 - q, if the caller has a more accurate value (a learned gain); default 1 - q.
     * ``pooled_variance`` adds q(1-q)(x̄ - µ̂_{k|k-1})², making Σ̂_{k|k} the variance of the mixture
       p·N(µ̂_{k|k-1}, Σ̂_{k|k-1}) + q·N(x̄, S) (the authors' code); Eq. 7 leaves the term out.
+    * A row whose prior is unusable — a non-finite mean or variance, or a negative variance
+      (:func:`prior_validity`, tested on the prior as given, before R), or False in
+      ``prior_valid`` [..., 1] — falls back to its batch statistics.
     * The guard (authors' code: mean(prior_var / batch_var) ≥ 100) falls back to the batch
       statistics of a row when prior and batch variance disagree by ``guard_ratio`` or more in
-      either direction (channel-mean of the ratio), or when the prior is not finite.
-      ``guard_ratio=None`` disables the ratio test (non-finite priors are always rejected).
+      either direction (channel-mean of the ratio).  ``guard_ratio=None`` disables the ratio
+      test (unusable priors are always rejected).
     ``trusted`` [..., 1] is True where the prior was used.
     """
+    valid = prior_validity(prior_mean, prior_var)
+    if prior_valid is not None:
+        valid = valid & prior_valid
+    # Keep rejected priors out of the arithmetic entirely so that they cannot reach gradients.
+    prior_mean, prior_var = _keep_valid(prior_mean, prior_var, valid)
     if noise is not None:
-        prior_var = prior_var + noise
-    # (a NaN or ±Inf in either makes the sum non-finite)
-    finite = tf.reduce_all(tf.math.is_finite(prior_mean + prior_var), -1, keepdims=True)
-    # Keep non-finite priors out of the arithmetic entirely so that they cannot reach gradients.
-    prior_mean = tf.where(finite, prior_mean, tf.zeros_like(prior_mean))
-    prior_var = tf.where(finite, prior_var, tf.ones_like(prior_var))
-    p = 1.0 - q
+        prior_var = prior_var * (1.0 + noise) if relative_noise else prior_var + noise
+    p = 1.0 - q if p is None else p
     mean = p * prior_mean + q * batch_mean
     var = p * prior_var + q * batch_var
     if pooled_variance:
         var = var + p * q * tf.square(batch_mean - prior_mean)
-    trusted = finite
+    trusted = valid
     if guard_ratio is not None:
         up = tf.reduce_mean((prior_var + epsilon) / (batch_var + epsilon), -1, keepdims=True)
         down = tf.reduce_mean((batch_var + epsilon) / (prior_var + epsilon), -1, keepdims=True)
@@ -112,7 +184,7 @@ def _resolve_prior(x, prior, channels):
             mean, var = prior
         except (TypeError, ValueError):
             raise ValueError('prior must be an Estimate or a (mean, var) pair, got %r' % (prior,))
-        prior = Estimate(mean, var)
+        prior = Estimate(mean, var)        # any real dtype; the statistics are float32 inside
     mean, var = prior.moments()
     for what, t in (('mean', mean), ('variance', var)):
         shape = t.shape.as_list()
@@ -152,11 +224,13 @@ def _output_estimate(post_mean, post_var, norm_mean, norm_var, gamma, beta, epsi
     return Estimate((post_mean - norm_mean) * scale + beta, post_var * tf.square(scale))
 
 
-def _validate_gain(gain, gain_init):
+def _validate_gain(gain, gain_init=None):
+    if gain_init is not None:
+        _validate_gain_init(gain_init)
     if gain == 'learned':
-        if not 0.0 < gain_init < 1.0:
-            raise ValueError('gain_init must be in (0, 1), got %r' % (gain_init,))
         return
+    if isinstance(gain, (bool, str)) or gain is None:
+        raise ValueError("gain must be a number in [0, 1] or 'learned', got %r" % (gain,))
     try:
         value = float(gain)
     except (TypeError, ValueError):
@@ -165,14 +239,48 @@ def _validate_gain(gain, gain_init):
         raise ValueError('gain must be in [0, 1], got %r' % (gain,))
 
 
-def _check_common(propagate, eval_stats=None, gain=0.1, gain_init=0.1, process_noise=False, noise_init=1.0):
-    _validate_gain(gain, gain_init)
-    if process_noise and not noise_init > 0.0:
-        raise ValueError('noise_init must be > 0 (R = softplus(rho) is positive), got %r' % (noise_init,))
-    if propagate not in PROPAGATE_MODES:
-        raise ValueError('propagate must be one of %s, got %r' % (PROPAGATE_MODES, propagate))
-    if eval_stats is not None and eval_stats not in EVAL_STATS:
-        raise ValueError('eval_stats must be one of %s, got %r' % (EVAL_STATS, eval_stats))
+def _validate_gain_init(gain_init):
+    ok = isinstance(gain_init, (int, float)) and not isinstance(gain_init, bool)
+    if not ok or not _GAIN_INIT_MARGIN <= gain_init <= 1.0 - _GAIN_INIT_MARGIN:
+        raise ValueError('gain_init must be in (0, 1), at least %g from either end, got %r'
+                         % (_GAIN_INIT_MARGIN, gain_init))
+
+
+def _validate_guard_ratio(guard_ratio):
+    ok = guard_ratio is None or (isinstance(guard_ratio, (int, float)) and not isinstance(guard_ratio, bool))
+    if not ok or (guard_ratio is not None and not guard_ratio > 1.0):
+        raise ValueError('guard_ratio must be None (no guard) or a number > 1, got %r' % (guard_ratio,))
+
+
+def _validate_noise_init(noise_init):
+    if noise_init is not None:
+        check_positive('noise_init', noise_init)
+
+
+#: options of both KN layers, beyond those of the baselines
+_KN_CHECKS = {
+    'gain': _validate_gain,
+    'gain_init': _validate_gain_init,
+    'process_noise': lambda v: check_bool('process_noise', v),
+    'noise_param': lambda v: check_choice('noise_param', v, NOISE_PARAMS),
+    'noise_init': _validate_noise_init,
+    'pooled_variance': lambda v: check_bool('pooled_variance', v),
+    'guard_ratio': _validate_guard_ratio,
+    'propagate': lambda v: check_choice('propagate', v, PROPAGATE_MODES),
+}
+
+
+def check_batch_kalman_norm_options(**options):
+    """Validate options of :func:`BatchKalmanNorm` (ValueError, one line, for the first bad one)."""
+    check_options(options, dict(BATCH_STAT_CHECKS, **_KN_CHECKS))
+
+
+def check_group_kalman_norm_options(**options):
+    """Validate options of :func:`GroupKalmanNorm` (the channel count is checked when the layer is built)."""
+    check_options(options, dict(COMMON_CHECKS, group_size=check_group_size, training=check_training,
+                                **_KN_CHECKS))
+    if 'channel_groups' in options:
+        num_channel_groups(options['channel_groups'], options['channel_groups'])
 
 
 def kn_diagnostics(graph=None):
@@ -205,7 +313,8 @@ def _record_diagnostic(layout, x, prior, group_mean, group_var, trusted):
 
 @layer_register()
 def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1,
-                    process_noise=True, noise_init=1e-3, pooled_variance=True, guard_ratio=100.0,
+                    process_noise=True, noise_param='relative', noise_init=None, pooled_variance=True,
+                    guard_ratio=100.0,
                     propagate='input', eval_stats='moving', momentum=0.9, epsilon=1e-5,
                     center=True, scale=True, gamma_init=1.0, training=None, ema_update='default',
                     data_format=None):
@@ -222,12 +331,16 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
         gain: q of Eq. 7, a number in [0, 1] (weight of the batch statistics), or ``'learned'``:
             q = sigmoid(θ), one scalar per layer, initialised to ``gain_init``.  The paper learns q;
             the authors' code fixes q = 0.1 for micro-batches (0.95 for batch 128).  Default 0.1.
-        process_noise: learn a diagonal R ≥ 0 (R = softplus(ρ), initialised to ``noise_init``)
-            added to the predicted variance (Eq. 7; the paper's Table 2 counts it).  False: R = 0
-            (authors' code).
+        process_noise: learn a diagonal R ≥ 0 per channel in the predicted variance (Eq. 7; the
+            paper's Table 2 counts it).  False: R = 0 (authors' code).
+        noise_param: how R is learned: ``'relative'`` (default) R = r ⊙ AΣAᵀ with r = softplus(ρ),
+            a unit-free share of the predicted variance; ``'softplus'`` R = softplus(ρ) in
+            absolute units (the first version, which hardly learns).  See :class:`_ProcessNoise`.
+        noise_init: R's start: r = 0.1 ('relative') or R = 1e-3 ('softplus') when None.
         pooled_variance: add q(1-q)(x̄ - µ̂_{k|k-1})² to the posterior variance (authors' code).
         guard_ratio: fall back to batch statistics where prior and batch variance disagree by this
-            factor (see :func:`kalman_update`); None disables it.  Default 100 (authors' code).
+            factor (see :func:`kalman_update`); None disables it, else a number > 1.  Default 100
+            (authors' code).
         propagate: what this layer hands to the next prediction step; see ``PROPAGATE_MODES``.
         eval_stats: at inference, ``'moving'`` normalises with the moving averages of the
             posterior (paper's option A); ``'batch'`` runs the filter online on the test groups
@@ -239,13 +352,17 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
     and, only in layers that receive a prior, ``gain_logit`` if the gain is learned and
     ``noise_rho`` if R is on (the paper's extra parameters, Table 2).
 
-    NaN/Inf: non-finite inputs propagate to the output as in BN; a non-finite prior is never
-    used (that group falls back to batch statistics).
+    NaN/Inf: non-finite inputs propagate to the output as in BN; a prior row with a non-finite
+    mean or variance, or a negative variance, is never used (that group falls back to its batch
+    statistics).  A prior of any float dtype is accepted; statistics are float32 inside.
+
+    The authors' CIFAR recipe is ``gain=0.1, process_noise=False, pooled_variance=True,
+    guard_ratio=100, propagate='input'`` with ``NormSpec(prior_method='mc', prior_samples=1)``.
 
     Returns the normalised tensor, with ``.posterior`` (an Estimate or None) and the estimate
     for the next layer attached through :func:`kalman_norm.set_estimate`.
     """
-    _check_common(propagate, eval_stats, gain, gain_init, process_noise, noise_init)
+    check_batch_kalman_norm_options(**layer_options(locals()))
     layout = Layout(x, data_format)
     x32, restore = to_float32(x)
     c = layout.channels
@@ -254,8 +371,8 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
     training = resolve_training(training)
     prior = _resolve_prior(x, prior, c)
     # q and R exist only where there is a prior to weigh (not in the first KN layer).
-    q = _Gain(gain, gain_init).q if prior is not None else None
-    noise = _process_noise(c, process_noise, noise_init) if prior is not None else None
+    gain_ = _Gain(gain, gain_init) if prior is not None else None
+    noise = _process_noise(c, process_noise, noise_param, noise_init) if prior is not None else None
 
     if not training and eval_stats == 'moving':
         out = layout.normalize_global(x32, ema.mean, ema.variance, gamma, beta, epsilon)
@@ -268,8 +385,10 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
         mean, var, trusted = batch_mean, batch_var, None
     else:
         prior = _match_groups(prior[0], prior[1], tf.shape(batch_mean)[0], batch_mean.shape[0])
-        mean, var, trusted = kalman_update(prior[0], prior[1], batch_mean, batch_var, q, noise,
-                                           pooled_variance, guard_ratio, epsilon)
+        mean, var, trusted = kalman_update(prior[0], prior[1], batch_mean, batch_var, gain_.q,
+                                           None if noise is None else noise.value, pooled_variance,
+                                           guard_ratio, epsilon, relative_noise=noise is not None and noise.relative,
+                                           p=gain_.p)
         _record_diagnostic(layout, x32, prior, batch_mean, batch_var, trusted)
     out = layout.normalize_grouped(x32, group_size, mean, var, gamma, beta, epsilon)
     out = ema.update(restore(out), mean, var, training)
@@ -277,46 +396,6 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
     set_estimate(out, out.posterior if propagate == 'input' else
                  _output_estimate(mean, var, mean, var, gamma, beta, epsilon))
     return out
-
-
-def _channel_groups(channels, channel_groups):
-    if not isinstance(channel_groups, int) or channel_groups < 1:
-        raise ValueError('channel_groups must be a positive integer, got %r' % (channel_groups,))
-    groups = min(channel_groups, channels)
-    if channels % groups != 0:
-        raise ValueError('GroupNorm: %d channels are not divisible by channel_groups=%d'
-                         % (channels, groups))
-    return groups
-
-
-def group_norm_view(layout, x, groups):
-    """Reshape x so that a sample's channel group is one reduction; returns (view, axes)."""
-    cg = layout.channels // groups
-    if layout.ndims == 2:
-        return tf.reshape(x, [-1, groups, cg]), [2]
-    if any(d is None for d in layout.shape[1:]):
-        raise ValueError('GroupNorm needs static height, width and channels, got %s' % (layout.shape,))
-    if layout.data_format == 'NHWC':
-        _, h, w, _ = layout.shape
-        return tf.reshape(x, [-1, h, w, groups, cg]), [1, 2, 4]
-    _, _, h, w = layout.shape
-    return tf.reshape(x, [-1, groups, cg, h, w]), [2, 3, 4]
-
-
-def group_norm_stats_shape(layout, groups):
-    """Shape that broadcasts [N, groups] statistics against the group_norm_view."""
-    if layout.ndims == 2:
-        return [-1, groups, 1]
-    return [-1, 1, 1, groups, 1] if layout.data_format == 'NHWC' else [-1, groups, 1, 1, 1]
-
-
-def group_norm_apply(layout, x, groups, mean, var, gamma, beta, epsilon):
-    """Normalise with per-sample, per-channel-group statistics [N, groups], then γ, β per channel."""
-    view, _ = group_norm_view(layout, x, groups)
-    shape = group_norm_stats_shape(layout, groups)
-    out = (view - tf.reshape(mean, shape)) * tf.reshape(tf.math.rsqrt(var + epsilon), shape)
-    out = tf.reshape(out, tf.shape(x))
-    return out * layout.channel_broadcast(gamma) + layout.channel_broadcast(beta)
 
 
 def _to_channel_groups(mean, var, groups):
@@ -338,7 +417,8 @@ def _per_sample(stat, group_size, batch):
 
 @layer_register()
 def GroupKalmanNorm(x, prior='auto', *, group_size=None, channel_groups=32, gain=0.1, gain_init=0.1,
-                    process_noise=True, noise_init=1e-3, pooled_variance=True, guard_ratio=100.0,
+                    process_noise=True, noise_param='relative', noise_init=None, pooled_variance=True,
+                    guard_ratio=100.0,
                     propagate='input', epsilon=1e-5, center=True, scale=True, gamma_init=1.0,
                     training=None, data_format=None):
     """Group Kalman Normalization (GKN, Sect. 3.3): Group Normalization's statistics updated by a prior.
@@ -351,8 +431,10 @@ def GroupKalmanNorm(x, prior='auto', *, group_size=None, channel_groups=32, gain
        (µ_{b,c}, σ²_{b,c}) like BKN's.  GN's set S_i pools the channels of group j, so the prior
        for that set is the moments of the pooled distribution: mean over the group's channels
        of µ, and mean of σ² plus the variance of µ across those channels (total variance).
-       R is averaged over the group's channels in the same way.  Every sample of micro-batch
-       group b gets b's prior.
+       R enters per channel before the pooling (σ² → σ² + R, or (1 + r)σ² with the relative R),
+       so the pooled R is its mean over the group's channels.  Every sample of micro-batch
+       group b gets b's prior; if b's per-channel prior is unusable (non-finite, negative
+       variance) all of b's samples use their GN statistics.
     3. Update.  Eq. 7 (with the same gain, pooled-variance and guard options as BKN) per
        sample and channel group; the result normalises the sample's group, then γ, β per channel.
     4. Hand-on.  The next prediction needs per-channel moments: ``propagate='input'`` hands on
@@ -365,16 +447,16 @@ def GroupKalmanNorm(x, prior='auto', *, group_size=None, channel_groups=32, gain
     ``gain=1`` GKN is GN.  Variables: ``gamma``, ``beta``, and ``gain_logit`` / ``noise_rho``
     as in :func:`BatchKalmanNorm`.
     """
-    _check_common(propagate, None, gain, gain_init, process_noise, noise_init)
+    check_group_kalman_norm_options(**layer_options(locals()))
     layout = Layout(x, data_format)
     x32, restore = to_float32(x)
     c = layout.channels
-    groups = _channel_groups(c, channel_groups)
+    groups = num_channel_groups(c, channel_groups)
     gamma, beta = affine_params(c, center, scale, gamma_init)
     resolve_training(training)
     prior = _resolve_prior(x, prior, c)
-    q = _Gain(gain, gain_init).q if prior is not None else None
-    noise = _process_noise(c, process_noise, noise_init) if prior is not None else None
+    gain_ = _Gain(gain, gain_init) if prior is not None else None
+    noise = _process_noise(c, process_noise, noise_param, noise_init) if prior is not None else None
 
     view, axes = group_norm_view(layout, x32, groups)
     sample_mean, sample_var = tf.nn.moments(view, axes=axes)
@@ -391,17 +473,26 @@ def GroupKalmanNorm(x, prior='auto', *, group_size=None, channel_groups=32, gain
         post_mean, post_var = chan_mean, chan_var
     else:
         prior = _match_groups(prior[0], prior[1], tf.shape(chan_mean)[0], chan_mean.shape[0])
-        # 2-3: prior pooled into channel groups, broadcast to samples, updated with GN statistics.
-        group_noise = None if noise is None else tf.reduce_mean(tf.reshape(noise, [groups, -1]), 1)
-        pm, pv = _to_channel_groups(prior[0], prior[1], groups)
+        # 2-3: prior (with R, per channel) pooled into channel groups, broadcast to samples,
+        # updated with GN statistics.  Usability is judged on the per-channel prior: pooling
+        # could hide one channel's negative variance among the others.
+        valid = prior_validity(prior[0], prior[1])                          # [G, 1]
+        pm, pv = _keep_valid(prior[0], prior[1], valid)
+        if noise is not None:
+            pv = noise.predict(pv)
+        pm, pv = _to_channel_groups(pm, pv, groups)
         pm, pv = _per_sample(pm, group_size, batch), _per_sample(pv, group_size, batch)
-        mean, var, trusted = kalman_update(pm, pv, sample_mean, sample_var, q, group_noise,
-                                           pooled_variance, guard_ratio, epsilon)
+        sample_valid = _per_sample(tf.cast(valid, tf.float32), group_size, batch) > 0.5
+        mean, var, trusted = kalman_update(pm, pv, sample_mean, sample_var, gain_.q, None,
+                                           pooled_variance, guard_ratio, epsilon, p=gain_.p,
+                                           prior_valid=sample_valid)
         out = group_norm_apply(layout, x32, groups, mean, var, gamma, beta, epsilon)
         out = tf.identity(restore(out), name='output')
         # 4: per-channel posterior for the next prediction step.
-        post_mean, post_var, chan_trusted = kalman_update(prior[0], prior[1], chan_mean, chan_var, q, noise,
-                                                          pooled_variance, guard_ratio, epsilon)
+        post_mean, post_var, chan_trusted = kalman_update(
+            prior[0], prior[1], chan_mean, chan_var, gain_.q, None if noise is None else noise.value,
+            pooled_variance, guard_ratio, epsilon, relative_noise=noise is not None and noise.relative,
+            p=gain_.p)
         _record_diagnostic(layout, x32, prior, chan_mean, chan_var, chan_trusted)
     out.posterior = Estimate(post_mean, post_var)
     if propagate == 'input':
