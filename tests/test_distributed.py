@@ -1,0 +1,292 @@
+"""kalman_norm.distributed: cluster parsing, and synchronous training on a real local cluster.
+
+The cluster tests start, on 127.0.0.1 only, one parameter server and two workers per mode as
+subprocesses running tests/_dist_worker.py (the 'ps' and the 'replicated' cluster run at the
+same time: importing TensorFlow dominates their run time).  Each worker trains a tiny BKN model
+(groups of 2) with plain SGD for two steps on its own data, two towers per worker, and dumps
+what every step read and computed.  Every process runs in its own process group, is killed in
+the fixture's teardown whatever happens, and the whole cluster has a hard deadline.
+"""
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import kalman_norm  # noqa: F401
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kalman_norm.distributed import (ClusterError, horovod_trainer, make_distributed_trainer,
+                                     parse_cluster, start_server)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER_SCRIPT = os.path.join(HERE, '_dist_worker.py')
+DEADLINE_SECONDS = 150     # the whole cluster run, both modes; normally ~60 s on 2 busy cores
+STEPS = 2
+TOWERS = 2
+
+_spec = importlib.util.spec_from_file_location('_dist_worker', WORKER_SCRIPT)
+dist_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dist_worker)
+
+CLUSTER = ['ps=h0:2222', 'worker=h1:2222,h2:2222']
+
+
+def tf_config(cluster=None, task=None):
+    return {'TF_CONFIG': json.dumps({'cluster': cluster or {'ps': ['h0:2222'], 'worker': ['h1:2222', 'h2:2222']},
+                                     'task': task or {'type': 'worker', 'index': 1}})}
+
+
+# ----------------------------------------------------------------------------------------------
+# parse_cluster
+
+def test_parse_cluster_from_arguments():
+    cluster, job, index = parse_cluster(CLUSTER, 'worker:1', env={})
+    assert (job, index) == ('worker', 1)
+    assert cluster.as_dict() == {'ps': ['h0:2222'], 'worker': ['h1:2222', 'h2:2222']}
+    # the brief's spelling 'workers=' and a ps task
+    cluster, job, index = parse_cluster(['ps=h0:2222', 'workers=h1:2222,h2:2222'], 'ps:0', env={})
+    assert (job, index) == ('ps', 0) and cluster.num_tasks('worker') == 2
+
+
+def test_parse_cluster_from_tf_config_and_both_agreeing():
+    cluster, job, index = parse_cluster(None, None, env=tf_config())
+    assert (job, index) == ('worker', 1) and cluster.task_address('ps', 0) == 'h0:2222'
+    assert parse_cluster(CLUSTER, 'worker:1', env=tf_config()) == (cluster, 'worker', 1)
+    assert parse_cluster(None, 'worker:1', env=tf_config())[1:] == ('worker', 1)
+
+
+def test_parse_cluster_nothing_given_is_one_machine():
+    assert parse_cluster(None, None, env={}) is None
+    assert parse_cluster([], None, env={'TF_CONFIG': ''}) is None
+
+
+@pytest.mark.parametrize('cluster_args, task, env, message', [
+    (CLUSTER, None, {}, r'--cluster needs --task'),
+    (None, 'worker:0', {}, r'--task worker:0 needs --cluster'),
+    (['ps=h0:2222', 'chief=h1:2222'], 'worker:0', {}, r"unknown job 'chief'"),
+    (CLUSTER, 'trainer:0', {}, r"unknown job 'trainer'"),
+    (CLUSTER, 'worker:2', {}, r'task worker:2 is out of range: the cluster has 2 worker task\(s\), indices 0..1'),
+    (CLUSTER, 'ps:1', {}, r'task ps:1 is out of range'),
+    (CLUSTER, 'worker', {}, r'--task takes JOB:INDEX'),
+    (CLUSTER, 'worker:-1', {}, r'index must be a non-negative integer'),
+    (CLUSTER, 'worker:x', {}, r'index must be a non-negative integer'),
+    (['ps=h0', 'worker=h1:2222'], 'worker:0', {}, r"'h0' is not HOST:PORT"),
+    (['ps=h0:22x', 'worker=h1:2222'], 'worker:0', {}, r"'h0:22x' is not HOST:PORT"),
+    (['ps=:2222', 'worker=h1:2222'], 'worker:0', {}, r"':2222' is not HOST:PORT"),
+    (['ps=h0:70000', 'worker=h1:2222'], 'worker:0', {}, r'port 70000 .* is not in 1..65535'),
+    (['ps=h0:2222', 'worker=h1:2222,'], 'worker:0', {}, r"'' is not HOST:PORT"),
+    (['ps h0:2222', 'worker=h1:2222'], 'worker:0', {}, r'--cluster takes JOB=HOST:PORT'),
+    (['worker=h1:2222'], 'worker:0', {}, r'the cluster has no ps task'),
+    (['ps=h0:2222'], 'ps:0', {}, r'the cluster has no worker task'),
+    (['ps=h0:2222', 'worker=h1:2222', 'worker=h2:2222'], 'worker:0', {}, r"job 'worker' is given twice"),
+    (['ps=h0:2222', 'worker=h0:2222'], 'worker:0', {}, r'address h0:2222 is given twice'),
+    (CLUSTER, 'worker:0', tf_config(), r'--cluster/--task and TF_CONFIG describe different'),
+    (['ps=h9:2222', 'worker=h1:2222,h2:2222'], 'worker:1', tf_config(), r'describe different'),
+    (None, 'worker:0', tf_config(), r"--task worker:0 and TF_CONFIG's task worker:1 differ"),
+    (None, None, {'TF_CONFIG': '{"cluster": '}, r'TF_CONFIG is not valid JSON'),
+    (None, None, {'TF_CONFIG': '[1, 2]'}, r'TF_CONFIG needs \{"cluster"'),
+    (None, None, tf_config(task={'type': 'worker'}), r'TF_CONFIG has no "task"'),
+    (None, None, tf_config(task={'type': 'evaluator', 'index': 0}), r"unknown job 'evaluator'"),
+    (None, None, tf_config(task={'type': 'worker', 'index': -1}), r'index must be a non-negative integer'),
+    (None, None, tf_config(task={'type': 'worker', 'index': 5}), r'task worker:5 is out of range'),
+    (None, None, tf_config(cluster={'chief': ['h0:1'], 'ps': ['h1:1'], 'worker': ['h2:1']}),
+     r"job 'chief' is not used here: worker 0 is the chief"),
+    (None, None, tf_config(cluster={'ps': 'h0', 'worker': ['h1:1']}), r"'h0' is not HOST:PORT"),
+    (None, None, tf_config(cluster={'ps': {'a': 1}, 'worker': ['h1:1']}), r'must be a list of HOST:PORT'),
+])
+def test_parse_cluster_errors(cluster_args, task, env, message):
+    with pytest.raises(ClusterError, match=message) as info:
+        parse_cluster(cluster_args, task, env=env)
+    assert '\n' not in str(info.value)
+
+
+def test_trainer_and_server_options_are_checked_before_any_server_starts():
+    cluster = parse_cluster(CLUSTER, 'worker:0', env={}).cluster
+    for kwargs, message in [(dict(mode='allreduce'), r"mode must be 'ps' or 'replicated'"),
+                            (dict(gpus_per_worker=0), r'gpus_per_worker must be a positive integer'),
+                            (dict(gpus_per_worker=1.5), r'gpus_per_worker must be a positive integer')]:
+        with pytest.raises(ClusterError, match=message):
+            make_distributed_trainer(cluster, 'worker', 0, **kwargs)
+    with pytest.raises(ClusterError, match=r'task index 2 is out of range'):
+        make_distributed_trainer(cluster, 'worker', 2)
+    with pytest.raises(ClusterError, match=r"job must be 'ps' or 'worker'"):
+        start_server(cluster, 'chief', 0)
+    with pytest.raises(ClusterError, match=r'must be a tf.train.ClusterSpec'):
+        start_server({'ps': ['h0:1']}, 'ps', 0)
+
+
+def test_horovod_trainer_says_why_it_is_unavailable(monkeypatch):
+    # Horovod is not installable with TF 2.21; make the import fail the same way everywhere.
+    monkeypatch.setitem(sys.modules, 'horovod', None)
+    monkeypatch.setitem(sys.modules, 'horovod.tensorflow', None)
+    with pytest.raises(ClusterError, match=r'--trainer horovod: horovod.tensorflow is not importable .*--cluster'):
+        horovod_trainer()
+
+
+# ----------------------------------------------------------------------------------------------
+# a real cluster on 127.0.0.1
+
+def _free_ports(n):
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _log_tail(path, lines=25):
+    with open(path, errors='replace') as f:
+        return ''.join(f.readlines()[-lines:])
+
+
+@pytest.fixture(scope='module')
+def cluster_runs(tmp_path_factory):
+    """{mode: (out_dir, [worker0 dump, worker1 dump])} after STEPS steps of each cluster."""
+    env = {k: v for k, v in os.environ.items() if k != 'TF_CONFIG'}
+    env['CUDA_VISIBLE_DEVICES'] = ''
+    procs, workers, outs = [], [], {}
+    try:
+        for mode in ('ps', 'replicated'):
+            out = tmp_path_factory.mktemp('cluster_' + mode)
+            ps, w0, w1 = ['127.0.0.1:%d' % p for p in _free_ports(3)]
+            base = [sys.executable, WORKER_SCRIPT, '--cluster', 'ps=' + ps, '--cluster', 'worker=%s,%s' % (w0, w1),
+                    '--mode', mode, '--towers', str(TOWERS), '--steps', str(STEPS), '--out', str(out)]
+            for task in ('ps:0', 'worker:0', 'worker:1'):
+                log = open(out / ('%s.log' % task.replace(':', '')), 'w')
+                proc = subprocess.Popen(base + ['--task', task], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        cwd=os.path.dirname(HERE), start_new_session=True)
+                log.close()
+                procs.append(proc)
+                if task.startswith('worker'):
+                    workers.append((mode, task, proc, out / ('%s.log' % task.replace(':', ''))))
+            outs[mode] = out
+        deadline = time.time() + DEADLINE_SECONDS
+        while any(p.poll() is None for _, _, p, _ in workers):
+            for mode, task, p, log in workers:
+                if p.poll() not in (None, 0):
+                    pytest.fail('%s %s exited with %s:\n%s' % (mode, task, p.returncode, _log_tail(log)))
+            if time.time() > deadline:
+                pytest.fail('the clusters did not finish %d steps in %d s; %s' % (
+                    STEPS, DEADLINE_SECONDS, '\n'.join('%s %s:\n%s' % (m, t, _log_tail(lg)) for m, t, _, lg in workers)))
+            time.sleep(0.5)
+        for mode, task, p, log in workers:
+            assert p.returncode == 0, '%s %s failed:\n%s' % (mode, task, _log_tail(log))
+        yield {mode: [dict(np.load(out / ('worker%d.npz' % i))) for i in range(2)] for mode, out in outs.items()}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+
+
+def _weights(dump, step):
+    prefix = 'w%d:' % step
+    return {k[len(prefix):]: v for k, v in dump.items() if k.startswith(prefix)}
+
+
+def _conv_same(x, w):
+    """3×3 stride-1 SAME convolution, NHWC, in NumPy."""
+    kh, kw = w.shape[:2]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    h, wd = x.shape[1:3]
+    return sum(np.einsum('nhwc,co->nhwo', xp[:, i:i + h, j:j + wd], w[i, j]) for i in range(kh) for j in range(kw))
+
+
+@pytest.fixture(scope='module')
+def gradient_fn():
+    """(weights, image, label) -> {var: gradient} of tiny_cost, in this process, one tower."""
+    from tensorpack.tfutils.tower import TowerContext
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf.compat.v1.placeholder(tf.float32, (dist_worker.TOWER_BATCH,) + dist_worker.IMAGE_SHAPE)
+        label = tf.compat.v1.placeholder(tf.int32, (dist_worker.TOWER_BATCH,))
+        with TowerContext('', is_training=True):
+            cost = dist_worker.tiny_cost(image, label)
+        variables = tf.compat.v1.trainable_variables()
+        grads = dict(zip([v.op.name.replace('/', '.') for v in variables], tf.gradients(cost, variables)))
+        values = {v.op.name.replace('/', '.'): tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape) for v in variables}
+        assign = tf.group(*[v.assign(values[v.op.name.replace('/', '.')]) for v in variables])
+        init = tf.compat.v1.global_variables_initializer()
+    sess = tf.compat.v1.Session(graph=graph)
+    sess.run(init)
+
+    def gradients(weights, img, lbl):
+        assert set(weights) == set(values), (sorted(weights), sorted(values))
+        sess.run(assign, {values[k]: weights[k] for k in values})
+        return sess.run(grads, {image: img, label: lbl})
+    yield gradients
+    sess.close()
+
+
+@pytest.mark.parametrize('mode', ['ps', 'replicated'])
+def test_real_cluster_workers_see_identical_weights(cluster_runs, mode):
+    dumps = cluster_runs[mode]
+    for step in range(STEPS + 1):
+        w0, w1 = _weights(dumps[0], step), _weights(dumps[1], step)
+        assert w0 and sorted(w0) == sorted(w1)
+        for name in w0:
+            np.testing.assert_array_equal(w0[name], w1[name], err_msg='%s after %d steps' % (name, step))
+    # and training moved them
+    assert any(not np.allclose(_weights(dumps[0], 0)[k], _weights(dumps[0], STEPS)[k]) for k in _weights(dumps[0], 0))
+
+
+@pytest.mark.parametrize('mode', ['ps', 'replicated'])
+def test_real_cluster_step_is_sgd_on_the_mean_gradient_of_all_towers(cluster_runs, gradient_fn, mode):
+    """w_{k+1} = w_k − lr · mean over 2 workers × 2 towers of each tower's gradient at w_k.
+    tensorpack's shipped parameter-server trainer would move by the sum over workers."""
+    dumps = cluster_runs[mode]
+    for step in range(STEPS):
+        before = _weights(dumps[0], step)
+        tower_grads = [gradient_fn(before, d['in%d:tower%d:image' % (step, t)], d['in%d:tower%d:label' % (step, t)])
+                       for d in dumps for t in range(TOWERS)]
+        assert len(tower_grads) == 4
+        for name, w in before.items():
+            mean_grad = np.mean([g[name] for g in tower_grads], axis=0)
+            assert np.abs(mean_grad).max() > 1e-4, name   # a step that moves, so the check means something
+            expected = w - dist_worker.LEARNING_RATE * mean_grad
+            np.testing.assert_allclose(_weights(dumps[0], step + 1)[name], expected, rtol=1e-4, atol=1e-6,
+                                       err_msg='%s, step %d' % (name, step))
+
+
+@pytest.mark.parametrize('mode', ['ps', 'replicated'])
+def test_real_cluster_each_tower_normalises_its_own_samples(cluster_runs, mode):
+    dumps = cluster_runs[mode]
+    g = dist_worker.GROUP_SIZE
+    for worker, dump in enumerate(dumps):
+        own = dist_worker.worker_data(worker, TOWERS)
+        for step in range(STEPS):
+            kernel = _weights(dump, step)['conv1.W']
+            images = [dump['in%d:tower%d:image' % (step, t)] for t in range(TOWERS)]
+            # each tower trained on one of this worker's own batches, and the towers on different ones
+            for img in images:
+                assert any(np.array_equal(img, batch[0]) for batch in own)
+            assert not np.array_equal(images[0], images[1])
+            for t, img in enumerate(images):
+                conv = _conv_same(img, kernel)                           # [4, H, W, C]
+                expected = conv.reshape(-1, g, *conv.shape[1:]).mean(axis=(1, 2, 3))   # [groups, C]
+                got = dump['in%d:tower%d:norm1_mean' % (step, t)]
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+                # not the statistics of the whole tower, nor of both workers' samples
+                assert not np.allclose(got, conv.mean(axis=(0, 1, 2)), atol=1e-3)
+                others = _conv_same(dumps[1 - worker]['in%d:tower0:image' % step], kernel)
+                assert not np.allclose(got.mean(0), np.concatenate([conv, others]).mean(axis=(0, 1, 2)), atol=1e-2)
+
+
+@pytest.mark.parametrize('mode', ['ps', 'replicated'])
+def test_real_cluster_moving_averages_follow_the_chiefs_first_tower(cluster_runs, mode):
+    chief, other = cluster_runs[mode]
+    key = 'norm1.mean.EMA'
+    for step in range(STEPS):
+        observed = chief['in%d:tower0:norm1_mean' % step].mean(axis=0)
+        expected = 0.9 * chief['ema%d:%s' % (step, key)] + 0.1 * observed
+        np.testing.assert_allclose(chief['ema%d:%s' % (step + 1, key)], expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(other['ema%d:%s' % (step + 1, key)], chief['ema%d:%s' % (step + 1, key)])
