@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""The paper's Fig. 5: |batch variance - moving variance| per channel and test batch, per model.
+
+For each trained run (its last checkpoint), one normalisation layer (default: the model's last;
+``--layer`` picks another, e.g. ``res2.0/bn1``) is run online on ``--batches`` test batches of the
+run's group size (e.g. 50 batches of 2 images; the test set in a fixed random order), and the
+heat map shows |batch variance - moving variance| with channels as rows and test batches as
+columns, side by side for the runs, on one colour scale.
+
+"Batch variance" is the variance the layer normalises with when run online on the test batch
+(the paper's option B): for BN the group's own variance; for KN the *posterior* variance of
+Eq. 7 (prior from the layers below, run on the same batch, updated with the group's variance).
+For KN the gap of the raw group variance is printed too.  One summary number per model, in the
+panel title and printed: the mean of the map, and that mean relative to the mean moving variance.
+
+    python scripts/fig5_variance_gap.py --logdir train_log/bn-b2 --logdir train_log/bkn-b2 \\
+        --data ../shared/data/cifar10-jpeg.tar.gz --out results/fig5_variance_gap.png
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import kalman_norm  # noqa: E402,F401
+from kalman_norm import datasets, probe  # noqa: E402
+
+
+def run_label(logdir, options):
+    return '%s@%s (%s)' % (options['norm'], options['batch'], os.path.basename(os.path.normpath(logdir)))
+
+
+def summary_line(name, gap):
+    line = ('%s, layer %s: mean |%s variance - moving variance| = %.4g (%.3f of the mean moving variance)'
+            % (name, gap['layer'], gap['normalises_with'], gap['mean_gap'], gap['relative_gap']))
+    if gap['normalises_with'] == 'posterior':
+        line += ('; raw group variance: %.4g (%.3f)' % (gap['raw_mean_gap'], gap['raw_relative_gap']))
+    return line
+
+
+def plot_variance_gaps(gaps, out):
+    """gaps: [(label, kalman_norm.probe.variance_gap(...))]; writes the figure, returns the summary lines."""
+    vmax = max(float(np.percentile(g['gap'], 99)) for _, g in gaps) or 1.0
+    fig, axes = plt.subplots(1, len(gaps), figsize=(5.5 * len(gaps), 5.2), squeeze=False)
+    image = None
+    for ax, (name, gap) in zip(axes[0], gaps):
+        image = ax.imshow(gap['gap'], aspect='auto', cmap='viridis', vmin=0.0, vmax=vmax, interpolation='nearest')
+        ax.set_title('%s, %s\nmean |Δvar| = %.3g (%.3f × mean moving var)'
+                     % (name, gap['layer'], gap['mean_gap'], gap['relative_gap']), fontsize=9)
+        ax.set_xlabel('test batch')
+        ax.set_ylabel('channel')
+    fig.colorbar(image, ax=axes[0].tolist(), extend='max', label='|batch variance − moving variance|')
+    fig.text(0.01, 0.01, 'Batch variance: what the layer normalises with online on the test batch (option B): '
+             "BN's group variance, KN's posterior variance (Eq. 7). Colour scale shared, capped at the "
+             "largest 99th percentile.", fontsize=7)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return [summary_line(name, gap) for name, gap in gaps]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--logdir', action='append', required=True, help='a trained run (repeat for each model)')
+    p.add_argument('--out', required=True, help='PNG to write')
+    p.add_argument('--layer', help='normalisation layer, e.g. res3.4/bn2 (default: the last of the model)')
+    p.add_argument('--batches', type=int, default=50, help='test batches (columns), each one group of the run')
+    p.add_argument('--seed', type=int, default=1234, help='order of the test set (1234: the trainer\'s)')
+    p.add_argument('--data', help="dataset location; default: each run's own (options.json 'data')")
+    p.add_argument('--cache-dir', help='where decoded image folders are cached')
+    args = p.parse_args(argv)
+    try:
+        if args.batches < 1:
+            raise probe.ProbeError('--batches must be >= 1, got %d' % args.batches)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+            raise probe.ProbeError('--out %s: its directory does not exist' % args.out)
+        runs = []
+        for logdir in args.logdir:
+            options, spec = probe.load_run(logdir)
+            if not probe.list_checkpoints(logdir):
+                raise probe.ProbeError('%s holds no checkpoint (model-<step>.index)' % logdir)
+            if spec.kind not in ('bn', 'bkn', 'brn'):
+                raise probe.ProbeError('%s: norm %s has no moving variance; Fig. 5 needs bn, bkn or brn'
+                                       % (logdir, spec.kind))
+            runs.append((logdir, options, spec))
+        loaded, gaps = {}, []
+        for logdir, options, spec in runs:
+            key = (options['dataset'], args.data or options.get('data'))
+            if key not in loaded:
+                loaded[key] = datasets.load_dataset(key[0], key[1], cache_dir=args.cache_dir or options.get('cache_dir'))
+            ds = loaded[key]
+            count = args.batches * spec.group_size
+            if count > len(ds.test_images):
+                raise probe.ProbeError('%d batches of %d need %d test images; the test set holds %d'
+                                       % (args.batches, spec.group_size, count, len(ds.test_images)))
+            images = ds.test_images[np.random.RandomState(args.seed).permutation(len(ds.test_images))[:count]]
+            _, _, rec = probe.probe_checkpoint(logdir, images, ds.num_classes, ds.channel_mean, ds.channel_std,
+                                               layer=args.layer)
+            gaps.append((run_label(logdir, options), probe.variance_gap(rec)))
+    except (probe.ProbeError, datasets.DataError) as e:
+        print('error: %s' % e, file=sys.stderr)
+        raise SystemExit(2)
+    for line in plot_variance_gaps(gaps, args.out):
+        print(line)
+    print('wrote %s' % args.out)
+
+
+if __name__ == '__main__':
+    main()

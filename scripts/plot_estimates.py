@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Plot estimate quality over training, from the estimate_quality.json of one or more runs.
+
+One figure, six panels; several runs overlay (one colour per run, one line style per estimate):
+  * mean error and variance error |log(v / v_ref)|, averaged over layers, of (a) the micro-batch
+    group statistics, (b) KN's prior, (c) KN's posterior, (d) the moving averages, over epochs;
+  * KN's guard trip rate (fraction of groups whose prior was rejected), averaged over layers;
+  * the gain q and the process noise (R, or r for a relative R; see kalman_norm.probe.noise_param),
+    averaged over layers;
+  * per layer, at each run's last measured checkpoint, the variance error of each estimate.
+Run ``scripts/estimate_quality.py RUN_DIR`` first.
+
+    python scripts/plot_estimates.py train_log/bn-b2 train_log/bkn-b2 --out results/estimates.png
+"""
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+ESTIMATES = ('group', 'prior', 'posterior', 'moving')          # as kalman_norm.probe.ESTIMATES
+LABELS = {'group': '(a) group', 'prior': '(b) prior', 'posterior': '(c) posterior', 'moving': '(d) moving avg'}
+STYLES = {'group': '-', 'prior': ':', 'posterior': '--', 'moving': '-.'}
+
+
+def load(run):
+    """The estimate_quality.json of a run directory (or the file itself)."""
+    path = run if run.endswith('.json') else os.path.join(run, 'estimate_quality.json')
+    if not os.path.isfile(path):
+        raise ValueError('%s not found: run scripts/estimate_quality.py %s first' % (path, run))
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except ValueError as e:
+        raise ValueError('%s is not valid JSON: %s' % (path, e))
+    if not isinstance(result, dict) or not result.get('checkpoints'):
+        raise ValueError('%s holds no measured checkpoint' % path)
+    return result
+
+
+def label(result):
+    run = result.get('run', {})
+    name = os.path.basename(os.path.normpath(result.get('logdir', '')))
+    return '%s@%s %s' % (run.get('norm', '?'), run.get('batch', '?'), name)
+
+
+def x_values(result):
+    cps = result['checkpoints']
+    if all(c.get('epoch') is not None for c in cps):
+        return [c['epoch'] for c in cps], 'epoch'
+    return [c['step'] for c in cps], 'step'
+
+
+def plot(results, out, stat='mean'):
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+    ax_mean, ax_var, ax_trip, ax_gain, ax_noise, ax_layers = axes.ravel()
+    xlabel = 'epoch'
+    for i, result in enumerate(results):
+        colour = 'C%d' % (i % 10)
+        name = label(result)
+        xs, xlabel_i = x_values(result)
+        xlabel = xlabel if xlabel_i == 'epoch' and xlabel == 'epoch' else xlabel_i
+        cps = result['checkpoints']
+        for est in ESTIMATES:
+            if any(c['average'].get(est) is None for c in cps):
+                continue
+            for ax, key in ((ax_mean, 'mean_err_' + stat), (ax_var, 'var_err_' + stat)):
+                ax.plot(xs, [c['average'][est][key] for c in cps], STYLES[est], color=colour, marker='.',
+                        label='%s %s' % (name, LABELS[est]))
+        for ax, key in ((ax_trip, 'guard_trip_rate'), (ax_gain, 'gain'), (ax_noise, 'process_noise')):
+            if all(c['average'].get(key) is not None for c in cps):
+                noise = result.get('noise_param')
+                suffix = '' if key != 'process_noise' or not noise else (' (r)' if noise == 'relative' else ' (R)')
+                ax.plot(xs, [c['average'][key] for c in cps], '-', color=colour, marker='.', label=name + suffix)
+        last = cps[-1]
+        for est in ESTIMATES:
+            values = [l[est]['var_err_' + stat] if l.get(est) else float('nan') for l in last['layers']]
+            if all(v != v for v in values):
+                continue
+            ax_layers.plot(range(len(values)), values, STYLES[est], color=colour, marker='.',
+                           label='%s %s' % (name, LABELS[est]))
+    titles = [(ax_mean, '|m - m_ref| / sd_ref (%s over groups, channels; mean over layers)' % stat),
+              (ax_var, '|log(v / v_ref)| (%s over groups, channels; mean over layers)' % stat),
+              (ax_trip, 'guard trip rate (fraction of groups, mean over KN layers)'),
+              (ax_gain, 'gain q (mean over KN layers)'),
+              (ax_noise, 'process noise R, or r of R = r·AΣAᵀ (mean over channels, layers)'),
+              (ax_layers, '|log(v / v_ref)| per layer, last checkpoint')]
+    for ax, title in titles:
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel('layer (input to output)' if ax is ax_layers else xlabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=6)
+        else:
+            ax.text(0.5, 0.5, 'no run has this measure', ha='center', va='center', transform=ax.transAxes)
+    if ax_noise.lines:
+        ax_noise.set_yscale('log')
+    settings = results[0].get('settings', {})
+    fig.suptitle('Estimates of each layer\'s statistics vs the statistics of all %s training images (same weights)'
+                 % settings.get('images', '?'), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('runs', nargs='+', metavar='RUN_DIR', help='run directories (or estimate_quality.json files)')
+    p.add_argument('--out', required=True, help='PNG to write')
+    p.add_argument('--stat', choices=['mean', 'median'], default='mean',
+                   help='summary of the errors over groups and channels')
+    args = p.parse_args(argv)
+    try:
+        results = [load(run) for run in args.runs]
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+            raise ValueError('--out %s: its directory does not exist' % args.out)
+    except ValueError as e:
+        print('error: %s' % e, file=sys.stderr)
+        raise SystemExit(2)
+    plot(results, args.out, args.stat)
+    print('wrote %s' % args.out)
+
+
+if __name__ == '__main__':
+    main()

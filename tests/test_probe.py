@@ -1,0 +1,312 @@
+"""kalman_norm.probe and its scripts: estimate quality of a trained run's norm layers, Fig. 5.
+
+A tiny ResNet (n=1) on 8x8 random images; its "checkpoints" are initialised (and perturbed)
+variables saved with tf.compat.v1.train.Saver into a run directory with a trainer-like
+options.json.  No training, no /work/shared.
+"""
+import importlib.util
+import json
+import os
+
+import kalman_norm  # noqa: F401
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.special import expit
+
+from kalman_norm import cifar, probe
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+SHAPE = (8, 8, 3)
+MEAN, STD = np.array([120.0, 110.0, 100.0], np.float32), np.array([60.0, 55.0, 50.0], np.float32)
+LAYERS = ['bn0', 'res1.0/bn1', 'res1.0/bn2', 'res2.0/bn1', 'res2.0/bn2', 'res3.0/bn1', 'res3.0/bn2']
+
+
+def _images(count, seed=0):
+    return np.random.RandomState(seed).randint(0, 256, (count,) + SHAPE).astype(np.uint8)
+
+
+def _options(logdir, norm='bkn', batch=2, **extra):
+    o = dict(cifar.DEFAULTS)
+    o.update(norm=norm, batch=batch, depth=1, model='resnet', dataset='cifar10', epochs=2,
+             steps_per_epoch=5, logdir=str(logdir), norm_options={}, model_options={})
+    if norm in ('bkn', 'gkn'):
+        o['gain'] = 0.1
+    o.update(extra)
+    return o
+
+
+def make_run(logdir, steps=(5, 10), seed=0, stats=True, **options):
+    """A run directory like the trainer's: options.json, stats.json, model-<step> checkpoints
+    whose variables are initialised, then perturbed differently at each step (EMA, γ, β, q, R)."""
+    os.makedirs(logdir, exist_ok=True)
+    o = _options(logdir, **options)
+    spec = cifar.make_spec(o)
+    with open(os.path.join(logdir, 'options.json'), 'w') as f:
+        json.dump(dict(o, spec=repr(spec)), f, default=str)
+    p = probe.build_probe(o, spec, 10, MEAN, STD, SHAPE)
+    rng = np.random.RandomState(seed)
+    with tf.compat.v1.Session(graph=p.graph) as sess, p.graph.as_default():
+        sess.run(tf.compat.v1.global_variables_initializer())
+        saver = tf.compat.v1.train.Saver()
+        for step in steps:
+            for v in tf.compat.v1.global_variables():
+                name, shape = v.op.name, v.shape.as_list()
+                if name.endswith('mean/EMA') or name.endswith('/beta'):
+                    v.load(rng.normal(0, 0.3, shape), sess)
+                elif name.endswith('variance/EMA') or name.endswith('/gamma'):
+                    v.load(rng.uniform(0.5, 2.0, shape), sess)
+                elif name.endswith('gain_logit'):
+                    v.load(rng.normal(-1.0, 0.5), sess)
+                elif name.endswith('noise_rho'):
+                    v.load(rng.normal(-2.0, 0.5, shape), sess)
+            saver.save(sess, os.path.join(logdir, 'model'), global_step=step)
+    if stats:
+        with open(os.path.join(logdir, 'stats.json'), 'w') as f:
+            json.dump([dict(epoch_num=i + 1, global_step=s) for i, s in enumerate(steps)], f)
+    return o, spec
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', name + '.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def kn_run(tmp_path_factory):
+    logdir = str(tmp_path_factory.mktemp('kn_run'))
+    o, spec = make_run(logdir, norm='bkn', gain='learned')
+    return logdir, o, spec
+
+
+@pytest.fixture(scope='module')
+def bn_run(tmp_path_factory):
+    logdir = str(tmp_path_factory.mktemp('bn_run'))
+    o, spec = make_run(logdir, norm='bn', seed=1)
+    return logdir, o, spec
+
+
+@pytest.fixture(scope='module')
+def measured(kn_run, bn_run):
+    """Both runs measured on 8 images into their default LOGDIR/estimate_quality.json."""
+    logs = []
+    results = [probe.measure_run(run[0], _images(8), 10, MEAN, STD, log=logs.append) for run in (kn_run, bn_run)]
+    return results, logs
+
+
+# ----------------------------------------------------------------------------------------------
+# the measures against NumPy
+
+def _np_group_moments(x, g):
+    grouped = x.reshape((-1, g) + x.shape[1:]).astype(np.float64)      # [G, g, H, W, C]
+    return grouped.mean(axis=(1, 2, 3)), grouped.var(axis=(1, 2, 3))
+
+
+def _np_errors(m, v, ref_m, ref_v, eps=1e-5):
+    me = np.abs(m - ref_m) / np.sqrt(ref_v + eps)
+    ve = np.abs(np.log((v + eps) / (ref_v + eps)))
+    return dict(mean_err_mean=me.mean(), mean_err_median=np.median(me), var_err_mean=ve.mean(),
+                var_err_median=np.median(ve))
+
+
+def test_measures_match_numpy_from_the_layer_inputs(kn_run):
+    """Group statistics, reference, all four estimates' errors, guard rate, q and R, recomputed in
+    NumPy from the raw layer inputs and the fetched prior / posterior / EMA / q / R."""
+    logdir, o, spec = kn_run
+    step, prefix = probe.list_checkpoints(logdir)[-1]
+    p = probe.build_probe(o, spec, 10, MEAN, STD, SHAPE)
+    images = _images(16)
+    with tf.compat.v1.Session(graph=p.graph) as sess:
+        probe.restore(sess, p, prefix)
+        with p.graph.as_default():
+            ema_before = sess.run([l.moving_var for l in p.layers])
+        recs = probe.collect(sess, p, images, chunk_images=4)        # 4 chunks of 2 groups
+        raw = sess.run([l.input for l in p.layers], {p.images: images})
+        ema_after = sess.run([l.moving_var for l in p.layers])
+    assert [r['name'] for r in recs] == LAYERS
+    for before, after in zip(ema_before, ema_after):                # nothing was updated
+        np.testing.assert_array_equal(before, after)
+    # q, R and the moving averages are the checkpoint's
+    stored = {k: tf.train.load_variable(prefix, k) for k, _ in tf.train.list_variables(prefix)}
+    rec = recs[2]
+    assert rec['name'] == 'res1.0/bn2'
+    assert float(rec['gain']) == pytest.approx(expit(stored['res1.0/bn2/gain_logit']), rel=1e-5)
+    np.testing.assert_allclose(rec['process_noise'], np.logaddexp(0, stored['res1.0/bn2/noise_rho']), rtol=1e-5)
+    np.testing.assert_allclose(rec['moving_var'], stored['res1.0/bn2/variance/EMA'])
+    for rec, x in zip(recs, raw):
+        gm, gv = _np_group_moments(x, 2)
+        np.testing.assert_allclose(rec['group_mean'], gm, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(rec['group_var'], gv, rtol=1e-3, atol=1e-5)
+        ref_m, ref_v = x.astype(np.float64).mean((0, 1, 2)), x.astype(np.float64).var((0, 1, 2))
+        pm, pv = probe.population_moments(rec['group_mean'], rec['group_var'])
+        np.testing.assert_allclose(pm, ref_m, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(pv, ref_v, rtol=1e-3, atol=1e-5)
+        got = probe.layer_measures(rec)
+        for est in ('group', 'posterior', 'moving', 'prior'):
+            if rec[est + '_mean'] is None:
+                assert got[est] is None
+                continue
+            want = _np_errors(rec[est + '_mean'].astype(np.float64), rec[est + '_var'].astype(np.float64), ref_m, ref_v)
+            for k, v in want.items():
+                assert got[est][k] == pytest.approx(v, rel=2e-3, abs=1e-4), (rec['name'], est, k)
+        if rec['name'] == 'bn0':                # first KN layer: no prior; posterior = group stats
+            assert rec['prior_mean'] is None and got['guard_trip_rate'] is None and got['gain'] is None
+            np.testing.assert_allclose(rec['posterior_var'], rec['group_var'], rtol=1e-6)
+            continue
+        q, r = float(rec['gain']), rec['process_noise']
+        assert got['gain'] == pytest.approx(q) and got['process_noise']['mean'] == pytest.approx(r.mean())
+        assert got['guard_trip_rate'] == pytest.approx(1.0 - rec['trusted'].mean())
+        # Eq. 7 with the pooled term, from the fetched prior (which includes R): the posterior
+        # of every trusted group, the group's own statistics for the others.
+        trusted = rec['trusted'][:, 0]
+        post_m = (1 - q) * rec['prior_mean'] + q * rec['group_mean']
+        post_v = (1 - q) * rec['prior_var'] + q * rec['group_var'] \
+            + q * (1 - q) * (rec['group_mean'] - rec['prior_mean']) ** 2
+        np.testing.assert_allclose(rec['posterior_mean'][trusted], post_m[trusted], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(rec['posterior_var'][trusted], post_v[trusted], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(rec['posterior_var'][~trusted], rec['group_var'][~trusted], rtol=1e-6)
+
+
+def test_group_error_shrinks_as_the_group_grows_and_is_zero_at_n(bn_run):
+    logdir, o, _ = bn_run
+    prefix = probe.list_checkpoints(logdir)[-1][1]
+    images = _images(32, seed=3)
+    errors = {}
+    for g in (1, 4, 32):
+        oo = dict(o, batch=g)
+        p = probe.build_probe(oo, cifar.make_spec(oo), 10, MEAN, STD, SHAPE)
+        with tf.compat.v1.Session(graph=p.graph) as sess:
+            probe.restore(sess, p, prefix)
+            layers = [probe.layer_measures(r) for r in probe.collect(sess, p, images)]
+        avg = probe.average_over_layers(layers)
+        errors[g] = (avg['group']['mean_err_mean'], avg['group']['var_err_mean'])
+        assert avg['prior'] is None and avg['posterior'] is None and avg['moving']['layers'] == 7
+    assert errors[1][0] > errors[4][0] > errors[32][0]
+    assert errors[1][1] > errors[4][1] > errors[32][1]
+    assert errors[32][0] == pytest.approx(0.0, abs=1e-5) and errors[32][1] == pytest.approx(0.0, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# a run: json, skipping, bad input
+
+def test_measure_run_writes_every_checkpoint_and_layer(kn_run, measured):
+    logdir = kn_run[0]
+    result, logs = measured[0][0], measured[1]
+    out = os.path.join(logdir, 'estimate_quality.json')
+    with open(out) as f:
+        stored = json.load(f)
+    assert stored == json.loads(json.dumps(result))
+    assert [(c['step'], c['epoch'], c['checkpoint']) for c in stored['checkpoints']] == \
+        [(5, 1, 'model-5'), (10, 2, 'model-10')]
+    assert stored['settings'] == dict(images=8, seed=0, group_size=2, split='train')
+    assert logs[:2] == ['measured model-5 (step 5)', 'measured model-10 (step 10)']
+    for c in stored['checkpoints']:
+        assert [l['layer'] for l in c['layers']] == LAYERS
+        assert c['average']['prior']['layers'] == 6 and c['average']['posterior']['layers'] == 7
+        assert 0.0 <= c['average']['guard_trip_rate'] <= 1.0 and 0.0 < c['average']['gain'] < 1.0
+        for key in ('mean_err_mean', 'var_err_median'):
+            layers = [l['posterior'][key] for l in c['layers']]
+            assert c['average']['posterior'][key] == pytest.approx(np.mean(layers))
+    assert stored['checkpoints'][0]['average'] != stored['checkpoints'][1]['average']
+    text = probe.format_summary(result)
+    assert 'res3.0/bn2' in text and 'posterior' in text
+    # again: nothing to do, the file is kept; other settings are refused before any work
+    mtime = os.path.getmtime(out)
+    probe.measure_run(logdir, _images(8), 10, MEAN, STD, log=logs.append)
+    assert os.path.getmtime(out) == mtime and 'already measured' in logs[-1]
+    with pytest.raises(probe.ProbeError, match='--redo'):
+        probe.measure_run(logdir, _images(8), 10, MEAN, STD, seed=1)
+    assert json.load(open(out)) == stored
+
+
+def test_bn_run_reports_group_and_moving_only(measured):
+    result = measured[0][1]
+    for c in result['checkpoints']:
+        for layer in c['layers']:
+            assert layer['prior'] is None and layer['posterior'] is None and layer['guard_trip_rate'] is None
+            assert layer['group'] is not None and layer['moving'] is not None
+    assert result['noise_param'] is None and result['run']['norm'] == 'bn'
+
+
+@pytest.mark.parametrize('case, message', [
+    ('no_dir', 'not a directory'),
+    ('no_options', 'no options.json'),
+    ('bad_json', 'not valid JSON'),
+    ('auto_gain', 'gain it trained with'),
+    ('no_checkpoint', 'no checkpoint'),
+    ('odd_images', 'multiple of'),
+    ('other_model', 'does not fit'),
+])
+def test_bad_input_fails_with_one_line_before_any_work(kn_run, tmp_path, case, message):
+    logdir = str(tmp_path / 'run')
+    images = _images(8)
+    if case != 'no_dir':
+        os.makedirs(logdir)
+    if case == 'bad_json':
+        open(os.path.join(logdir, 'options.json'), 'w').write('{not json')
+    if case in ('auto_gain', 'no_checkpoint', 'odd_images', 'other_model'):
+        o = _options(logdir, gain='auto' if case == 'auto_gain' else 0.1, depth=2 if case == 'other_model' else 1)
+        json.dump(o, open(os.path.join(logdir, 'options.json'), 'w'))
+    if case in ('odd_images', 'other_model'):
+        src = kn_run[0]
+        for name in os.listdir(src):
+            if name.startswith('model-10'):
+                with open(os.path.join(src, name), 'rb') as a, open(os.path.join(logdir, name), 'wb') as b:
+                    b.write(a.read())
+    if case == 'odd_images':
+        images = _images(7)
+    with pytest.raises(probe.ProbeError, match=message) as err:
+        probe.measure_run(logdir, images, 10, MEAN, STD, log=lambda *a: None)
+    assert '\n' not in str(err.value)
+    assert not os.path.exists(os.path.join(logdir, 'estimate_quality.json'))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fig. 5 and the plots
+
+def test_variance_gap_and_fig5_plot(kn_run, bn_run, tmp_path):
+    fig5 = _load_script('fig5_variance_gap')
+    images = _images(10)                                     # 5 test batches of 2
+    gaps = []
+    for (logdir, _, _), used in ((bn_run, 'group'), (kn_run, 'posterior')):
+        options, spec, rec = probe.probe_checkpoint(logdir, images, 10, MEAN, STD)
+        assert rec['name'] == 'res3.0/bn2' and rec['checkpoint'].endswith('model-10')   # last layer, last step
+        gap = probe.variance_gap(rec)
+        assert gap['normalises_with'] == used and gap['gap'].shape == (64, 5)
+        want = np.abs(rec[used + '_var'].astype(np.float64) - rec['moving_var']).T
+        np.testing.assert_allclose(gap['gap'], want, rtol=1e-6)
+        np.testing.assert_allclose(gap['raw_gap'], np.abs(rec['group_var'].astype(np.float64) - rec['moving_var']).T,
+                                   rtol=1e-6)
+        assert gap['mean_gap'] == pytest.approx(want.mean())
+        assert gap['relative_gap'] == pytest.approx(want.mean() / rec['moving_var'].mean())
+        gaps.append((fig5.run_label(logdir, options), gap))
+    out = str(tmp_path / 'fig5.png')
+    lines = fig5.plot_variance_gaps(gaps, out)
+    assert os.path.getsize(out) > 10000
+    assert len(lines) == 2 and 'bkn@2' in lines[1] and 'raw group variance' in lines[1]
+    assert 'raw group' not in lines[0] and '%.4g' % gaps[0][1]['mean_gap'] in lines[0]
+
+
+def test_fig5_bad_input_fails_before_any_work(kn_run, tmp_path):
+    fig5 = _load_script('fig5_variance_gap')
+    for argv in (['--logdir', str(tmp_path), '--out', str(tmp_path / 'a.png')],            # no options.json
+                 ['--logdir', kn_run[0], '--out', str(tmp_path / 'no' / 'a.png')],
+                 ['--logdir', kn_run[0], '--out', str(tmp_path / 'a.png'), '--batches', '0']):
+        with pytest.raises(SystemExit) as err:
+            fig5.main(argv)
+        assert err.value.code == 2
+    assert os.listdir(str(tmp_path)) == []
+    with pytest.raises(probe.ProbeError, match='no normalisation layer'):
+        probe.probe_checkpoint(kn_run[0], _images(2), 10, MEAN, STD, layer='res9/bn1')
+
+
+def test_plot_estimates_writes_one_figure_for_several_runs(kn_run, bn_run, measured, tmp_path):
+    plot = _load_script('plot_estimates')
+    out = str(tmp_path / 'est.png')
+    plot.main([kn_run[0], bn_run[0], '--out', out])
+    assert os.path.getsize(out) > 10000
+    with pytest.raises(SystemExit):
+        plot.main([str(tmp_path), '--out', str(tmp_path / 'x.png')])       # no estimate_quality.json
+    assert not os.path.exists(str(tmp_path / 'x.png'))
