@@ -30,8 +30,9 @@ __all__ = ['BatchKalmanNorm', 'GroupKalmanNorm', 'kalman_update', 'kn_diagnostic
 #: :func:`kn_diagnostics`.  Not a TF collection: tensorpack's ModelSaver exports every collection
 #: into the .meta graph, and these Python records cannot be serialised there.
 _DIAGNOSTICS_ATTR = '_kalman_norm_diagnostics'
-#: ``gain`` (q, a scalar tensor) and ``process_noise`` (R [C], before it is added to ``prior_var``)
-#: are the layer's own tensors, None where the layer has no such tensor (R switched off).
+#: ``prior_var`` is the transition's AΣ̂Aᵀ, before R.  ``gain`` (q, a scalar tensor) and
+#: ``process_noise`` (the layer's tensor of that name: R, or r where R = r ⊙ AΣ̂Aᵀ; see
+#: :class:`_ProcessNoise`) are read by name, None where the layer has none (R switched off).
 KNDiagnostic = collections.namedtuple(
     'KNDiagnostic', ['layer', 'prior_mean', 'prior_var', 'group_mean', 'group_var',
                      'tower_mean', 'tower_var', 'trusted', 'gain', 'process_noise'],
