@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Table 2 of the KN paper: trainable parameters of the ImageNet models with BN, GN and KN.
+
+Builds ResNet-50, ResNet-101 and Inception-v2 (BN-Inception) at 1000 classes under each norm
+(graphs only: nothing runs) and counts their trainable parameters, next to the paper's numbers
+(in millions, two decimals; "match" compares at those two decimals).  The counts do not depend
+on the image size, so a small one keeps the graphs cheap.
+
+    python scripts/count_params.py                                # prints the table
+    python scripts/count_params.py --out results/table2_params.md
+
+Norms: BN (``bn``), GN (``gn``, 32 channel groups: every width of the three nets is a multiple
+of 32), KN (``bkn`` with its defaults: fixed gain q, so no q variable; the process noise R, one
+``noise_rho`` per channel, in every KN layer that receives a prior).  Exit status 1 if a count
+does not match the paper.
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+import kalman_norm as kn  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+from tensorpack.models.registry import disable_layer_logging  # noqa: E402
+from tensorpack.tfutils.tower import TowerContext  # noqa: E402
+
+from kalman_norm.models.inception_v2 import inception_v2  # noqa: E402
+from kalman_norm.models.resnet_imagenet import resnet_imagenet  # noqa: E402
+
+#: The paper's Table 2 (millions of parameters, as printed).
+PAPER_TABLE2 = {
+    'ResNet-50': {'BN': 25.56, 'GN': 25.56, 'KN': 25.58},
+    'ResNet-101': {'BN': 44.55, 'GN': 44.55, 'KN': 44.60},
+    'Inception-v2': {'BN': 11.29, 'GN': 11.29, 'KN': 11.30},
+}
+ARCHITECTURES = {
+    'ResNet-50': lambda image, num_classes: resnet_imagenet(image, depth=50, num_classes=num_classes),
+    'ResNet-101': lambda image, num_classes: resnet_imagenet(image, depth=101, num_classes=num_classes),
+    'Inception-v2': lambda image, num_classes: inception_v2(image, num_classes=num_classes),
+}
+#: Table 2's column -> (norm name, norm options)
+NORMS = {
+    'BN': ('bn', {}),
+    'GN': ('gn', {'channel_groups': 32}),
+    'KN': ('bkn', {}),
+}
+NUM_CLASSES = 1000
+
+
+def count_trainable_parameters(graph):
+    with graph.as_default():
+        return sum(int(np.prod(v.shape.as_list())) for v in tf.compat.v1.trainable_variables())
+
+
+def build(architecture, norm_column, image_size=64, batch=2, num_classes=NUM_CLASSES):
+    """The training graph (forward only) of one table cell; returns the graph."""
+    norm, options = NORMS[norm_column]
+    graph = tf.Graph()
+    with graph.as_default(), TowerContext('', is_training=True), kn.norm_scope(norm, **options):
+        ARCHITECTURES[architecture](tf.zeros([batch, image_size, image_size, 3]), num_classes)
+    return graph
+
+
+def millions(count):
+    """The count in millions as the paper prints it (two decimals)."""
+    return round(count / 1e6, 2)
+
+
+def matches(count, paper):
+    return abs(millions(count) - paper) < 1e-9
+
+
+def table(counts):
+    rows = []
+    for arch in ARCHITECTURES:
+        for column in NORMS:
+            count = counts[arch][column]
+            paper = PAPER_TABLE2[arch][column]
+            rows.append([arch, column, '{:,}'.format(count), '%.2fM' % millions(count), '%.2fM' % paper,
+                         'yes' if matches(count, paper) else 'NO'])
+    return tabulate(rows, headers=['architecture', 'norm', 'trainable parameters (ours)', 'ours',
+                                   'paper (Table 2)', 'match'], tablefmt='github')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--image-size', type=int, default=64,
+                   help='side of the (zero) images the graphs are built on; counts do not depend on it '
+                        '(default 64, at least 32)')
+    p.add_argument('--out', help='write the table (markdown, with this command) to this file')
+    args = p.parse_args(argv)
+    if args.image_size < 32:
+        p.error('--image-size must be at least 32 (the nets downsample by 32), got %d' % args.image_size)
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        p.error('--out: directory %s does not exist' % os.path.dirname(os.path.abspath(args.out)))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    disable_layer_logging()         # tensorpack would log every layer's shapes
+    start = time.time()
+    counts = {arch: {} for arch in ARCHITECTURES}
+    for arch in ARCHITECTURES:
+        for column in NORMS:
+            counts[arch][column] = count_trainable_parameters(build(arch, column, args.image_size))
+            print('%-12s %-2s %12s' % (arch, column, '{:,}'.format(counts[arch][column])), flush=True)
+    text = table(counts)
+    print()
+    print(text)
+    all_match = all(matches(counts[a][c], PAPER_TABLE2[a][c]) for a in ARCHITECTURES for c in NORMS)
+    if args.out:
+        command = 'python scripts/count_params.py' + ' '.join([''] + (argv if argv is not None else sys.argv[1:]))
+        doc = '\n'.join([
+            '# Table 2: parameters of the ImageNet models',
+            '',
+            'Made by `%s` (%.0f s, %s, TensorFlow %s). Trainable parameters at 1000 classes, counted '
+            'from the built graphs (`kalman_norm/models/resnet_imagenet.py`, `inception_v2.py`); the '
+            'paper prints millions with two decimals, and "match" compares at those two decimals.'
+            % (command, time.time() - start, platform.python_version(), tf.__version__),
+            '',
+            text,
+            '',
+            'BN and GN have gamma and beta per channel; convs have no bias; the classifier has one. '
+            'KN is `bkn` with its defaults: the gain q is fixed (no variable), and every KN layer '
+            'that receives a prior has a per-channel process noise R (`noise_rho`). Only the first '
+            'norm layer (on the image) has no prior: the prior flows through max pooling, '
+            'concatenation and residual additions to every other one. KN minus BN, measured above: '
+            + ', '.join('{:,} ({})'.format(counts[a]['KN'] - counts[a]['BN'], a) for a in ARCHITECTURES)
+            + ' = the widths of all norm layers but the first.',
+            '',
+            'All nine match.' if all_match else '**Not all cells match the paper.**',
+            ''])
+        tmp = args.out + '.tmp'
+        with open(tmp, 'w') as f:
+            f.write(doc)
+        os.replace(tmp, args.out)
+        print('wrote', args.out)
+    return 0 if all_match else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
