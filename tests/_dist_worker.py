@@ -8,10 +8,14 @@ of 2) with plain SGD on its own fake data, and writes DIR/worker<i>.npz with, fo
   * ``w<k>:<var>``: the weights its towers read before step k (and after the last step),
   * ``ema<k>:<var>``: the shared moving averages at the same times,
   * ``in<k>:tower<t>:image`` / ``:label``: the samples tower t trained on in step k,
-  * ``in<k>:tower<t>:norm1_mean``: the first KN layer's group means in that step.
-Variable names have '/' replaced by '.'.
+  * ``in<k>:tower<t>:norm1_mean``: the first KN layer's group means in that step,
+  * ``sync_step<k>``: the number of updates applied to the shared weights, read at the same times,
+  * ``devices``: JSON {variable: device} of the trainable and the shared variables.
+Variable names have '/' replaced by '.'.  ``--restore CKPT`` starts from a checkpoint (read by
+the chief); the chief saves one in DIR/checkpoints at the end.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -20,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 from kalman_norm import flow as F
 from tensorpack import ModelDesc, QueueInput, TrainConfig, launch_train_with_config
-from tensorpack.callbacks import Callback
+from tensorpack.callbacks import Callback, ModelSaver
+from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.dataflow import DataFromList
 from tensorpack.utils import logger
 
@@ -83,11 +88,15 @@ class Recorder(Callback):
         g = tfv1.get_default_graph()
         self._weights = {_key(v.op.name.replace('replica/', '')): v for v in tfv1.trainable_variables()}
         self._emas = {_key(v.op.name): v for v in tfv1.global_variables() if v.op.name.endswith('/EMA')}
+        self._sync_step = [v for v in tfv1.global_variables() if v.op.name == 'sync/step'][0]
+        self.arrays['devices'] = np.array(json.dumps(
+            {v.op.name: v.device for v in tfv1.trainable_variables() + tfv1.global_variables()}))
         self._seen = {'tower%d:%s' % (t, what): g.get_tensor_by_name('tower%d/%s:0' % (t, what))
                       for t in range(self.towers) for what in ('seen_image', 'seen_label', 'norm1_mean')}
 
     def _snapshot(self):
-        weights, emas = self.trainer.sess.run([self._weights, self._emas])
+        weights, emas, self.arrays['sync_step%d' % self.step] = self.trainer.sess.run(
+            [self._weights, self._emas, self._sync_step])
         self.arrays.update({'w%d:%s' % (self.step, k): v for k, v in weights.items()})
         self.arrays.update({'ema%d:%s' % (self.step, k): v for k, v in emas.items()})
 
@@ -117,6 +126,7 @@ def main(argv=None):
     p.add_argument('--towers', type=int, default=1)
     p.add_argument('--steps', type=int, default=2)
     p.add_argument('--out', required=True)
+    p.add_argument('--restore', help='checkpoint the chief starts from')
     a = p.parse_args(argv)
     from kalman_norm.distributed import make_distributed_trainer, parse_cluster
     cluster, job, index = parse_cluster(a.cluster, a.task, env={})
@@ -124,7 +134,9 @@ def main(argv=None):
     trainer = make_distributed_trainer(cluster, job, index, gpus_per_worker=a.towers, mode=a.mode)
     config = TrainConfig(
         model=TinyModel(), data=QueueInput(DataFromList(worker_data(index, a.towers), shuffle=False)),
-        callbacks=[Recorder(os.path.join(a.out, 'worker%d.npz' % index), a.towers)],
+        callbacks=[Recorder(os.path.join(a.out, 'worker%d.npz' % index), a.towers),
+                   ModelSaver(checkpoint_dir=os.path.join(a.out, 'checkpoints'))],   # chief-only
+        session_init=SaverRestore(a.restore) if a.restore else None,
         monitors=[], steps_per_epoch=a.steps, max_epoch=1)
     launch_train_with_config(config, trainer)
     print('worker %d done' % index, flush=True)

@@ -148,18 +148,45 @@ def _log_tail(path, lines=25):
         return ''.join(f.readlines()[-lines:])
 
 
+START_EMA = 0.25
+
+
+def _write_start_checkpoint(path):
+    """A checkpoint of tiny_cost's variables (seeded weights, moving averages START_EMA) that the
+    chiefs restore: both workers must start from it, not from the chief's own initialisation."""
+    from tensorpack.tfutils.tower import TowerContext
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(7)
+        image = tf.compat.v1.placeholder(tf.float32, (dist_worker.TOWER_BATCH,) + dist_worker.IMAGE_SHAPE)
+        label = tf.compat.v1.placeholder(tf.int32, (dist_worker.TOWER_BATCH,))
+        with TowerContext('', is_training=True):
+            dist_worker.tiny_cost(image, label)
+        variables = tf.compat.v1.global_variables()
+        emas = [v for v in variables if v.op.name.endswith('/EMA')]
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run([v.assign(tf.fill(v.shape, START_EMA)) for v in emas])
+            tf.compat.v1.train.Saver(variables).save(sess, str(path))
+            return {v.op.name.replace('/', '.'): value for v, value in zip(variables, sess.run(variables))}
+
+
 @pytest.fixture(scope='module')
 def cluster_runs(tmp_path_factory):
-    """{mode: (out_dir, [worker0 dump, worker1 dump])} after STEPS steps of each cluster."""
+    """{mode: [worker0 dump, worker1 dump]} after STEPS steps of each cluster (and 'start': the
+    checkpoint the chiefs restored, 'out': {mode: the cluster's directory})."""
     env = {k: v for k, v in os.environ.items() if k != 'TF_CONFIG'}
     env['CUDA_VISIBLE_DEVICES'] = ''
     procs, workers, outs = [], [], {}
+    start = tmp_path_factory.mktemp('start') / 'start'
+    start_values = _write_start_checkpoint(start)
     try:
         for mode in ('ps', 'replicated'):
             out = tmp_path_factory.mktemp('cluster_' + mode)
             ps, w0, w1 = ['127.0.0.1:%d' % p for p in _free_ports(3)]
             base = [sys.executable, WORKER_SCRIPT, '--cluster', 'ps=' + ps, '--cluster', 'worker=%s,%s' % (w0, w1),
-                    '--mode', mode, '--towers', str(TOWERS), '--steps', str(STEPS), '--out', str(out)]
+                    '--mode', mode, '--towers', str(TOWERS), '--steps', str(STEPS), '--out', str(out),
+                    '--restore', str(start)]
             for task in ('ps:0', 'worker:0', 'worker:1'):
                 log = open(out / ('%s.log' % task.replace(':', '')), 'w')
                 proc = subprocess.Popen(base + ['--task', task], stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -180,7 +207,8 @@ def cluster_runs(tmp_path_factory):
             time.sleep(0.5)
         for mode, task, p, log in workers:
             assert p.returncode == 0, '%s %s failed:\n%s' % (mode, task, _log_tail(log))
-        yield {mode: [dict(np.load(out / ('worker%d.npz' % i))) for i in range(2)] for mode, out in outs.items()}
+        runs = {mode: [dict(np.load(out / ('worker%d.npz' % i))) for i in range(2)] for mode, out in outs.items()}
+        yield dict(runs, start=start_values, out=outs)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -290,3 +318,45 @@ def test_real_cluster_moving_averages_follow_the_chiefs_first_tower(cluster_runs
         expected = 0.9 * chief['ema%d:%s' % (step, key)] + 0.1 * observed
         np.testing.assert_allclose(chief['ema%d:%s' % (step + 1, key)], expected, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(other['ema%d:%s' % (step + 1, key)], chief['ema%d:%s' % (step + 1, key)])
+
+
+@pytest.mark.parametrize('mode', ['ps', 'replicated'])
+def test_real_cluster_starts_from_the_checkpoint_the_chief_restores(cluster_runs, mode):
+    start = cluster_runs['start']
+    for dump in cluster_runs[mode]:
+        weights = _weights(dump, 0)
+        assert weights and set(weights) <= set(start)
+        for name, value in weights.items():
+            np.testing.assert_array_equal(value, start[name], err_msg=name)
+        for key in [k for k in dump if k.startswith('ema0:')]:
+            np.testing.assert_array_equal(dump[key], START_EMA, err_msg=key)
+
+
+@pytest.mark.parametrize('mode', ['ps', 'replicated'])
+def test_real_cluster_chief_saves_the_shared_weights_under_their_own_names(cluster_runs, mode):
+    chief = cluster_runs[mode][0]
+    ckpt = tf.train.latest_checkpoint(str(cluster_runs['out'][mode] / 'checkpoints'))
+    assert ckpt is not None and ckpt.endswith('-%d' % STEPS)
+    reader = tf.train.load_checkpoint(ckpt)
+    saved = set(reader.get_variable_to_shape_map())
+    assert not any(n.startswith('replica/') for n in saved), sorted(saved)
+    for name, value in _weights(chief, STEPS).items():
+        np.testing.assert_array_equal(reader.get_tensor(name.replace('.', '/')), value, err_msg=name)
+    np.testing.assert_array_equal(reader.get_tensor('norm1/mean/EMA'), chief['ema%d:norm1.mean.EMA' % STEPS])
+
+
+@pytest.mark.parametrize('mode', ['ps', 'replicated'])
+def test_real_cluster_applies_one_update_per_step_on_the_parameter_server(cluster_runs, mode):
+    for index, dump in enumerate(cluster_runs[mode]):
+        assert [int(dump['sync_step%d' % k]) for k in range(STEPS + 1)] == list(range(STEPS + 1))
+        devices = json.loads(str(dump['devices']))
+        shared = {n: d for n, d in devices.items() if not n.startswith('replica/') and n.endswith('/W')}
+        assert shared and all(d.startswith('/job:ps/') for d in shared.values()), shared
+        replicas = {n: d for n, d in devices.items() if n.startswith('replica/')}
+        if mode == 'ps':
+            assert not replicas
+        else:   # the towers train the worker's own copy
+            assert sorted(replicas) == sorted('replica/' + n for n in devices if not n.startswith('replica/')
+                                              and 'replica/' + n in devices)
+            assert len(replicas) == len(_weights(dump, 0))
+            assert all(d.startswith('/job:worker/task:%d/' % index) for d in replicas.values()), replicas
