@@ -1,20 +1,140 @@
-"""Every committed config parses into valid trainer options."""
+"""The committed configs and table files: layout, parsing, and what the tables promise.
+
+configs/<profile>/<table>/<row>.toml holds one trainer config per row; configs/tables/<table>.toml
+lists the rows.  Every cpu config parses into valid trainer options; paper configs use the
+schedule "authors", which the trainer may not know yet: they are parsed with the schedule given on
+the command line (which wins over the file) until it does, so every other option is still checked.
+"""
 import glob
 import os
+import tomllib
 
 import pytest
 
-from kalman_norm.cifar import parse_options
+from kalman_norm import cifar, study
+from kalman_norm.cifar import DEFAULTS, parse_options
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'configs', '*.toml')))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, 'configs')
+CPU = sorted(glob.glob(os.path.join(CONFIGS, 'cpu', '*', '*.toml')))
+PAPER = sorted(glob.glob(os.path.join(CONFIGS, 'paper', '*', '*.toml')))
+TABLES = sorted(glob.glob(os.path.join(CONFIGS, 'tables', '*.toml')))
+REPRO_TABLES = ('fig4', 'table7', 'table8', 'largebatch')
 
 
-def test_there_are_configs():
-    assert CONFIGS
+def _ids(path):
+    return os.path.relpath(path, CONFIGS)
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
-def test_config_parses(path):
+def _toml(path):
+    with open(path, 'rb') as f:
+        return tomllib.load(f)
+
+
+def test_layout():
+    assert CPU and PAPER and TABLES
+    assert not glob.glob(os.path.join(CONFIGS, '*.toml')), 'configs live in configs/<profile>/<table>/'
+    for name in os.listdir(CONFIGS):
+        assert name in ('cpu', 'paper', 'tables'), name
+    for t in REPRO_TABLES:
+        assert os.path.isfile(os.path.join(CONFIGS, 'tables', t + '.toml'))
+    assert os.path.isfile(os.path.join(CONFIGS, 'tables', 'kn_study.toml'))
+
+
+@pytest.mark.parametrize('path', CPU, ids=_ids)
+def test_cpu_config_parses(path):
     o = parse_options(['--config', path])
     assert o['spec'].kind == o['norm']
     assert o['total_batch'] % (o['batch'] * o['gpus']) == 0
+    assert _toml(path).get('epochs') == o['epochs'], 'cpu configs state their epochs'
+
+
+@pytest.mark.parametrize('path', PAPER, ids=_ids)
+def test_paper_config_is_the_authors_recipe(path):
+    conf = _toml(path)
+    assert conf['schedule'] == 'authors' and conf['epochs'] == 400
+    assert conf['lr'] == 0.1 and conf['momentum'] == 0.9 and conf['weight_decay'] == 2e-4
+    assert set(conf) <= set(DEFAULTS), sorted(set(conf) - set(DEFAULTS))
+    argv = ['--config', path]
+    if 'authors' not in cifar.SCHEDULES:     # until the trainer knows it: check everything else
+        argv += ['--schedule', 'paper']
+    o = parse_options(argv)
+    assert o['spec'].kind == o['norm'] and o['epochs'] == 400
+
+
+@pytest.mark.parametrize('path', CPU + PAPER, ids=_ids)
+def test_seed_and_logdir_come_from_the_runner(path):
+    conf = _toml(path)
+    assert 'seed' not in conf and 'logdir' not in conf and 'data' not in conf
+
+
+@pytest.mark.parametrize('path', TABLES, ids=_ids)
+def test_table_structure(path):
+    t = study.load_table(path)
+    assert t['claim'].strip().endswith(('.', ')'))
+    for profile in t['seeds']:
+        for r in t['rows']:
+            config = study.find_config(ROOT, profile, r['row'])   # at most one config per row name
+            if study.row_available(r, profile):
+                assert config is not None, '%s: row %s has no %s config' % (t['name'], r['row'], profile)
+                assert study.planned_seeds(t, r, profile)
+            else:
+                assert r['reason'].startswith('not run here: ')
+        for row in {c['a'] for c in t['claims']} | {c['b'] for c in t['claims']}:
+            assert row in {r['row'] for r in t['rows']}
+
+
+def test_every_config_is_in_a_table():
+    listed = {(p, r['row']) for path in TABLES for t in [study.load_table(path)] for p in study.PROFILES
+              for r in t['rows']}
+    for path in CPU + PAPER:
+        profile = os.path.relpath(path, CONFIGS).split(os.sep)[0]
+        row = os.path.splitext(os.path.basename(path))[0]
+        assert (profile, row) in listed, '%s is in no table' % _ids(path)
+
+
+def test_reproduction_tables_run_in_both_profiles_with_the_same_settings():
+    """A cpu row and its paper row differ in the budget only (schedule, epochs, wd, momentum)."""
+    budget = {'schedule', 'epochs', 'lr', 'momentum', 'weight_decay'}
+    for name in REPRO_TABLES:
+        t = study.load_table(os.path.join(CONFIGS, 'tables', name + '.toml'))
+        assert set(t['seeds']) == {'cpu', 'paper'}
+        for r in t['rows']:
+            cpu, paper = (study.find_config(ROOT, p, r['row']) for p in ('cpu', 'paper'))
+            assert paper is not None, r['row']
+            if cpu is None:
+                assert not study.row_available(r, 'cpu')
+                continue
+            a, b = _toml(cpu), _toml(paper)
+            assert {k: v for k, v in a.items() if k not in budget} == {k: v for k, v in b.items() if k not in budget}, r['row']
+
+
+def test_table8_shares_table7_runs_and_fig4_cpu_budget():
+    t7 = study.load_table(os.path.join(CONFIGS, 'tables', 'table7.toml'))
+    t8 = study.load_table(os.path.join(CONFIGS, 'tables', 'table8.toml'))
+    shared = {r['row'] for r in t7['rows']} & {r['row'] for r in t8['rows']}
+    assert shared == {'inception_bn_b2', 'inception_bn_b128', 'inception_bkn_b2'}
+    unavailable = [r for r in t8['rows'] if not study.row_available(r, 'cpu')]
+    assert len(unavailable) == 14 and all('no data' in r['reason'] for r in unavailable)
+    fig4 = [_toml(p) for p in glob.glob(os.path.join(CONFIGS, 'cpu', 'fig4', '*.toml'))]
+    assert len(fig4) == 4 and {(c['depth'], c['epochs'], c['batch']) for c in fig4} == {(5, 15, 2)}
+
+
+def test_kn_study_rows_share_one_budget():
+    t = study.load_table(os.path.join(CONFIGS, 'tables', 'kn_study.toml'))
+    assert set(t['seeds']) == {'cpu'}
+    seen = {}
+    for r in t['rows']:
+        c = _toml(study.find_config(ROOT, 'cpu', r['row']))
+        assert (c['model'], c['depth'], c['dataset'], c['schedule'], c['epochs'], c['total_batch'], c['lr']) == \
+            ('resnet', 3, 'cifar10', 'short', 10, 128, 0.1), r['row']
+        seen[r['row']] = c
+        if c['norm'] in ('bn', 'bkn', 'brn'):
+            assert c['eval_stats'] == 'both', r['row']
+    assert seen['bn_b128']['batch'] == 128
+    assert all(c['batch'] == 2 for name, c in seen.items() if name != 'bn_b128')
+    assert seen['bkn_noguard']['norm_options']['guard_ratio'] == 'none'
+    assert seen['bkn_nopool']['norm_options']['pooled_variance'] is False
+    assert seen['bkn_authors']['prior'] == 'mc' and seen['bkn_authors']['prior_samples'] == 1
+    assert seen['bkn_qlearned']['gain'] == 'learned' and seen['bkn_r']['norm_options']['process_noise'] is True
+    assert (t['rows'][0]['row'], t['rows'][0].get('seeds')) == ('bn_b2', 3)
