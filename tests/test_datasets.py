@@ -351,6 +351,15 @@ def test_known_dataset_with_wrong_counts_is_an_error(folder, tmp_path):
         D.load_dataset("svhn", root, cache_dir=str(cache))
 
 
+def test_wrong_counts_found_before_decoding(folder, tmp_path, monkeypatch):
+    root, _ = folder
+    tar = make_tar(root, tmp_path / "data.tar.gz")
+    _no_decoding(monkeypatch)
+    for data in (root, tar):
+        with pytest.raises(DataError, match="20 / 10 in 10"):
+            D.load_dataset("cifar10", data, cache_dir=str(tmp_path / "c"))
+
+
 def test_known_dataset_with_official_counts_loads(folder, tmp_path, monkeypatch):
     root, expected = folder
     monkeypatch.setitem(data_common.EXPECTED_COUNTS, "cifar10", (20, 10))

@@ -23,7 +23,7 @@ import zlib
 
 from .cifar import CIFAR10_DIR, CIFAR10_FILES, CIFAR100_DIR, CIFAR100_FILES, read_cifar
 from .common import ACCEPTED_LAYOUTS, IMAGE_EXTS, DataError
-from .folder import SPLIT_DIRS, assemble_folder
+from .folder import SPLIT_DIRS, decode_folder, folder_items
 from .svhn import SVHN_FILES, read_svhn
 
 __all__ = ["is_tar_name", "looks_like_tar", "open_verified_tar", "read_archive", "TAR_END_BYTES"]
@@ -110,9 +110,10 @@ def open_verified_tar(path):
                         % (path, reason, " (last member read: %s)" % last[0] if last[0] else ""))
 
 
-def read_archive(name, path):
+def read_archive(name, path, check_sizes=None):
     """Read the archive completely; return decoded ``(train_x, train_y, test_x, test_y, classes)``
-    of its image folder, or of its official CIFAR / SVHN files."""
+    of its image folder, or of its official CIFAR / SVHN files. ``check_sizes(num_train, num_test,
+    num_classes)`` runs on an image folder's listing, before anything is decoded."""
     images = {}       # (prefix, split, class) -> [(display name, bytes)]
     official = {}     # (layout, basename) -> bytes
     listing = []
@@ -167,7 +168,10 @@ def read_archive(name, path):
     for (_, split, cls), items in images.items():
         splits.setdefault(split, {})[cls] = items
     where = path + ("!/" + prefixes[0] if prefixes[0] else "")
-    return assemble_folder(splits, where)
+    listing = folder_items(splits, where)
+    if check_sizes is not None:
+        check_sizes(len(listing[1]), len(listing[3]), len(listing[4]))
+    return decode_folder(listing)
 
 
 def looks_like_tar(path):

@@ -2,7 +2,8 @@
 accepted in place of ``test/``), possibly under one top-level directory.
 
 Labels follow the sorted class directory names; train and test must hold the same classes.
-:func:`assemble_folder` is shared with the archive reader, which finds the same tree inside a tar.
+:func:`folder_items` (structure, before decoding) and :func:`decode_folder` are shared with the
+archive reader, which finds the same tree inside a tar.
 """
 import os
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from .common import ACCEPTED_LAYOUTS, IMAGE_EXTS, DataError, decode_images
 
-__all__ = ["SPLIT_DIRS", "visible", "folder_root", "list_folder", "assemble_folder"]
+__all__ = ["SPLIT_DIRS", "visible", "folder_root", "list_folder", "folder_items", "decode_folder"]
 
 SPLIT_DIRS = ("train", "test", "val")
 
@@ -49,9 +50,10 @@ def list_folder(root):
     return splits
 
 
-def assemble_folder(splits, where):
-    """``splits``: {split: {class: [(display name, bytes or file path)]}} -> decoded arrays
-    ``(train_x, train_y, test_x, test_y, classes)``. Structure errors are raised before decoding."""
+def folder_items(splits, where):
+    """``splits``: {split: {class: [(display name, bytes or file path)]}} -> the listing to decode,
+    ``(train_items, train_y, test_items, test_y, classes)``. Every structure error is raised here,
+    before any image is decoded."""
     if "train" not in splits or not splits["train"]:
         raise DataError("%s: no train/<class>/ directories with images found; %s"
                         % (where, ACCEPTED_LAYOUTS))
@@ -78,4 +80,10 @@ def assemble_folder(splits, where):
             labels.extend([label] * len(files))
         listed.append((items, np.asarray(labels, np.int32)))
     (tr_items, tr_y), (te_items, te_y) = listed
+    return tr_items, tr_y, te_items, te_y, classes
+
+
+def decode_folder(listing):
+    """The listing of :func:`folder_items` -> ``(train_x, train_y, test_x, test_y, classes)``."""
+    tr_items, tr_y, te_items, te_y, classes = listing
     return decode_images(tr_items), tr_y, decode_images(te_items), te_y, classes

@@ -30,6 +30,7 @@ process boundaries as uint8. Decoding and augmentation run in ``num_proc`` worke
 (tensorpack's ``MultiProcessMapData``). An image that cannot be decoded is skipped with a warning
 and counted; the count is logged at the end of every epoch of the DataFlow.
 """
+import math
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -90,8 +91,10 @@ def _visible(entries):
 
 
 def _images_in(d):
-    return [f for f in _visible(os.listdir(d))
-            if f.lower().endswith(IMAGENET_EXTS) and os.path.isfile(os.path.join(d, f))]
+    # scandir: the file type comes with the listing, no stat per file (1.28M files in train/)
+    with os.scandir(d) as it:
+        return sorted(e.name for e in it if not e.name.startswith(".")
+                      and e.name.lower().endswith(IMAGENET_EXTS) and e.is_file())
 
 
 def _class_folders(split_dir):
@@ -254,12 +257,12 @@ def random_resized_crop_box(height, width, rng, scale=CROP_SCALE, ratio=CROP_RAT
     ``attempts`` windows that do not fit, the largest centred window whose ratio is clipped into
     ``ratio``."""
     area = height * width
-    log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(attempts):
         target = area * rng.uniform(scale[0], scale[1])
-        r = np.exp(rng.uniform(log_lo, log_hi))
-        w = int(round(np.sqrt(target * r)))
-        h = int(round(np.sqrt(target / r)))
+        r = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * r)))
+        h = int(round(math.sqrt(target / r)))
         if 0 < w <= width and 0 < h <= height:
             return rng.randint(0, height - h + 1), rng.randint(0, width - w + 1), h, w
     r = width / height

@@ -29,7 +29,7 @@ from .cache import cached, hash_file, hash_folder
 from .cifar import CIFAR10_DIR, CIFAR10_FILES, CIFAR100_DIR, CIFAR100_FILES, TENSORPACK_SUBDIRS, \
     download_cifar, read_cifar
 from .common import ACCEPTED_LAYOUTS, DATASETS, OWN_DATASET, DataError, check_counts, make_dataset
-from .folder import SPLIT_DIRS, folder_root, list_folder, assemble_folder, visible
+from .folder import SPLIT_DIRS, decode_folder, folder_items, folder_root, list_folder, visible
 from .svhn import SVHN_FILES, SVHN_SUBDIR, download_svhn, read_svhn
 
 __all__ = ["load_dataset"]
@@ -69,12 +69,23 @@ def load_dataset(name, data=None, cache_dir=None, strict_counts=True):
     return make_dataset(key, arrays, source)
 
 
-def _counts_check(name, where, strict):
-    def check(arrays):
-        warning = check_counts(name, len(arrays[1]), len(arrays[3]), len(arrays[4]), where, strict)
+class _SizeCheck:
+    """What ``name`` promises about the split sizes (:func:`check_counts`), applied once: to a
+    listing before decoding when there is one, else to the decoded (or cached) arrays."""
+
+    def __init__(self, name, where, strict):
+        self.name, self.where, self.strict, self.done = name, where, strict, False
+
+    def sizes(self, num_train, num_test, num_classes):
+        if self.done:
+            return
+        self.done = True
+        warning = check_counts(self.name, num_train, num_test, num_classes, self.where, self.strict)
         if warning:
             logger.warn(warning)
-    return check
+
+    def __call__(self, arrays):
+        self.sizes(len(arrays[1]), len(arrays[3]), len(arrays[4]))
 
 
 # --------------------------------------------------------------------------- data=None
@@ -157,11 +168,12 @@ def _load_dir(name, path, cache_dir, strict):
     found = _detect_dir_layouts(path)
     layout = _pick_layout(name, found, path)
     where = found[layout]
-    check = _counts_check(name, where, strict)
+    check = _SizeCheck(name, where, strict)
     if layout == OWN_DATASET:
+        listing = folder_items(list_folder(where), where)        # structure and sizes first
+        check.sizes(len(listing[1]), len(listing[3]), len(listing[4]))
         return cached("folder", hash_folder(where, SPLIT_DIRS), cache_dir,
-                      lambda: assemble_folder(list_folder(where), where), "image folder " + where,
-                      check=check)
+                      lambda: decode_folder(listing), "image folder " + where)
     names = {"cifar10": CIFAR10_FILES + ["batches.meta"], "cifar100": CIFAR100_FILES + ["meta"],
              "svhn": SVHN_FILES}[layout]
     files = {n: os.path.join(where, n) for n in names if os.path.isfile(os.path.join(where, n))}
@@ -180,5 +192,7 @@ def _load_file(name, path, cache_dir, strict):
     if not looks_like_tar(path):
         raise DataError("%s is neither a directory nor a .tar/.tar.gz/.tgz archive; %s"
                         % (path, ACCEPTED_LAYOUTS))
-    return cached("archive", hash_file(path), cache_dir, lambda: read_archive(name, path),
-                  "archive " + path, check=_counts_check(name, path, strict))
+    check = _SizeCheck(name, path, strict)
+    return cached("archive", hash_file(path), cache_dir,
+                  lambda: read_archive(name, path, check_sizes=check.sizes), "archive " + path,
+                  check=check)
