@@ -1,0 +1,678 @@
+"""The study machinery behind ``scripts/reproduce.py``: tables of the paper as lists of runs, the
+state of each run on disk, run records, and the Markdown table written from the records only.
+
+Layout (all paths relative to a *root*, the repository by default)::
+
+    configs/tables/<table>.toml             a table: title, claim, seeds per profile, [[rows]], [[claims]]
+    configs/<profile>/<table>/<row>.toml    one trainer config per row (profile: cpu or paper)
+    train_log/<profile>/<row>/seed<S>/      the trainer's log dir of one (row, seed); run.json at launch
+    results/runs/<profile>/<row>/seed<S>/   the run's record: stats.json, options.json, run.json,
+                                            status.json (if the trainer wrote one), config.toml
+    results/<table>.md, .png                the table and its curves (profile cpu);
+    results/<table>-paper.md, -paper.png    the same for the paper profile
+
+A row name is a config file stem and names the run in train_log/ and results/runs/, so a row name
+means one config within a profile: several tables may list the same row (Fig. 4 and Table 8 share
+BN at 2 samples per normalization) and it runs once.  :func:`find_config` refuses a row name
+found in two table directories of one profile.
+
+The table file (see ``configs/tables/fig4.toml``)::
+
+    title = "Fig. 4: ..."                  # the table's heading
+    claim = "BKN beats BN by 1.5 points"   # the paper's claim, one sentence
+    [seeds]                                # seeds planned per profile (seeds 1..N)
+    cpu = 3
+    paper = 3
+    [[rows]]
+    row = "resnet32_bn_b2"                 # config file stem
+    label = "BN (bs=2)"
+    paper = 89.4                           # the paper's accuracy (%), omitted if it has none
+    paper_online = 90.0                    # optional: the paper's number with online statistics (B)
+    paper_source = "Table 8"
+    metric = "accuracy"                    # the only metric so far
+    seeds = 3                              # optional: an int, or {cpu = 3, paper = 2}
+    available = false                      # optional: false, or the list of profiles it runs in
+    reason = "not run here: no data"       # required when the row is unavailable somewhere
+    [[claims]]
+    label = "BKN - BN at bs=2"
+    a = "resnet32_bkn_b2"                  # claim: accuracy(a) - accuracy(b) ...
+    b = "resnet32_bn_b2"
+    paper = 1.5                            # ... is this in the paper (points); 0 = "no gain"
+    eval = "moving"                        # optional: which evaluation: "moving" (A, default) or "batch" (B)
+
+Numbers: a run's accuracy is 100 × (1 − the validation error of its *last* epoch) (not the best
+epoch: choosing the best epoch on the test set flatters every row).  "moving" (option A) is
+``val-error-moving``, or ``val-error`` for norms without moving averages (GN, LN, WN: their one
+evaluation); "batch" (option B) is ``val-error-batch``.  Over seeds: mean ± sample standard
+deviation (ddof 1).  A claim's verdict compares the difference of the means with the seed spread,
+the larger of the two rows' standard deviations: within it, "within the seed spread"; outside it,
+"ordering holds" if the sign is the paper's, else "does not hold".
+
+Run states (:func:`run_state`):
+    recorded   results/runs/... holds the record: skipped
+    finished   the log dir holds a finished run not yet recorded: collected
+    diverged   the trainer's status.json says diverged: recorded as diverged, never as a result
+    running    run.json's pid is alive and runs this log dir: left alone
+    unfinished the log dir holds a killed or failed run: the same command again (it resumes)
+    new        nothing yet: run
+"""
+import datetime
+import glob
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tomllib
+
+PROFILES = ('cpu', 'paper')
+METRICS = ('accuracy',)
+EVALS = ('moving', 'batch')
+RECORD_FILES = ('stats.json', 'options.json', 'run.json', 'status.json')
+#: the trainer's default depth (kalman_norm.cifar.DEFAULTS) and epochs per schedule, for configs
+#: that leave them out; the configs in this repository all state their epochs.
+DEFAULT_DEPTH = 5
+SCHEDULE_EPOCHS = {'short': 30, 'paper': 400, 'authors': 400}
+
+#: The run-time estimate of --dry-run when no record of the same model and norm exists yet:
+#: minutes per epoch of ResNet-20 with BN at 64 groups of 2 on this 2-core CPU, training and both
+#: evaluations: 12.43 min for 10 epochs, the run of commit 55e6012 (results/logs/cpu10_resnet20_bn_b2).
+BASE_MINUTES_PER_EPOCH = 1.24
+#: Relative step time of each norm vs BN at 64 groups of 2, ResNet-32, from results/benchmark_norms.md.
+NORM_COST = {'bn': 1.0, 'bkn': 1.06, 'bkn-mc': 1.86, 'gn': 1.27, 'gkn': 1.61, 'brn': 1.21, 'ln': 1.0,
+             'wn': 0.71, 'none': 0.72}
+#: The small Inception net vs ResNet-20: ratio of multiply-adds per image (about 230M vs 41M), a
+#: count from the layer widths (kalman_norm/models/inception_cifar.py), not a measurement.
+INCEPTION_COST = 5.6
+
+
+class StudyError(ValueError):
+    """A bad table, config, or command-line choice; the message says what to fix."""
+
+
+# ----------------------------------------------------------------------------------------------
+# tables and configs
+
+def _need(cond, msg):
+    if not cond:
+        raise StudyError(msg)
+
+
+def _load_toml(path):
+    _need(os.path.isfile(path), '%s: no such file' % path)
+    with open(path, 'rb') as f:
+        try:
+            return tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise StudyError('%s is not valid TOML: %s' % (path, e))
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def table_path(root, table):
+    """A table name ('fig4') or a path to a table file."""
+    if table.endswith('.toml') or os.sep in table:
+        return table
+    return os.path.join(root, 'configs', 'tables', table + '.toml')
+
+
+def load_table(path):
+    """The table file at ``path``, validated; ``name`` is the file stem."""
+    t = _load_toml(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    where = path
+    for key in ('title', 'claim'):
+        _need(isinstance(t.get(key), str) and t[key].strip(), '%s: needs %s = "..." (a string)' % (where, key))
+    seeds = t.get('seeds')
+    _need(isinstance(seeds, dict) and seeds and all(p in PROFILES for p in seeds),
+          '%s: needs a [seeds] table with seeds per profile (%s)' % (where, ', '.join(PROFILES)))
+    for p, n in seeds.items():
+        _need(isinstance(n, int) and not isinstance(n, bool) and n >= 1,
+              '%s: seeds.%s must be a positive integer, got %r' % (where, p, n))
+    rows = t.get('rows')
+    _need(isinstance(rows, list) and rows, '%s: needs at least one [[rows]] entry' % where)
+    known = {'row', 'label', 'paper', 'paper_online', 'paper_source', 'metric', 'seeds', 'available', 'reason'}
+    names = set()
+    for r in rows:
+        _need(isinstance(r.get('row'), str) and r['row'], '%s: every [[rows]] entry needs row = "<config stem>"' % where)
+        w = '%s, row %s' % (where, r['row'])
+        _need(r['row'] not in names, '%s: listed twice' % w)
+        names.add(r['row'])
+        unknown = sorted(set(r) - known)
+        _need(not unknown, '%s: unknown key(s) %s; known: %s' % (w, ', '.join(unknown), ', '.join(sorted(known))))
+        _need(isinstance(r.get('label'), str) and r['label'], '%s: needs label = "..."' % w)
+        _need(r.get('metric') in METRICS, '%s: metric must be one of %s, got %r' % (w, ', '.join(METRICS), r.get('metric')))
+        for key in ('paper', 'paper_online'):
+            _need(key not in r or (_is_number(r[key]) and 0 <= r[key] <= 100),
+                  '%s: %s must be an accuracy in %% (0-100), got %r' % (w, key, r.get(key)))
+        _need(('paper' not in r and 'paper_online' not in r) or isinstance(r.get('paper_source'), str),
+              '%s: a paper number needs paper_source = "..." (e.g. "Table 8")' % w)
+        s = r.get('seeds')
+        _need(s is None or (isinstance(s, int) and not isinstance(s, bool) and s >= 1)
+              or (isinstance(s, dict) and all(p in PROFILES and isinstance(n, int) and n >= 1 for p, n in s.items())),
+              '%s: seeds must be a positive integer or {cpu = N, paper = N}, got %r' % (w, s))
+        a = r.get('available', True)
+        _need(isinstance(a, bool) or (isinstance(a, list) and all(p in PROFILES for p in a)),
+              '%s: available must be true, false or a list of profiles, got %r' % (w, a))
+        if a is not True:
+            _need(isinstance(r.get('reason'), str) and r['reason'].startswith('not run here: '),
+                  '%s: an unavailable row needs reason = "not run here: <why>"' % w)
+    claims = t.get('claims', [])
+    _need(isinstance(claims, list), '%s: claims must be [[claims]] entries' % where)
+    for c in claims:
+        w = '%s, claim %r' % (where, c.get('label'))
+        _need(isinstance(c.get('label'), str), '%s: a [[claims]] entry needs label = "..."' % where)
+        for key in ('a', 'b'):
+            _need(c.get(key) in names, '%s: %s must be one of the table\'s rows, got %r' % (w, key, c.get(key)))
+        _need('paper' not in c or _is_number(c['paper']), '%s: paper must be a number (points)' % w)
+        _need(c.get('eval', 'moving') in EVALS, '%s: eval must be moving or batch' % w)
+    t['name'] = name
+    t['path'] = path
+    t.setdefault('claims', [])
+    return t
+
+
+def row_available(row, profile):
+    a = row.get('available', True)
+    return a if isinstance(a, bool) else profile in a
+
+
+def planned_seeds(table, row, profile, override=None):
+    """Seeds 1..N of a row in a profile: --seeds, else the row's seeds, else the table's."""
+    if override is not None:
+        return list(range(1, override + 1))
+    s = row.get('seeds')
+    if isinstance(s, dict):
+        s = s.get(profile)
+    if s is None:
+        s = table['seeds'].get(profile)
+    _need(s is not None, '%s: no seeds for profile %s' % (table['path'], profile))
+    return list(range(1, s + 1))
+
+
+def find_config(root, profile, row):
+    """configs/<profile>/<some table>/<row>.toml; exactly one per profile (the row names the run)."""
+    found = sorted(glob.glob(os.path.join(root, 'configs', profile, '*', row + '.toml')))
+    _need(len(found) <= 1, 'row %s has %d configs in profile %s (%s): a row name must name one config'
+          % (row, len(found), profile, ', '.join(found)))
+    return found[0] if found else None
+
+
+def load_config(path):
+    """The trainer config as a dict, with model/depth/epochs filled from the trainer's defaults."""
+    c = _load_toml(path)
+    c = {k.replace('-', '_'): v for k, v in c.items()}
+    c.setdefault('model', 'resnet')
+    c.setdefault('depth', DEFAULT_DEPTH)
+    c.setdefault('schedule', 'short')
+    c.setdefault('norm', 'bn')
+    c.setdefault('dataset', 'cifar10')
+    if 'epochs' not in c:
+        c['epochs'] = SCHEDULE_EPOCHS.get(c['schedule'])
+    return c
+
+
+def model_name(config):
+    if config.get('model', 'resnet') == 'resnet':
+        return 'ResNet-%d' % (6 * config.get('depth', DEFAULT_DEPTH) + 2)
+    return 'Inception (Sect. 4.3.2)'
+
+
+def file_sha256(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# runs on disk
+
+def logdir_of(root, profile, row, seed):
+    return os.path.join(root, 'train_log', profile, row, 'seed%d' % seed)
+
+
+def record_dir(root, profile, row, seed):
+    return os.path.join(root, 'results', 'runs', profile, row, 'seed%d' % seed)
+
+
+def read_json(path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def write_json(path, obj):
+    """Write through a temporary file and rename: a kill never leaves half a file."""
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1)
+        f.write('\n')
+    os.replace(tmp, path)
+
+
+def _pid_runs(pid, command):
+    """Whether process ``pid`` is alive and runs ``command`` (a list), not a reused pid."""
+    try:
+        os.kill(pid, 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return f.read().split(b'\0')[:-1] == [c.encode() for c in command or []]
+    except OSError:
+        return True
+
+
+def _locked(logdir):
+    """Whether a live trainer holds the log dir's ``.lock`` (the trainer flocks it while it runs;
+    the kernel drops the lock when the process dies, however it dies)."""
+    path = os.path.join(logdir, '.lock')
+    if not os.path.isfile(path):
+        return False
+    import fcntl
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def run_state(logdir, record, config_epochs):
+    """One of recorded, finished, diverged, running, unfinished, new (see the module doc)."""
+    if os.path.isfile(os.path.join(record, 'run.json')):
+        return 'recorded'
+    if not os.path.isdir(logdir):
+        return 'new'
+    run = read_json(os.path.join(logdir, 'run.json'), {})
+    if _locked(logdir) or (run.get('pid') and 'finished' not in run and _pid_runs(run['pid'], run.get('command'))):
+        return 'running'
+    status = read_json(os.path.join(logdir, 'status.json'), {})
+    if status.get('status') == 'diverged':
+        return 'diverged'
+    if status.get('status') == 'finished':
+        return 'finished'
+    stats = read_json(os.path.join(logdir, 'stats.json'), [])
+    epochs = read_json(os.path.join(logdir, 'options.json'), {}).get('epochs', config_epochs)
+    done = bool(stats) and stats[-1].get('epoch_num') == epochs
+    # before the trainer writes status.json: finished = all epochs recorded and a clean exit
+    # (a run launched without run.json has no exit code: its last epoch is taken as the end)
+    if done and run.get('exit_code', 0) == 0 and not status:
+        return 'finished'
+    if not os.listdir(logdir):
+        return 'new'
+    return 'unfinished'
+
+
+def git_commit(repo):
+    """``git rev-parse HEAD``, + "-dirty" when the work tree has changes; "unknown" outside git."""
+    try:
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=repo,
+                               capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+    return (head + ('-dirty' if dirty else '')) if head else 'unknown'
+
+
+def machine():
+    """platform, cores and GPUs (names from nvidia-smi when it exists, else "none")."""
+    gpus = 'none'
+    if shutil.which('nvidia-smi'):
+        try:
+            out = subprocess.run(['nvidia-smi', '--query-gpu=name', '--format=csv,noheader'],
+                                 capture_output=True, text=True, timeout=30).stdout.strip()
+            gpus = ', '.join(out.splitlines()) or 'none'
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {'platform': platform.platform(), 'processor': platform.machine(), 'cores': os.cpu_count(),
+            'gpu': gpus}
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def check_logdir_config(logdir, config_file):
+    """StudyError if the log dir's run.json names another config than ``config_file`` has now."""
+    old = read_json(os.path.join(logdir, 'run.json'), {})
+    sha = file_sha256(config_file)
+    if old.get('config_sha256') not in (None, sha):
+        raise StudyError('%s was made with another config (sha256 %s, now %s): a log dir is never reused '
+                         'for another config; move it away or restore the config' % (logdir, old['config_sha256'][:12], sha[:12]))
+
+
+def start_run_json(logdir, row, profile, config, seed, command, repo, config_file=None, started=None):
+    """Write run.json at launch (``config``: the path as recorded, ``config_file``: where to read it).
+
+    A resumed run keeps the first launch's fields and adds an attempt; a log dir made with another
+    config is refused."""
+    path = os.path.join(logdir, 'run.json')
+    old = read_json(path, {})
+    check_logdir_config(logdir, config_file or config)
+    sha = file_sha256(config_file or config)
+    run = dict(old) if old else {
+        'row': row, 'profile': profile, 'config': config, 'config_sha256': sha, 'seed': seed,
+        'command': command, 'git_commit': git_commit(repo), 'started': started or utc_now(), 'machine': machine()}
+    for key in ('finished', 'exit_code'):
+        run.pop(key, None)
+    run.setdefault('attempts', [])
+    run['attempts'].append({'started': started or utc_now(), 'git_commit': git_commit(repo) if old else run['git_commit']})
+    run['command'] = command
+    write_json(path, run)
+    return run
+
+
+def set_run_pid(logdir, pid):
+    """The trainer's pid, while it runs: another invocation leaves a running log dir alone."""
+    path = os.path.join(logdir, 'run.json')
+    run = read_json(path, {})
+    run['pid'] = pid
+    write_json(path, run)
+
+
+def finish_run_json(logdir, exit_code, minutes):
+    """Add finished, exit_code and wall_minutes (summed over attempts) when the trainer exits."""
+    path = os.path.join(logdir, 'run.json')
+    run = read_json(path, {})
+    run['attempts'][-1].update(finished=utc_now(), exit_code=exit_code, wall_minutes=round(minutes, 2))
+    run.update(finished=utc_now(), exit_code=exit_code,
+               wall_minutes=round(sum(a.get('wall_minutes', 0) for a in run['attempts']), 2))
+    run.pop('pid', None)
+    write_json(path, run)
+    return run
+
+
+def collect(logdir, record, config_path, row, profile, seed):
+    """Copy a finished (or diverged) run into its record directory; never overwrites a record.
+
+    Written into a temporary directory, then renamed: a kill leaves no partial record."""
+    if os.path.exists(record):
+        return False
+    for name in ('stats.json', 'options.json'):
+        _need(os.path.isfile(os.path.join(logdir, name)), '%s has no %s: nothing to record' % (logdir, name))
+    tmp = record + '.tmp'
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name in RECORD_FILES:
+        if os.path.isfile(os.path.join(logdir, name)):
+            shutil.copy2(os.path.join(logdir, name), os.path.join(tmp, name))
+    if not os.path.isfile(os.path.join(tmp, 'run.json')):
+        # launched by hand, not through reproduce.py: say so rather than invent launch facts
+        write_json(os.path.join(tmp, 'run.json'), {
+            'row': row, 'profile': profile, 'config': config_path, 'config_sha256': file_sha256(config_path),
+            'seed': seed, 'command': None, 'git_commit': None, 'started': None, 'machine': machine(),
+            'note': 'no run.json in the log dir: launched outside reproduce.py; collected %s' % utc_now()})
+    shutil.copy2(config_path, os.path.join(tmp, 'config.toml'))
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    os.rename(tmp, record)
+    return True
+
+
+def load_record(record):
+    """{'stats', 'options', 'run', 'status', 'config_text'} of a record dir, or None."""
+    if not os.path.isfile(os.path.join(record, 'run.json')):
+        return None
+    rec = {k.split('.')[0]: read_json(os.path.join(record, k)) for k in RECORD_FILES}
+    rec['stats'] = rec['stats'] or []
+    rec['options'] = rec['options'] or {}
+    try:
+        with open(os.path.join(record, 'config.toml')) as f:
+            rec['config_text'] = f.read()
+    except OSError:
+        rec['config_text'] = None
+    return rec
+
+
+def is_diverged(rec):
+    if (rec.get('status') or {}).get('status') == 'diverged':
+        return True
+    last = rec['stats'][-1] if rec['stats'] else {}
+    errors = [v for k, v in last.items() if k.startswith('val-error')]
+    return not errors or any(not _is_number(v) or not math.isfinite(v) for v in errors)
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers from records
+
+def error_key(stats_entry, which):
+    """The stats key of an evaluation: moving (A; val-error for norms without moving averages) or batch (B)."""
+    if which == 'batch':
+        return 'val-error-batch' if 'val-error-batch' in stats_entry else None
+    for k in ('val-error-moving', 'val-error'):
+        if k in stats_entry:
+            return k
+    return None
+
+
+def final_accuracy(rec, which='moving'):
+    """100 × (1 − the last epoch's validation error), or None if the run has no such evaluation."""
+    if not rec['stats']:
+        return None
+    key = error_key(rec['stats'][-1], which)
+    return None if key is None else 100.0 * (1.0 - rec['stats'][-1][key])
+
+
+def mean_std(values):
+    """(mean, sample std or None for one value, n); (None, None, 0) for none."""
+    n = len(values)
+    if not n:
+        return None, None, 0
+    m = sum(values) / n
+    if n == 1:
+        return m, None, 1
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)), n
+
+
+def fmt_mean_std(values, digits=2):
+    m, s, n = mean_std(values)
+    if n == 0:
+        return None
+    if s is None:
+        return '%.*f (1 seed)' % (digits, m)
+    return '%.*f ± %.*f' % (digits, m, digits, s)
+
+
+def summarize_row(records):
+    """Aggregates over a row's records (diverged runs counted apart, never averaged)."""
+    ok = [r for r in records if not is_diverged(r)]
+    out = {'n_done': len(ok), 'n_diverged': len(records) - len(ok)}
+    for which in EVALS:
+        out[which] = [a for a in (final_accuracy(r, which) for r in ok) if a is not None]
+    out['train_error'] = [100.0 * r['stats'][-1]['train_error'] for r in ok if 'train_error' in r['stats'][-1]]
+    out['epochs'] = sorted({r['stats'][-1].get('epoch_num') for r in ok if r['stats']})
+    out['data'] = sorted({os.path.basename(str(r['options'].get('data'))) if r['options'].get('data')
+                          else 'default download' for r in ok})
+    out['machine'] = sorted({describe_machine((r.get('run') or {}).get('machine')) for r in ok})
+    out['minutes'] = [r['run']['wall_minutes'] for r in ok if _is_number((r.get('run') or {}).get('wall_minutes'))]
+    return out
+
+
+def describe_machine(m):
+    if not m:
+        return 'unknown'
+    gpu = m.get('gpu', 'none')
+    return '%s CPU cores, %s' % (m.get('cores', '?'), 'no GPU' if gpu == 'none' else gpu)
+
+
+def claim_verdict(claim, summaries):
+    """(text, verdict) of a claim: accuracy(a) − accuracy(b) vs the paper's gap."""
+    which = claim.get('eval', 'moving')
+    a, b = summaries[claim['a']][which], summaries[claim['b']][which]
+    paper = claim.get('paper')
+    paper_txt = 'paper %+.1f' % paper if paper is not None else 'paper: no number'
+    if not a or not b:
+        return '%s: %s, ours: not measured yet (%d and %d seeds done)' % (claim['label'], paper_txt, len(a), len(b)), 'not measured'
+    ma, sa, na = mean_std(a)
+    mb, sb, nb = mean_std(b)
+    d = ma - mb
+    spreads = [s for s in (sa, sb) if s is not None]
+    spread = max(spreads) if len(spreads) == 2 else None
+    if spread is not None:
+        ours = 'ours %+.2f (spread ± %.2f; %d and %d seeds)' % (d, spread, na, nb)
+    else:
+        ours = 'ours %+.2f (%d and %d seeds: spread unknown)' % (d, na, nb)
+    if spread is not None and abs(d) <= spread:
+        verdict = 'within the seed spread'
+    elif paper is None:
+        verdict = 'no paper number to compare'
+    elif paper == 0:
+        verdict = 'does not hold (the paper: no gain)'
+    elif (d > 0) == (paper > 0):
+        verdict = 'ordering holds'
+    else:
+        verdict = 'does not hold'
+    if spread is None and verdict in ('ordering holds', 'does not hold'):
+        verdict += ' (one seed: no spread to judge by)'
+    return '%s (%s): %s, %s: **%s**' % (claim['label'], 'option B' if which == 'batch' else 'option A',
+                                         paper_txt, ours, verdict), verdict
+
+
+# ----------------------------------------------------------------------------------------------
+# planning and estimates
+
+def plan(root, table, profile, seeds=None, rows=None):
+    """[{row, seed, config, logdir, record, state, epochs}] of the table's available rows."""
+    _need(profile in PROFILES, 'profile must be one of %s, got %r' % (', '.join(PROFILES), profile))
+    names = [r['row'] for r in table['rows']]
+    if rows:
+        unknown = [r for r in rows if r not in names]
+        _need(not unknown, '--rows: %s not in table %s (rows: %s)' % (', '.join(unknown), table['name'], ', '.join(names)))
+    out = []
+    for r in table['rows']:
+        if (rows and r['row'] not in rows) or not row_available(r, profile):
+            continue
+        config = find_config(root, profile, r['row'])
+        _need(config is not None, 'table %s, row %s: no config configs/%s/*/%s.toml'
+              % (table['name'], r['row'], profile, r['row']))
+        epochs = load_config(config)['epochs']
+        for s in planned_seeds(table, r, profile, seeds):
+            logdir, record = logdir_of(root, profile, r['row'], s), record_dir(root, profile, r['row'], s)
+            out.append(dict(row=r['row'], seed=s, config=config, logdir=logdir, record=record, epochs=epochs,
+                            state=run_state(logdir, record, epochs)))
+    return out
+
+
+def _cost_key(config):
+    norm = config.get('norm', 'bn')
+    if norm in ('bkn', 'gkn') and config.get('prior') == 'mc':
+        norm += '-mc'
+    return (config.get('model', 'resnet'), config.get('depth', DEFAULT_DEPTH), norm)
+
+
+def minutes_per_epoch(root, profile, config):
+    """(minutes, source): measured from this profile's records of the same model, depth and norm
+    (run.json wall_minutes / epochs), else the documented default model."""
+    key = _cost_key(config)
+    measured = []
+    for run in glob.glob(os.path.join(root, 'results', 'runs', profile, '*', 'seed*', 'run.json')):
+        d = os.path.dirname(run)
+        rec = load_record(d)
+        cfg = os.path.join(d, 'config.toml')
+        if not rec or not rec['stats'] or not _is_number(rec['run'].get('wall_minutes')) or not os.path.isfile(cfg):
+            continue
+        if _cost_key(load_config(cfg)) == key:
+            measured.append(rec['run']['wall_minutes'] / rec['stats'][-1]['epoch_num'])
+    if measured:
+        return sum(measured) / len(measured), 'measured (%d records)' % len(measured)
+    model, depth, norm = key
+    base = BASE_MINUTES_PER_EPOCH * (INCEPTION_COST if model == 'inception' else depth / 3.0)
+    batch_scale = 1.0
+    steps = config.get('steps_per_epoch')
+    if steps:
+        batch_scale = min(1.0, steps / (50000.0 / config.get('total_batch', 128)))
+    return base * NORM_COST.get(norm, 1.0) * batch_scale, 'default estimate'
+
+
+# ----------------------------------------------------------------------------------------------
+# the Markdown table
+
+def results_stem(root, table_name, profile):
+    return os.path.join(root, 'results', table_name + ('' if profile == 'cpu' else '-' + profile))
+
+
+def _budget(root, table, profile):
+    parts = set()
+    for r in table['rows']:
+        if not row_available(r, profile):
+            continue
+        path = find_config(root, profile, r['row'])
+        if path:
+            c = load_config(path)
+            parts.add('%s, %s epochs (schedule %s), %s samples per step, %s'
+                      % (model_name(c), c['epochs'], c['schedule'], c.get('total_batch', 128), c['dataset'].upper()))
+    return sorted(parts)
+
+
+def render_table(root, table, profile, command, figures=()):
+    """The Markdown text of results/<table>.md, from the records under results/runs/ only."""
+    from tabulate import tabulate
+    summaries, rows = {}, []
+    all_data, all_machines = set(), set()
+    for r in table['rows']:
+        name = r['row']
+        available = row_available(r, profile)
+        recs = []
+        seeds = planned_seeds(table, r, profile) if available else []
+        if available:
+            recs = [x for x in (load_record(record_dir(root, profile, name, s)) for s in seeds) if x]
+        summaries[name] = s = summarize_row(recs)
+        all_data.update(s['data'])
+        all_machines.update(s['machine'])
+        paper = '%.2f' % r['paper'] if 'paper' in r else '— (no number in the paper)'
+        if 'paper_online' in r:
+            paper += ' (B: %.2f)' % r['paper_online']
+        if 'paper' in r or 'paper_online' in r:
+            paper += ', ' + r['paper_source']
+        if not available:
+            reason = r['reason']
+            rows.append([r['label'], paper, reason, reason, reason, '—', '—', '—', '—'])
+            continue
+        waiting = 'not run yet' if not s['n_done'] else None
+        a = fmt_mean_std(s['moving']) or waiting or 'no such evaluation'
+        has_ema = any('val-error-batch' in (x['stats'][-1] if x['stats'] else {}) for x in recs)
+        b = fmt_mean_std(s['batch']) or (waiting if waiting else '— (%s)' % (
+            'no online evaluation in this config' if not has_ema else 'no value'))
+        done = '%d / %d' % (s['n_done'], len(seeds))
+        if s['n_diverged']:
+            done += ' (+%d diverged)' % s['n_diverged']
+        rows.append([r['label'], paper, a, b, fmt_mean_std(s['train_error']) or waiting or 'not logged', done,
+                     ', '.join(map(str, s['epochs'])) or waiting, ', '.join(s['data']) or waiting,
+                     ', '.join(s['machine']) or waiting])
+    lines = ['# %s' % table['title'], '',
+             'The paper: %s' % table['claim'], '',
+             'Profile **%s**. Budget: %s. Data: %s. Hardware: %s.' % (
+                 profile, '; '.join(_budget(root, table, profile)) or 'no runnable row',
+                 ', '.join(sorted(all_data)) or 'no run recorded yet',
+                 ', '.join(sorted(all_machines)) or 'no run recorded yet'), '']
+    if profile == 'cpu':
+        lines += ['**A short CPU schedule does not reach the paper\'s absolute numbers** (the paper trains '
+                  '~400 epochs on GPUs). The claims under test here are the orderings and the gaps between '
+                  'rows, each judged against the spread over seeds.', '']
+    lines += ['Accuracy (%) of the last epoch on the test set, mean ± sample std over seeds. A: moving '
+              'statistics (for norms without moving averages, their one evaluation); B: online batch '
+              'statistics.', '']
+    headers = ['row', 'paper', 'ours A (moving)', 'ours B (online)', 'train error (%)', 'seeds done / planned',
+               'epochs', 'data', 'machine']
+    lines.append(tabulate(rows, headers=headers, tablefmt='github', disable_numparse=True))
+    lines.append('')
+    if table['claims']:
+        lines += ['## Claims', '']
+        for c in table['claims']:
+            lines.append('* ' + claim_verdict(c, summaries)[0])
+        lines.append('')
+    for fig in figures:
+        lines += ['![validation error per epoch](%s)' % os.path.basename(fig), '']
+    lines += ['Reproduce (runs what is missing, resumes what was cut short, then rewrites this file):', '',
+              '```', command, '```', '',
+              'Every number above is computed by `scripts/reproduce.py` (`kalman_norm/study.py`) from the '
+              'records in `results/runs/%s/<row>/seed<S>/`.' % profile, '']
+    return '\n'.join(lines), summaries

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Validation-error curves from run records: mean over seeds with a min-max band, per epoch.
+
+    python scripts/plot_curves.py --table fig4 --out results/fig4.png
+    python scripts/plot_curves.py --rows resnet32_bn_b2,resnet32_gn_b2,resnet32_bkn_b2 \\
+        --labels "BN,GN,BKN" --title "CIFAR-10, ResNet-32, batch 2" --out results/fig4_bn_gn_bkn.png
+
+Reads results/runs/<profile>/<row>/seed<S>/stats.json (never a log dir): the curves show recorded
+runs only.  The error is option A (moving statistics; a norm's one evaluation when it has no moving
+averages), in %, per epoch; diverged runs are left out.  ``scripts/reproduce.py`` draws one figure
+per table with this module's :func:`plot_rows`.
+"""
+import argparse
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def curves(root, profile, row, seeds=None):
+    """{seed: (epochs, error %)} of a row's records (option A), diverged runs left out."""
+    from kalman_norm import study
+    base = os.path.join(root, 'results', 'runs', profile, row)
+    out = {}
+    if not os.path.isdir(base):
+        return out
+    for name in sorted(os.listdir(base)):
+        if not name.startswith('seed') or not name[4:].isdigit():
+            continue
+        seed = int(name[4:])
+        if seeds is not None and seed not in seeds:
+            continue
+        rec = study.load_record(os.path.join(base, name))
+        if not rec or study.is_diverged(rec):
+            continue
+        points = [(s['epoch_num'], 100.0 * s[study.error_key(s, 'moving')]) for s in rec['stats']
+                  if study.error_key(s, 'moving')]
+        if points:
+            out[seed] = ([p[0] for p in points], [p[1] for p in points])
+    return out
+
+
+def plot_rows(root, profile, rows, out, title='', seeds=None):
+    """One PNG with a curve per (row, label) that has records; returns ``out``, or None if no row has any.
+
+    Mean over seeds at each epoch every seed reached; the band spans min to max over seeds."""
+    data = [(label, curves(root, profile, row, (seeds or {}).get(row))) for row, label in rows]
+    data = [(label, c) for label, c in data if c]
+    if not data:
+        return None
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    top = 0.0
+    for label, by_seed in data:
+        n = min(len(e) for e, _ in by_seed.values())
+        epochs = np.asarray(next(iter(by_seed.values()))[0][:n])
+        errors = np.asarray([err[:n] for _, err in by_seed.values()])
+        line, = ax.plot(epochs, errors.mean(0), label='%s (%d seed%s)' % (label, len(by_seed), 's' * (len(by_seed) > 1)))
+        if len(by_seed) > 1:
+            ax.fill_between(epochs, errors.min(0), errors.max(0), color=line.get_color(), alpha=0.2, lw=0)
+        top = max(top, float(np.median(errors.mean(0))))
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('test error (%), moving statistics')
+    ax.set_ylim(0, min(100.0, max(10.0, 2.0 * top)))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title + '\nmean over seeds, band: min-max', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--table', help='plot every row of configs/tables/<TABLE>.toml')
+    p.add_argument('--rows', help='comma-separated rows instead (their records, any table)')
+    p.add_argument('--labels', help='comma-separated legend labels for --rows (default: the row names)')
+    p.add_argument('--profile', default='cpu', help='cpu or paper')
+    p.add_argument('--title', default='')
+    p.add_argument('--out', required=True, help='PNG path')
+    p.add_argument('--root', default=REPO, help='directory holding configs/ and results/')
+    args = p.parse_args(argv)
+    import kalman_norm  # noqa: F401
+    from kalman_norm import study
+
+    def fail(msg):
+        print('error: %s' % msg, file=sys.stderr)
+        raise SystemExit(2)
+
+    if args.profile not in study.PROFILES:
+        fail('--profile must be one of %s' % ', '.join(study.PROFILES))
+    if bool(args.table) == bool(args.rows):
+        fail('give --table or --rows (one of them)')
+    if not args.out.endswith('.png'):
+        fail('--out must be a .png path, got %s' % args.out)
+    seeds = None
+    if args.table:
+        try:
+            t = study.load_table(study.table_path(args.root, args.table))
+        except study.StudyError as e:
+            fail(str(e))
+        rows = [(r['row'], r['label']) for r in t['rows'] if study.row_available(r, args.profile)]
+        seeds = {r['row']: study.planned_seeds(t, r, args.profile) for r in t['rows'] if study.row_available(r, args.profile)}
+        title = args.title or t['title']
+    else:
+        names = [r.strip() for r in args.rows.split(',') if r.strip()]
+        labels = [x.strip() for x in args.labels.split(',')] if args.labels else names
+        if len(labels) != len(names):
+            fail('--labels has %d entries for %d rows' % (len(labels), len(names)))
+        rows, title = list(zip(names, labels)), args.title
+    out = plot_rows(args.root, args.profile, rows, args.out, title, seeds)
+    if out is None:
+        fail('no records in results/runs/%s/ for %s' % (args.profile, ', '.join(r for r, _ in rows)))
+    print('wrote %s' % out)
+
+
+if __name__ == '__main__':
+    main()

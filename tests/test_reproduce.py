@@ -1,0 +1,406 @@
+"""The study machinery: kalman_norm/study.py on synthetic records, and scripts/reproduce.py end to
+end on a tiny generated image folder (two trainer runs: one fresh, one resumed after a kill).
+
+Nothing here reads /work/shared or the repository's results/: every root is a tmp_path.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+
+from kalman_norm import study
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'scripts', name + '.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+reproduce = _load_script('reproduce')
+
+TABLE = '''
+title = "Tiny table"
+claim = "A beats B by 1.5 points."
+[seeds]
+cpu = 2
+paper = 1
+[[rows]]
+row = "tiny_bn"
+label = "BN (bs=2)"
+paper = 91.3
+paper_online = 90.0
+paper_source = "Table 0"
+metric = "accuracy"
+[[rows]]
+row = "tiny_gn"
+label = "GN (bs=2)"
+metric = "accuracy"
+seeds = 3
+[[rows]]
+row = "tiny_c100"
+label = "BN (bs=2), CIFAR-100"
+paper = 63.8
+paper_source = "Table 0"
+metric = "accuracy"
+available = false
+reason = "not run here: no data"
+[[claims]]
+label = "BN - GN"
+a = "tiny_bn"
+b = "tiny_gn"
+paper = 1.5
+'''
+CONFIG = '''# tiny: ResNet-8, 8 samples per step in groups of 2, 2 epochs of 2 steps
+model = "resnet"
+depth = 1
+dataset = "cifar10"
+norm = "%s"
+batch = 2
+total_batch = 8
+schedule = "short"
+epochs = 2
+steps_per_epoch = 2
+num_proc = 0
+'''
+
+
+def make_root(tmp_path, table=TABLE, rows=('tiny_bn', 'tiny_gn')):
+    root = tmp_path / 'root'
+    (root / 'configs' / 'tables').mkdir(parents=True)
+    (root / 'configs' / 'tables' / 'tiny.toml').write_text(table)
+    d = root / 'configs' / 'cpu' / 'tiny'
+    d.mkdir(parents=True)
+    for row in rows:
+        norm = row.split('_')[1]
+        extra = 'eval_stats = "both"\n' if norm == 'bn' else ''
+        (d / (row + '.toml')).write_text(CONFIG % norm + extra)
+    return str(root)
+
+
+def write_record(root, row, seed, errors, batch_errors=None, train_error=0.2, minutes=10.0, status=None,
+                 profile='cpu', config_text=CONFIG % 'bn'):
+    """A synthetic record: one stats entry per epoch with the given validation errors (fractions)."""
+    d = study.record_dir(root, profile, row, seed)
+    os.makedirs(d)
+    stats = []
+    for i, e in enumerate(errors):
+        s = {'epoch_num': i + 1, 'train_error': train_error, 'wall_minutes': minutes * (i + 1) / len(errors)}
+        if batch_errors is None:
+            s['val-error'] = e
+        else:
+            s['val-error-moving'], s['val-error-batch'] = e, batch_errors[i]
+        stats.append(s)
+    study.write_json(os.path.join(d, 'stats.json'), stats)
+    study.write_json(os.path.join(d, 'options.json'), {'data': '/x/cifar10-jpeg.tar.gz', 'epochs': len(errors)})
+    study.write_json(os.path.join(d, 'run.json'), {'row': row, 'seed': seed, 'wall_minutes': minutes,
+                                                   'machine': {'cores': 2, 'gpu': 'none'}})
+    if status:
+        study.write_json(os.path.join(d, 'status.json'), {'status': status})
+    with open(os.path.join(d, 'config.toml'), 'w') as f:
+        f.write(config_text)
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers
+
+def test_mean_std_against_numpy():
+    values = [77.65, 71.76, 74.1]
+    m, s, n = study.mean_std(values)
+    assert n == 3 and m == pytest.approx(np.mean(values)) and s == pytest.approx(np.std(values, ddof=1))
+    assert study.mean_std([80.0]) == (80.0, None, 1) and study.mean_std([]) == (None, None, 0)
+    assert study.fmt_mean_std([80.0, 82.0]) == '81.00 ± 1.41'
+    assert study.fmt_mean_std([80.0]) == '80.00 (1 seed)' and study.fmt_mean_std([]) is None
+
+
+def test_summary_takes_last_epoch_and_leaves_diverged_runs_out(tmp_path):
+    root = str(tmp_path)
+    write_record(root, 'r', 1, [0.5, 0.30], batch_errors=[0.5, 0.25])
+    write_record(root, 'r', 2, [0.5, 0.20], batch_errors=[0.5, 0.35])
+    write_record(root, 'r', 3, [0.5, 0.10], batch_errors=[0.5, 0.10], status='diverged')
+    write_record(root, 'r', 4, [0.5, float('nan')], batch_errors=[0.5, 0.1])      # NaN: diverged too
+    recs = [study.load_record(study.record_dir(root, 'cpu', 'r', s)) for s in (1, 2, 3, 4)]
+    s = study.summarize_row(recs)
+    assert (s['n_done'], s['n_diverged']) == (2, 2)
+    assert s['moving'] == pytest.approx([70.0, 80.0]) and s['batch'] == pytest.approx([75.0, 65.0])
+    assert s['train_error'] == pytest.approx([20.0, 20.0]) and s['epochs'] == [2]
+    assert s['data'] == ['cifar10-jpeg.tar.gz'] and s['machine'] == ['2 CPU cores, no GPU']
+
+
+def _summaries(a, b):
+    return {'a': {'moving': a, 'batch': []}, 'b': {'moving': b, 'batch': []}}
+
+
+@pytest.mark.parametrize('a, b, paper, verdict', [
+    ([80.0, 81.0], [78.0, 78.5], 1.5, 'ordering holds'),
+    ([76.0, 76.5], [78.0, 78.5], 1.5, 'does not hold'),
+    ([78.0, 80.0], [78.5, 79.0], 1.5, 'within the seed spread'),        # +0.25 within std 1.41
+    ([80.0], [78.0], 1.5, 'ordering holds (one seed: no spread to judge by)'),
+    ([80.0, 80.2], [78.0, 78.1], 0.0, 'does not hold (the paper: no gain)'),
+    ([80.0, 80.2], [], 1.5, 'not measured'),
+])
+def test_claim_verdicts(a, b, paper, verdict):
+    text, got = study.claim_verdict({'label': 'A - B', 'a': 'a', 'b': 'b', 'paper': paper}, _summaries(a, b))
+    assert got == verdict, text
+    assert text.startswith('A - B')
+    if b:
+        d = np.mean(a) - np.mean(b)
+        assert ('%+.2f' % d) in text and ('paper %+.1f' % paper) in text
+
+
+def test_rendered_table_from_records_only(tmp_path):
+    root = make_root(tmp_path)
+    write_record(root, 'tiny_bn', 1, [0.5, 0.22], batch_errors=[0.5, 0.24])
+    write_record(root, 'tiny_bn', 2, [0.5, 0.20], batch_errors=[0.5, 0.26])
+    write_record(root, 'tiny_gn', 1, [0.5, 0.25], config_text=CONFIG % 'gn')
+    table = study.load_table(os.path.join(root, 'configs', 'tables', 'tiny.toml'))
+    text, summaries = study.render_table(root, table, 'cpu', 'python scripts/reproduce.py tiny', ['x/tiny.png'])
+    lines = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
+             for line in text.splitlines() if line.startswith('| ')}
+    assert lines['BN (bs=2)'][:6] == ['91.30 (B: 90.00), Table 0', '79.00 ± 1.41', '75.00 ± 1.41', '20.00 ± 0.00',
+                                      '2 / 2', '2']
+    assert lines['GN (bs=2)'][1:5] == ['75.00 (1 seed)', '— (no online evaluation in this config)', '20.00 (1 seed)',
+                                       '1 / 3']
+    assert lines['GN (bs=2)'][0] == '— (no number in the paper)'
+    assert lines['BN (bs=2), CIFAR-100'][1] == 'not run here: no data'
+    assert all(all(cell for cell in cells) for cells in lines.values()), 'an empty cell'
+    assert 'does not reach the paper\'s absolute numbers' in text and 'ResNet-8, 2 epochs (schedule short)' in text
+    assert ('* BN - GN (option A): paper +1.5, ours +4.00 (2 and 1 seeds: spread unknown): '
+            '**ordering holds (one seed: no spread to judge by)**') in text
+    assert '![validation error per epoch](tiny.png)' in text and 'python scripts/reproduce.py tiny' in text
+    paper_text, _ = study.render_table(root, table, 'paper', 'cmd')
+    assert 'does not reach' not in paper_text and 'not run yet' in paper_text
+
+
+def test_unrun_rows_say_why(tmp_path):
+    root = make_root(tmp_path)
+    table = study.load_table(os.path.join(root, 'configs', 'tables', 'tiny.toml'))
+    text, _ = study.render_table(root, table, 'cpu', 'cmd')
+    row = [line for line in text.splitlines() if line.startswith('| GN (bs=2)')][0]
+    assert row.count('not run yet') >= 3 and '0 / 3' in row
+    assert 'not measured yet (0 and 0 seeds done)' in text
+
+
+# ----------------------------------------------------------------------------------------------
+# tables, states, records
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda t: t.replace('title = "Tiny table"\n', ''), 'needs title'),
+    (lambda t: t.replace('cpu = 2\n', 'cpu = 0\n'), 'seeds.cpu must be a positive integer'),
+    (lambda t: t.replace('reason = "not run here: no data"\n', ''), 'needs reason = "not run here: <why>"'),
+    (lambda t: t.replace('b = "tiny_gn"', 'b = "tiny_ln"'), "b must be one of the table's rows"),
+    (lambda t: t.replace('paper = 91.3', 'paper = 191.3'), 'paper must be an accuracy'),
+    (lambda t: t.replace('metric = "accuracy"\n[[rows]]\nrow = "tiny_gn"', 'metric = "loss"\n[[rows]]\nrow = "tiny_gn"'),
+     'metric must be one of accuracy'),
+    (lambda t: t.replace('row = "tiny_gn"', 'row = "tiny_bn"'), 'listed twice'),
+    (lambda t: t + 'x = [', 'is not valid TOML'),
+])
+def test_bad_table_files_are_refused(tmp_path, edit, message):
+    path = tmp_path / 't.toml'
+    path.write_text(edit(TABLE))
+    with pytest.raises(study.StudyError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        study.load_table(str(path))
+
+
+def test_a_row_name_means_one_config_per_profile(tmp_path):
+    root = make_root(tmp_path)
+    other = os.path.join(root, 'configs', 'cpu', 'other')
+    os.makedirs(other)
+    shutil.copy(os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_bn.toml'), other)
+    with pytest.raises(study.StudyError, match='row tiny_bn has 2 configs in profile cpu'):
+        study.find_config(root, 'cpu', 'tiny_bn')
+
+
+def test_run_states(tmp_path):
+    root = make_root(tmp_path)
+    logdir, record = study.logdir_of(root, 'cpu', 'r', 1), study.record_dir(root, 'cpu', 'r', 1)
+    assert study.run_state(logdir, record, 2) == 'new'
+    os.makedirs(logdir)
+    assert study.run_state(logdir, record, 2) == 'new'
+    study.write_json(os.path.join(logdir, 'stats.json'), [{'epoch_num': 1}])
+    assert study.run_state(logdir, record, 2) == 'unfinished'                    # killed after epoch 1
+    study.write_json(os.path.join(logdir, 'stats.json'), [{'epoch_num': 1}, {'epoch_num': 2}])
+    assert study.run_state(logdir, record, 2) == 'finished'                      # by hand, no run.json
+    study.write_json(os.path.join(logdir, 'run.json'), {'exit_code': 1, 'finished': 'x'})
+    assert study.run_state(logdir, record, 2) == 'unfinished'                    # failed at the end
+    study.write_json(os.path.join(logdir, 'options.json'), {'epochs': 3})
+    study.write_json(os.path.join(logdir, 'run.json'), {'exit_code': 0})
+    assert study.run_state(logdir, record, 2) == 'unfinished'                    # the resolved epochs win
+    study.write_json(os.path.join(logdir, 'status.json'), {'status': 'diverged'})
+    assert study.run_state(logdir, record, 2) == 'diverged'
+    study.write_json(os.path.join(logdir, 'status.json'), {'status': 'finished'})
+    assert study.run_state(logdir, record, 2) == 'finished'
+    with open('/proc/self/cmdline', 'rb') as f:
+        me = [c.decode() for c in f.read().split(b'\0')[:-1]]
+    study.write_json(os.path.join(logdir, 'run.json'), {'pid': os.getpid(), 'command': me})
+    assert study.run_state(logdir, record, 2) == 'running'
+    study.write_json(os.path.join(logdir, 'run.json'), {'pid': os.getpid(), 'command': ['other']})
+    assert study.run_state(logdir, record, 2) == 'finished'                      # a reused pid: not ours
+    os.makedirs(record)
+    study.write_json(os.path.join(record, 'run.json'), {})
+    assert study.run_state(logdir, record, 2) == 'recorded'
+
+
+def test_collect_never_overwrites_a_record(tmp_path):
+    root = make_root(tmp_path)
+    config = os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_bn.toml')
+    logdir, record = study.logdir_of(root, 'cpu', 'tiny_bn', 1), study.record_dir(root, 'cpu', 'tiny_bn', 1)
+    os.makedirs(logdir)
+    study.write_json(os.path.join(logdir, 'stats.json'), [{'epoch_num': 2, 'val-error-moving': 0.3}])
+    study.write_json(os.path.join(logdir, 'options.json'), {'epochs': 2})
+    assert study.collect(logdir, record, config, 'tiny_bn', 'cpu', 1)
+    assert sorted(os.listdir(record)) == ['config.toml', 'options.json', 'run.json', 'stats.json']
+    run = study.read_json(os.path.join(record, 'run.json'))
+    assert run['config_sha256'] == study.file_sha256(config) and 'launched outside reproduce.py' in run['note']
+    study.write_json(os.path.join(logdir, 'stats.json'), [{'epoch_num': 2, 'val-error-moving': 0.9}])
+    assert not study.collect(logdir, record, config, 'tiny_bn', 'cpu', 1)
+    assert study.read_json(os.path.join(record, 'stats.json'))[0]['val-error-moving'] == 0.3
+
+
+def test_run_json_lifecycle_and_another_config_is_refused(tmp_path):
+    root = make_root(tmp_path)
+    config = os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_bn.toml')
+    logdir = study.logdir_of(root, 'cpu', 'tiny_bn', 1)
+    os.makedirs(logdir)
+    run = study.start_run_json(logdir, 'tiny_bn', 'cpu', 'configs/cpu/tiny/tiny_bn.toml', 1, ['python', 'x'], REPO,
+                               config_file=config)
+    for key in ('row', 'profile', 'config', 'config_sha256', 'seed', 'command', 'git_commit', 'started', 'machine'):
+        assert key in run, key
+    assert run['machine']['cores'] == os.cpu_count() and run['machine']['gpu'] == 'none'
+    assert len(run['git_commit']) >= 40
+    study.finish_run_json(logdir, 1, 1.5)
+    study.start_run_json(logdir, 'tiny_bn', 'cpu', 'configs/cpu/tiny/tiny_bn.toml', 1, ['python', 'x'], REPO,
+                         config_file=config)
+    run = study.finish_run_json(logdir, 0, 2.25)
+    assert run['exit_code'] == 0 and run['wall_minutes'] == 3.75 and len(run['attempts']) == 2
+    with open(config, 'a') as f:
+        f.write('lr = 0.2\n')
+    with pytest.raises(study.StudyError, match='was made with another config'):
+        study.start_run_json(logdir, 'tiny_bn', 'cpu', 'c', 1, ['python', 'x'], REPO, config_file=config)
+
+
+def test_estimates_measured_from_records_else_default(tmp_path):
+    root = make_root(tmp_path)
+    bn = study.load_config(os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_bn.toml'))
+    gn = study.load_config(os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_gn.toml'))
+    minutes, source = study.minutes_per_epoch(root, 'cpu', gn)
+    assert source == 'default estimate'
+    # ResNet-8 (depth 1) at 2 of 390 steps an epoch, GN's relative cost
+    assert minutes == pytest.approx(study.BASE_MINUTES_PER_EPOCH / 3 * study.NORM_COST['gn'] * 2 / (50000 / 8))
+    write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.0, config_text=CONFIG % 'bn')
+    assert study.minutes_per_epoch(root, 'cpu', bn) == (1.5, 'measured (1 records)')
+
+
+# ----------------------------------------------------------------------------------------------
+# the scripts
+
+def test_bad_command_lines_fail_before_any_run(tmp_path, capsys):
+    root = make_root(tmp_path)
+    for argv, message in ((['nope'], 'table nope: no such file'),
+                          (['tiny', '--profile', 'gpu'], '--profile must be one of cpu, paper'),
+                          (['tiny', '--seeds', '0'], '--seeds must be >= 1'),
+                          (['tiny', '--rows', 'tiny_ln'], '--rows: tiny_ln in none of the tables'),
+                          (['tiny', '--data', str(tmp_path / 'missing')], 'no such file or directory'),
+                          (['tiny', '--dry-run', '--report-only'], 'exclude each other')):
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(argv + ['--root', root])
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err
+    os.remove(os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_gn.toml'))
+    with pytest.raises(SystemExit):
+        reproduce.main(['tiny', '--root', root, '--dry-run'])
+    assert 'row tiny_gn: no config configs/cpu/*/tiny_gn.toml' in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(root, 'train_log'))
+
+
+def write_folder(root, n_train=2, n_test=1):
+    """train/<class>/*.png + test/<class>/*.png, 10 classes, random pixels."""
+    rng = np.random.RandomState(0)
+    for split, n in (('train', n_train), ('test', n_test)):
+        for c in range(10):
+            d = os.path.join(root, split, 'c%d' % c)
+            os.makedirs(d)
+            for i in range(n):
+                assert cv2.imwrite(os.path.join(d, '%d.png' % i), rng.randint(0, 256, (32, 32, 3)).astype(np.uint8))
+    return root
+
+
+def test_reproduce_end_to_end(tmp_path, monkeypatch, capsys):
+    """dry run -> seed 1 runs and is recorded -> seed 2 killed after epoch 1 (simulated) is resumed,
+    seed 1 skipped -> the table and the figure come from the two records."""
+    monkeypatch.setenv('KALMAN_NORM_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '2')
+    table = TABLE.replace('[[rows]]\nrow = "tiny_gn"', '[[rows]]\nrow = "tiny_gn"\navailable = false\n'
+                          'reason = "not run here: budget"').replace(
+        '[[claims]]\nlabel = "BN - GN"\na = "tiny_bn"\nb = "tiny_gn"\npaper = 1.5\n', '')
+    root = make_root(tmp_path, table, rows=('tiny_bn',))
+    data = write_folder(str(tmp_path / 'data'))
+    args = ['tiny', '--root', root, '--data', data]
+
+    assert reproduce.main(args + ['--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert 'tiny_bn | 1      | new' in out and '2 runs to start or resume' in out and 'Nothing was run' in out
+    assert not os.path.exists(os.path.join(root, 'train_log'))
+
+    assert reproduce.main(args + ['--seeds', '1']) == 0
+    out = capsys.readouterr().out
+    rec1 = study.record_dir(root, 'cpu', 'tiny_bn', 1)
+    assert set(os.listdir(rec1)) - {'status.json'} == {'config.toml', 'options.json', 'run.json', 'stats.json'}
+    run = study.read_json(os.path.join(rec1, 'run.json'))
+    assert run['exit_code'] == 0 and run['seed'] == 1 and run['config'] == os.path.join('configs', 'cpu', 'tiny', 'tiny_bn.toml')
+    assert run['command'][1:] == ['scripts/cifar_resnet.py' if root == REPO else os.path.join(REPO, 'scripts', 'cifar_resnet.py'),
+                                  '--config', run['config'], '--seed', '1', '--logdir',
+                                  os.path.join('train_log', 'cpu', 'tiny_bn', 'seed1'), '--data', data]
+    assert [s['epoch_num'] for s in study.read_json(os.path.join(rec1, 'stats.json'))] == [1, 2]
+    assert 'to commit: git add results/runs/cpu/tiny_bn/seed1 results/tiny.md results/tiny.png' in out
+
+    # seed 2 "killed" after its first epoch: seed 1's log dir with stats.json cut to epoch 1, the
+    # status a killed trainer leaves ("running"), and seed 2 where the trainer records its seed
+    log1, log2 = study.logdir_of(root, 'cpu', 'tiny_bn', 1), study.logdir_of(root, 'cpu', 'tiny_bn', 2)
+    shutil.copytree(log1, log2)
+    stats = study.read_json(os.path.join(log2, 'stats.json'))
+    study.write_json(os.path.join(log2, 'stats.json'), stats[:1])
+    options = study.read_json(os.path.join(log2, 'options.json'))
+    options['seed'] = 2
+    options.get('identity', {})['seed'] = 2
+    study.write_json(os.path.join(log2, 'options.json'), options)
+    if os.path.exists(os.path.join(log2, 'status.json')):
+        study.write_json(os.path.join(log2, 'status.json'), {'status': 'running', 'epochs_done': 1})
+    run2 = study.read_json(os.path.join(log2, 'run.json'))
+    run2.update(seed=2, exit_code=-9)
+    study.write_json(os.path.join(log2, 'run.json'), run2)
+    assert study.run_state(log2, study.record_dir(root, 'cpu', 'tiny_bn', 2), 2) == 'unfinished'
+
+    before = os.path.getmtime(os.path.join(rec1, 'stats.json'))
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert 'tiny_bn seed 1: recorded, skipped' in out and 'tiny_bn seed 2: finished, recorded' in out
+    assert os.path.getmtime(os.path.join(rec1, 'stats.json')) == before
+    rec2 = study.record_dir(root, 'cpu', 'tiny_bn', 2)
+    assert [s['epoch_num'] for s in study.read_json(os.path.join(rec2, 'stats.json'))] == [1, 2]
+    run2 = study.read_json(os.path.join(rec2, 'run.json'))
+    assert len(run2['attempts']) == 2 and run2['exit_code'] == 0
+    assert 'resum' in open(os.path.join(log2, 'stdout.log')).read().lower()
+
+    md = open(os.path.join(root, 'results', 'tiny.md')).read()
+    bn = [line for line in md.splitlines() if line.startswith('| BN (bs=2) ')][0]
+    accs = [100 * (1 - study.read_json(os.path.join(r, 'stats.json'))[-1]['val-error-moving']) for r in (rec1, rec2)]
+    assert study.fmt_mean_std(accs) in bn and '91.30 (B: 90.00), Table 0' in bn and '2 / 2' in bn
+    assert 'not run here: budget' in md and 'not run here: no data' in md
+    assert '![validation error per epoch](tiny.png)' in md
+    png = os.path.join(root, 'results', 'tiny.png')
+    assert cv2.imread(png).shape[2] == 3
+
+    # a third call runs nothing and writes the same table
+    assert reproduce.main(args + ['--report-only']) == 0
+    assert open(os.path.join(root, 'results', 'tiny.md')).read() == md
