@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import kalman_norm as kn
 import numpy as np
@@ -71,6 +72,16 @@ class TinyModel(ModelDesc):
 
     def optimizer(self):
         return tfv1.train.GradientDescentOptimizer(LEARNING_RATE)
+
+
+class SlowRestore(SaverRestore):
+    """Restores a checkpoint RESTORE_DELAY seconds late: widens the window in which a worker
+    that did not wait for the chief's restore would read the chief's fresh initial weights."""
+    RESTORE_DELAY = 3.0
+
+    def _run_init(self, sess):
+        time.sleep(self.RESTORE_DELAY)
+        super(SlowRestore, self)._run_init(sess)
 
 
 def _key(name):
@@ -136,7 +147,7 @@ def main(argv=None):
         model=TinyModel(), data=QueueInput(DataFromList(worker_data(index, a.towers), shuffle=False)),
         callbacks=[Recorder(os.path.join(a.out, 'worker%d.npz' % index), a.towers),
                    ModelSaver(checkpoint_dir=os.path.join(a.out, 'checkpoints'))],   # chief-only
-        session_init=SaverRestore(a.restore) if a.restore else None,
+        session_init=SlowRestore(a.restore) if a.restore else None,
         monitors=[], steps_per_epoch=a.steps, max_epoch=1)
     launch_train_with_config(config, trainer)
     print('worker %d done' % index, flush=True)
