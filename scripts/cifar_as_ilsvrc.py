@@ -29,31 +29,32 @@ import kalman_norm  # noqa: E402,F401  (before tensorpack / cv2)
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from kalman_norm.data import DataError  # noqa: E402
-from kalman_norm.data.archive import looks_like_tar, open_verified_tar  # noqa: E402
+from kalman_norm.data.archive import iter_verified_tar, looks_like_tar  # noqa: E402
 from kalman_norm.data.imagenet import LABEL_FILE, SYNSET_FILE  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 SPLITS = {"train": "train", "test": "val", "val": "val"}     # archive split -> ILSVRC split
 
 
+def _image_member(parts):
+    return parts[-1].lower().endswith(IMAGE_EXTS) and not parts[-1].startswith(".")
+
+
 def read_members(path):
     """{split: {class: [(member name, bytes)]}} of the archive's images, each checked to decode."""
     found, prefixes = {}, set()
-    with open_verified_tar(path) as (tf, last):
-        for m in tf:
-            last[0] = m.name
-            parts = [p for p in m.name.split("/") if p not in ("", ".")]
-            if not m.isfile() or not parts[-1].lower().endswith(IMAGE_EXTS) or parts[-1].startswith("."):
-                continue
-            if len(parts) == 4:
-                prefixes.add(parts[0])
-                parts = parts[1:]
-            if len(parts) != 3 or parts[0] not in SPLITS:
-                continue
-            data = tf.extractfile(m).read()
-            if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
-                raise DataError("%s: member %s is corrupt or not a JPEG/PNG" % (path, m.name))
-            found.setdefault(SPLITS[parts[0]], {}).setdefault(parts[1], []).append((m.name, data))
+    for parts, data in iter_verified_tar(path, _image_member):
+        if data is None:
+            continue
+        name = "/".join(parts)
+        if len(parts) == 4:
+            prefixes.add(parts[0])
+            parts = parts[1:]
+        if len(parts) != 3 or parts[0] not in SPLITS:
+            continue
+        if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
+            raise DataError("%s: member %s is corrupt or not a JPEG/PNG" % (path, name))
+        found.setdefault(SPLITS[parts[0]], {}).setdefault(parts[1], []).append((name, data))
     if len(prefixes) > 1:
         raise DataError("%s holds image folders under several top-level directories (%s)"
                         % (path, ", ".join(sorted(prefixes))))

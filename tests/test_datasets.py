@@ -11,6 +11,7 @@ import urllib.error
 
 import numpy as np
 import pytest
+import scipy.io as scipy_io
 
 import kalman_norm  # noqa: F401  (before tensorpack / cv2 users)
 import cv2
@@ -149,6 +150,29 @@ def check_folder_dataset(ds, expected, test_name="test"):
     np.testing.assert_allclose(ds.channel_std, flat.std(0), rtol=1e-4)
 
 
+# --------------------------------------------------------------------------- package
+
+def test_package_imports():
+    """kalman_norm.data never imports the legacy kalman_norm/datasets.py, and imports at module
+    level only (no function-level import hiding a cycle), except the optional scipy."""
+    import ast
+    pkg = os.path.dirname(D.__file__)
+    for fname in sorted(os.listdir(pkg)):
+        if not fname.endswith(".py"):
+            continue
+        tree = ast.parse(open(os.path.join(pkg, fname)).read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any("datasets" in n.split(".") for n in names), (fname, node.lineno)
+        for func in ast.walk(tree):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(func):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)):
+                        assert [a.name for a in node.names] == ["scipy.io"], (fname, node.lineno)
+    assert set(D.__all__) <= set(dir(D))
+
+
 # --------------------------------------------------------------------------- loading
 
 @pytest.mark.parametrize("subdir,give_parent", [(True, True), (True, False), (False, False)])
@@ -183,7 +207,6 @@ def test_cifar100_official(tmp_path):
 
 
 def test_svhn_mat(tmp_path):
-    scipy_io = pytest.importorskip("scipy.io")
     rng = np.random.RandomState(3)
     exp = {}
     for f, n in (("train_32x32.mat", 5), ("test_32x32.mat", 3)):

@@ -14,7 +14,6 @@ dataset. Here an archive is accepted only if
 Anything else is a :class:`DataError` "<path> is truncated or corrupt: <reason>", whatever the cut.
 """
 import bz2
-import contextlib
 import gzip
 import io
 import lzma
@@ -26,7 +25,7 @@ from .common import ACCEPTED_LAYOUTS, IMAGE_EXTS, DataError
 from .folder import SPLIT_DIRS, decode_folder, folder_items
 from .svhn import SVHN_FILES, read_svhn
 
-__all__ = ["is_tar_name", "looks_like_tar", "open_verified_tar", "read_archive", "TAR_END_BYTES"]
+__all__ = ["is_tar_name", "looks_like_tar", "iter_verified_tar", "read_archive", "TAR_END_BYTES"]
 
 TAR_END_BYTES = 2 * tarfile.BLOCKSIZE       # the end-of-archive marker
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, ValueError)
@@ -64,7 +63,7 @@ class _TailWatcher(io.RawIOBase):
             pass
 
 
-def _decompressor(f, path):
+def _decompressor(f):
     magic = f.read(6)
     f.seek(0)
     if magic.startswith(b"\x1f\x8b"):
@@ -80,19 +79,28 @@ class _Truncated(Exception):
     pass
 
 
-@contextlib.contextmanager
-def open_verified_tar(path):
-    """Yield a streaming ``TarFile`` over ``path``; on leaving the block (after the caller has
-    iterated the members) verify both stream ends as described in the module docstring.
+def iter_verified_tar(path, want):
+    """Read ``path`` once, yielding ``(member name parts, bytes)`` of each regular file for which
+    ``want(parts)`` holds (``parts``: the member's path split on '/', without '.' and ''); every
+    other member is skipped without being read. When the members are exhausted, both stream ends
+    are verified as described in the module docstring. Every failure is a :class:`DataError`
+    naming the archive and the last member read.
 
-    Every failure -- inside the caller's loop or in the final check -- becomes a :class:`DataError`.
+    Also yields ``(parts, None)`` for every member (files and directories) not wanted, so that a
+    caller can describe the archive's content in an error message.
     """
-    last = [None]
+    last = None
     try:
         with open(path, "rb") as f:
-            watcher = _TailWatcher(_decompressor(f, path))
+            watcher = _TailWatcher(_decompressor(f))
             with tarfile.open(fileobj=watcher, mode="r|") as tf:
-                yield tf, last
+                for m in tf:
+                    last = m.name
+                    parts = [p for p in m.name.replace("\\", "/").split("/") if p not in ("", ".")]
+                    if m.isfile() and parts and want(parts):
+                        yield parts, tf.extractfile(m).read()
+                    else:
+                        yield parts + ([""] if m.isdir() else []), None
                 end = tf.offset                 # where the end-of-archive marker should start
                 watcher.drain()                 # checks the compressed stream's end and trailer
             if watcher.nonzero_end > end:
@@ -101,13 +109,34 @@ def open_verified_tar(path):
             if watcher.length - end < TAR_END_BYTES:
                 raise _Truncated("the tar stream stops at byte %d without its end-of-archive marker"
                                  % watcher.length)
-    except DataError:
-        raise
     except (_Truncated,) + _READ_ERRORS as e:
         reason = str(e) if isinstance(e, _Truncated) else "%s: %s" % (type(e).__name__, e)
         raise DataError("%s is truncated or corrupt: %s%s; re-download or re-create it, or pass "
                         "--data with an extracted directory"
-                        % (path, reason, " (last member read: %s)" % last[0] if last[0] else ""))
+                        % (path, reason, " (last member read: %s)" % last if last else ""))
+
+
+_OFFICIAL_NAMES = {CIFAR10_DIR: set(CIFAR10_FILES + ["batches.meta"]),
+                   CIFAR100_DIR: set(CIFAR100_FILES + ["meta"])}
+
+
+def _official_layout(parts):
+    """'cifar10' / 'cifar100' / 'svhn' if the member is one of the official files, else None."""
+    parent = parts[-2] if len(parts) >= 2 else ""
+    if parent in _OFFICIAL_NAMES and parts[-1] in _OFFICIAL_NAMES[parent]:
+        return "cifar10" if parent == CIFAR10_DIR else "cifar100"
+    return "svhn" if parts[-1] in SVHN_FILES else None
+
+
+def _folder_key(parts):
+    """(top-level prefix, split, class) of an image in an image-folder tree, else None."""
+    if parts[-1].startswith(".") or not parts[-1].lower().endswith(IMAGE_EXTS):
+        return None
+    if len(parts) == 3 and parts[0] in SPLIT_DIRS:
+        return "", parts[0], parts[1]
+    if len(parts) == 4 and parts[1] in SPLIT_DIRS:
+        return parts[0], parts[1], parts[2]
+    return None
 
 
 def read_archive(name, path, check_sizes=None):
@@ -116,35 +145,21 @@ def read_archive(name, path, check_sizes=None):
     num_classes)`` runs on an image folder's listing, before anything is decoded."""
     images = {}       # (prefix, split, class) -> [(display name, bytes)]
     official = {}     # (layout, basename) -> bytes
-    listing = []
-    official_names = {CIFAR10_DIR: set(CIFAR10_FILES + ["batches.meta"]),
-                      CIFAR100_DIR: set(CIFAR100_FILES + ["meta"])}
-    with open_verified_tar(path) as (tf, last):
-        for m in tf:
-            last[0] = m.name
-            parts = [p for p in m.name.replace("\\", "/").split("/") if p not in ("", ".")]
-            if len(listing) < 10 and parts:
-                listing.append("/".join(parts) + ("/" if m.isdir() else ""))
-            if not m.isfile() or not parts or parts[-1].startswith("."):
-                continue
-            base = parts[-1]
-            parent = parts[-2] if len(parts) >= 2 else ""
-            if parent in official_names and base in official_names[parent]:
-                layout = "cifar10" if parent == CIFAR10_DIR else "cifar100"
-                official[(layout, base)] = tf.extractfile(m).read()
-                continue
-            if base in SVHN_FILES:
-                official[("svhn", base)] = tf.extractfile(m).read()
-                continue
-            if not base.lower().endswith(IMAGE_EXTS):
-                continue
-            if len(parts) == 3 and parts[0] in SPLIT_DIRS:
-                key = ("", parts[0], parts[1])
-            elif len(parts) == 4 and parts[1] in SPLIT_DIRS:
-                key = (parts[0], parts[1], parts[2])
-            else:
-                continue
-            images.setdefault(key, []).append(("%s!/%s" % (path, m.name), tf.extractfile(m).read()))
+    first_entries = []
+
+    def wanted(parts):
+        return _official_layout(parts) is not None or _folder_key(parts) is not None
+
+    for parts, data in iter_verified_tar(path, wanted):
+        if len(first_entries) < 10 and parts:
+            first_entries.append("/".join(parts))
+        if data is None:
+            continue
+        layout = _official_layout(parts)
+        if layout is not None:
+            official[(layout, parts[-1])] = data
+        else:
+            images.setdefault(_folder_key(parts), []).append(("%s!/%s" % (path, "/".join(parts)), data))
 
     if not images and any(k[0] == name for k in official):
         files = {base: io.BytesIO(b) for (layout, base), b in official.items() if layout == name}
@@ -158,7 +173,7 @@ def read_archive(name, path, check_sizes=None):
                             "--dataset %s, or an archive of the %s data"
                             % (name, path, ", ".join(have), have[0], name))
         raise DataError("archive %s is in none of the known layouts (first entries: %s); %s"
-                        % (path, ", ".join(listing) or "empty archive", ACCEPTED_LAYOUTS))
+                        % (path, ", ".join(first_entries) or "empty archive", ACCEPTED_LAYOUTS))
     prefixes = sorted({k[0] for k in images})
     if len(prefixes) > 1:
         raise DataError("archive %s has image folders under several top-level directories (%s): "

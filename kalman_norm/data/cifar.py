@@ -12,6 +12,8 @@ import pickle
 
 import numpy as np
 
+from tensorpack.dataflow import dataset as tp_dataset
+
 from .common import DataError
 
 __all__ = ["CIFAR10_NAMES", "CIFAR10_DIR", "CIFAR100_DIR", "CIFAR10_TRAIN", "CIFAR10_FILES",
@@ -86,5 +88,4 @@ def read_cifar(layout, files, where):
 def download_cifar(layout, root):
     """Let tensorpack's Cifar10 / Cifar100 loader download and extract the official archive into
     ``root`` (it does so when ``root`` lacks the official directory)."""
-    from tensorpack.dataflow import dataset as tp_dataset
     (tp_dataset.Cifar10 if layout == "cifar10" else tp_dataset.Cifar100)("test", dir=root)

@@ -12,6 +12,7 @@ from typing import List
 import numpy as np
 
 import kalman_norm  # noqa: F401  (environment + NumPy aliases before tensorpack / cv2 users)
+import cv2
 
 __all__ = ["DataError", "Dataset", "DATASETS", "KNOWN_DATASETS", "NUM_CLASSES", "EXPECTED_COUNTS",
            "IMAGE_SHAPE", "IMAGE_EXTS", "OWN_DATASET", "ACCEPTED_LAYOUTS", "channel_stats",
@@ -154,7 +155,6 @@ def describe(ds):
 # --------------------------------------------------------------------------- 32x32 decoding
 
 def _decode_one(name, src, out):
-    import cv2
     try:
         buf = np.frombuffer(src, np.uint8) if isinstance(src, (bytes, bytearray)) \
             else np.fromfile(src, np.uint8)

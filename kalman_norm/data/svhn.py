@@ -5,6 +5,8 @@ Labels: SVHN stores the digit 0 as label 10; here it is 0, so label == digit.
 """
 import numpy as np
 
+from tensorpack.dataflow import dataset as tp_dataset
+
 from .common import IMAGE_SHAPE, DataError
 
 __all__ = ["SVHN_FILES", "SVHN_SUBDIR", "require_scipy", "read_svhn", "download_svhn"]
@@ -14,6 +16,7 @@ SVHN_SUBDIR = "svhn_data"          # tensorpack's default directory name
 
 
 def require_scipy(where):
+    # scipy is optional (pip install -e ".[svhn]"): imported only when a .mat file is read
     try:
         import scipy.io  # noqa: F401
     except ImportError:
@@ -53,6 +56,5 @@ def read_svhn(files, where):
 def download_svhn(root):
     """Let tensorpack fetch both .mat files into ``root`` (its SVHNDigit loader downloads them)."""
     require_scipy(root)
-    from tensorpack.dataflow import dataset as tp_dataset
     tp_dataset.SVHNDigit("train", data_dir=root)
     tp_dataset.SVHNDigit("test", data_dir=root)
