@@ -500,7 +500,7 @@ def variance_gap(rec):
     gap = np.abs(np.asarray(used, np.float64) - moving).T
     raw = np.abs(np.asarray(rec['group_var'], np.float64) - moving).T
     scale = float(np.mean(moving))
-    return dict(layer=rec['name'], kind=rec['kind'], gap=gap, raw_gap=raw, moving_var=moving,
+    return dict(layer=rec['name'], kind=rec['kind'], checkpoint=rec.get('checkpoint'), gap=gap, raw_gap=raw, moving_var=moving,
                 normalises_with='posterior' if rec.get('posterior_var') is not None else 'group',
                 mean_gap=float(gap.mean()), relative_gap=float(gap.mean()) / scale,
                 raw_mean_gap=float(raw.mean()), raw_relative_gap=float(raw.mean()) / scale)

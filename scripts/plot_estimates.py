@@ -43,9 +43,11 @@ def load(run):
 
 
 def label(result):
+    """'<norm>@<group size> <run directory> (<N> img)'."""
     run = result.get('run', {})
     name = os.path.basename(os.path.normpath(result.get('logdir', '')))
-    return '%s@%s %s' % (run.get('norm', '?'), run.get('batch', '?'), name)
+    return '%s@%s %s (%s img)' % (run.get('norm', '?'), run.get('batch', '?'), name,
+                                  result.get('settings', {}).get('images', '?'))
 
 
 def x_values(result):
@@ -99,9 +101,9 @@ def plot(results, out, stat='mean'):
             ax.text(0.5, 0.5, 'no run has this measure', ha='center', va='center', transform=ax.transAxes)
     if ax_noise.lines:
         ax_noise.set_yscale('log')
-    settings = results[0].get('settings', {})
-    fig.suptitle('Estimates of each layer\'s statistics vs the statistics of all %s training images (same weights)'
-                 % settings.get('images', '?'), fontsize=11)
+    counts = sorted({str(r.get('settings', {}).get('images', '?')) for r in results})
+    fig.suptitle('Estimates of each layer\'s statistics vs the statistics of all %s training images of the '
+                 'same run (same weights)' % ' / '.join(counts), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(out, dpi=110)
     plt.close(fig)

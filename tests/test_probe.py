@@ -310,3 +310,16 @@ def test_plot_estimates_writes_one_figure_for_several_runs(kn_run, bn_run, measu
     with pytest.raises(SystemExit):
         plot.main([str(tmp_path), '--out', str(tmp_path / 'x.png')])       # no estimate_quality.json
     assert not os.path.exists(str(tmp_path / 'x.png'))
+
+
+def test_estimate_quality_cli_rejects_bad_input_before_loading_data(kn_run, tmp_path, capsys):
+    script = _load_script('estimate_quality')
+    for argv, message in (([kn_run[0], '--images', '7'], 'multiple of the run'),
+                          ([kn_run[0], '--images', '0'], 'must be positive'),
+                          ([str(tmp_path)], 'no options.json'),
+                          ([kn_run[0], '--data', str(tmp_path / 'nowhere')], 'does not exist')):
+        with pytest.raises(SystemExit) as err:
+            script.main(argv)
+        assert err.value.code == 2
+        assert message in capsys.readouterr().err
+    assert os.listdir(str(tmp_path)) == []
