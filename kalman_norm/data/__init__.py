@@ -19,10 +19,14 @@ from .cifar import CIFAR10_DIR, CIFAR10_FILES, CIFAR10_NAMES, CIFAR10_TRAIN, CIF
 from .common import (DATASETS, EXPECTED_COUNTS, IMAGE_SHAPE, KNOWN_DATASETS, NUM_CLASSES, OWN_DATASET,
                      DataError, Dataset, channel_stats, describe)
 from .dataflow import augment_batch, get_dataflow
+from .imagenet import (IMAGENET_MEAN, IMAGENET_STD, ImageNetData, describe_imagenet,
+                       fake_imagenet_dataflow, get_imagenet_dataflow, load_imagenet)
 from .load import load_dataset
 from .svhn import SVHN_FILES
 
 __all__ = ["DataError", "Dataset", "load_dataset", "get_dataflow", "describe", "augment_batch",
            "channel_stats", "default_cache_dir", "DATASETS", "KNOWN_DATASETS", "OWN_DATASET",
            "NUM_CLASSES", "EXPECTED_COUNTS", "IMAGE_SHAPE", "CIFAR10_DIR", "CIFAR10_FILES",
-           "CIFAR10_NAMES", "CIFAR10_TRAIN", "CIFAR100_DIR", "CIFAR100_FILES", "SVHN_FILES"]
+           "CIFAR10_NAMES", "CIFAR10_TRAIN", "CIFAR100_DIR", "CIFAR100_FILES", "SVHN_FILES",
+           "ImageNetData", "load_imagenet", "describe_imagenet", "get_imagenet_dataflow",
+           "fake_imagenet_dataflow", "IMAGENET_MEAN", "IMAGENET_STD"]
