@@ -31,6 +31,7 @@ from .transition import avg_pool_estimate, conv_estimate, dense_estimate, global
 __all__ = ['conv2d', 'fully_connected', 'norm', 'relu', 'add', 'avg_pool', 'max_pool',
            'global_avg_pool', 'concat', 'pad_channels', 'subsample', 'layout', 'default_data_format']
 
+
 @contextlib.contextmanager
 def layout(data_format):
     """Default data format of the flow ops and norm layers inside the block ('NHWC' or 'NCHW')."""
