@@ -231,13 +231,14 @@ def _logits(options, image, num_classes):
     return inception_cifar(image, num_classes=num_classes, **model_options)
 
 
-def build_probe(options, spec, num_classes, channel_mean, channel_std, image_shape=(32, 32, 3)):
+def build_probe(options, spec, num_classes, channel_mean, channel_std, image_shape=(32, 32, 3), seed=0):
     """A fresh graph of the run's model with every normalisation layer probed.
 
     Inputs are uint8 images, normalised in the graph as the trainer does:
     (x - channel_mean) / channel_std.  Variables are named as in the trainer's first tower."""
     graph = tf.Graph()
     with graph.as_default():
+        tf.compat.v1.set_random_seed(seed)          # the Monte-Carlo prior samples: repeatable
         images = tf.compat.v1.placeholder(tf.uint8, [None] + list(image_shape), name='input')
         recording = _RecordingSpec(spec)
         with TowerContext('', is_training=True):
@@ -314,11 +315,17 @@ def population_moments(group_mean, group_var):
 def estimate_errors(mean, var, ref_mean, ref_var, epsilon=EPSILON):
     """Mean and median over groups and channels of |m - m_ref| / sd_ref and |log(v / v_ref)|.
     ``mean``/``var`` are [G, C] or [C]; ``epsilon`` (the layers' default) keeps dead channels
-    (zero variance) finite."""
-    mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
-    mean_err = np.abs(mean - ref_mean) / np.sqrt(ref_var + epsilon)
-    var_err = np.abs(np.log((np.maximum(var, 0.0) + epsilon) / (ref_var + epsilon)))
-    return dict(mean_err_mean=float(np.mean(mean_err)), mean_err_median=float(np.median(mean_err)),
+    (zero variance) finite.  Groups with a non-finite or negative estimate (a prior the layer
+    rejects) are left out and counted: ``unusable`` is their fraction (NaN errors if all are)."""
+    mean = np.atleast_2d(np.asarray(mean, np.float64))
+    var = np.atleast_2d(np.asarray(var, np.float64))
+    usable = np.all(np.isfinite(mean) & np.isfinite(var) & (var >= 0), axis=1)
+    out = dict(unusable=float(1.0 - usable.mean()))
+    if not usable.any():
+        return dict(out, **{k: float('nan') for k in ERROR_STATS})
+    mean_err = np.abs(mean[usable] - ref_mean) / np.sqrt(ref_var + epsilon)
+    var_err = np.abs(np.log((var[usable] + epsilon) / (ref_var + epsilon)))
+    return dict(out, mean_err_mean=float(np.mean(mean_err)), mean_err_median=float(np.median(mean_err)),
                 var_err_mean=float(np.mean(var_err)), var_err_median=float(np.median(var_err)))
 
 
@@ -400,7 +407,7 @@ def measure_run(logdir, images, num_classes, channel_mean, channel_std, checkpoi
     if not todo:
         log('%s: every checkpoint already measured with these settings' % out_path)
         return result
-    probe = build_probe(options, spec, num_classes, channel_mean, channel_std, images.shape[1:])
+    probe = build_probe(options, spec, num_classes, channel_mean, channel_std, images.shape[1:], seed)
     for _, prefix in todo:
         check_checkpoint(probe, prefix)             # every one, before the first heavy run
     epoch = epoch_of_steps(logdir, options)

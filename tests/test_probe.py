@@ -323,3 +323,16 @@ def test_estimate_quality_cli_rejects_bad_input_before_loading_data(kn_run, tmp_
         assert err.value.code == 2
         assert message in capsys.readouterr().err
     assert os.listdir(str(tmp_path)) == []
+
+
+def test_errors_leave_out_unusable_groups_and_count_them():
+    ref_m, ref_v = np.array([0.0, 1.0]), np.array([1.0, 4.0])
+    m = np.array([[1.0, 1.0], [np.nan, 0.0], [0.0, 3.0]])
+    v = np.array([[np.e, 4.0], [1.0, 1.0], [1.0, -1.0]])
+    got = probe.estimate_errors(m, v, ref_m, ref_v, epsilon=0.0)
+    assert got['unusable'] == pytest.approx(2 / 3)
+    assert got['mean_err_mean'] == pytest.approx(0.5) and got['var_err_mean'] == pytest.approx(0.5)
+    assert got['mean_err_median'] == pytest.approx(0.5) and got['var_err_median'] == pytest.approx(0.5)
+    assert np.isnan(probe.estimate_errors(m[1:2], v[1:2], ref_m, ref_v)['mean_err_mean'])
+    moving = probe.estimate_errors(ref_m, ref_v * np.e ** 2, ref_m, ref_v, epsilon=0.0)   # [C] estimates
+    assert moving['mean_err_mean'] == 0.0 and moving['var_err_median'] == pytest.approx(2.0)
