@@ -87,14 +87,14 @@ def load_run(logdir):
     o.update({k: v for k, v in raw.items() if k != 'spec'})   # 'spec' is a repr; rebuilt below
     o['norm_options'] = dict(o.get('norm_options') or {})
     o['model_options'] = dict(o.get('model_options') or {})
-    if o['norm'] in ('bkn', 'gkn') and o['gain'] in ('auto', None):
+    if o['norm'] in ('bkn', 'gkn') and o['gain'] in ('auto', None) and 'gain' not in o['norm_options']:
         raise ProbeError("%s: a KN run's options must hold the gain it trained with (a number or "
                          "'learned'; the trainer records the resolved value), got %r" % (path, o['gain']))
     if o['model'] not in ('resnet', 'inception'):
         raise ProbeError("%s: model must be 'resnet' or 'inception', got %r" % (path, o['model']))
-    if o.get('steps_per_epoch_estimate') is None:      # BRN's warm-up needs it; older runs lack it
-        o['steps_per_epoch_estimate'] = o.get('steps_per_epoch') or 50000 // o['total_batch']
     try:
+        if o.get('steps_per_epoch_estimate') is None:      # BRN's warm-up needs it; older runs lack it
+            o['steps_per_epoch_estimate'] = o.get('steps_per_epoch') or 50000 // o['total_batch']
         spec = cifar.make_spec(o)
     except (ValueError, TypeError, KeyError) as e:
         raise ProbeError('%s does not describe a norm this code can build: %s' % (path, e))

@@ -238,6 +238,7 @@ def test_bn_run_reports_group_and_moving_only(measured):
     ('no_checkpoint', 'no checkpoint'),
     ('odd_images', 'multiple of'),
     ('other_model', 'does not fit'),
+    ('bad_option', 'does not describe a norm'),
 ])
 def test_bad_input_fails_with_one_line_before_any_work(kn_run, tmp_path, case, message):
     logdir = str(tmp_path / 'run')
@@ -249,6 +250,8 @@ def test_bad_input_fails_with_one_line_before_any_work(kn_run, tmp_path, case, m
     if case in ('auto_gain', 'no_checkpoint', 'odd_images', 'other_model'):
         o = _options(logdir, gain='auto' if case == 'auto_gain' else 0.1, depth=2 if case == 'other_model' else 1)
         json.dump(o, open(os.path.join(logdir, 'options.json'), 'w'))
+    if case == 'bad_option':
+        json.dump(_options(logdir, norm_options={'guard_ratio': 'high'}), open(os.path.join(logdir, 'options.json'), 'w'))
     if case in ('odd_images', 'other_model'):
         src = kn_run[0]
         for name in os.listdir(src):
