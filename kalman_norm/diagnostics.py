@@ -8,6 +8,10 @@ for the population, and :func:`prior_report` tells, per layer, how far the prior
 micro-batch statistics each are from them.  This is what decides between the two hand-on
 modes (``propagate='input'``, the paper's, and ``'output'``) or between priors in general.
 
+For a trained run, :mod:`kalman_norm.probe` (``scripts/estimate_quality.py``) measures more: per
+checkpoint, every norm layer's group statistics, prior, posterior and moving averages against the
+statistics of N images, with the same two errors.
+
 Two errors, averaged over groups and channels:
   * mean error:      |µ_est - µ_large| / σ_large          (in units of the large-batch std)
   * variance error:  |log(σ²_est / σ²_large)|              (0 when equal; log 2 = off by 2×)
