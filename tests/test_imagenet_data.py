@@ -1,10 +1,12 @@
 """Tests of kalman_norm.data.imagenet on a tiny generated ILSVRC-style directory (3 classes x 4
 train images of 48x40 px, 2 val images per class; no /work/shared), and of
 scripts/cifar_as_ilsvrc.py on a tiny generated CIFAR-style archive."""
+import copy
 import importlib.util
 import os
 import shutil
 import tarfile
+import types
 
 import numpy as np
 import pytest
@@ -352,6 +354,23 @@ def test_multiprocess_train_flow(flat_root):
     for imgs, labels in batches:
         assert imgs.shape == (3, 20, 20, 3) and imgs.dtype == np.uint8 and labels.dtype == np.int32
         assert [_dominant_label(i) for i in imgs] == labels.tolist()
+
+
+def test_each_worker_draws_its_own_stream(monkeypatch):
+    """Forked workers inherit the map function's state; each must re-seed from (seed, worker index)
+    -- or from OS entropy without a seed -- or two workers would augment in lockstep."""
+    parent = I._DecodeAugment(True, 16, seed=5)
+    parent._get_rng()                                      # the parent drew before forking
+
+    def draws(identity, seed=5):
+        monkeypatch.setattr(I.mp, "current_process", lambda: types.SimpleNamespace(identity=identity))
+        worker = copy.deepcopy(parent)                     # what fork gives a worker ...
+        worker._pid = -1                                   # ... in another process
+        worker.seed = seed
+        return tuple(worker._get_rng().randint(1 << 30, size=4))
+    assert len({draws(None), draws(b"0"), draws(b"1")}) == 3
+    assert draws(b"1") == draws(b"1")                      # reproducible with a seed
+    assert draws(b"1", seed=None) != draws(b"1", seed=None)
 
 
 def test_dataflow_bad_arguments(flat_root):
