@@ -67,7 +67,8 @@ from tensorpack.utils import logger
 tfv1 = tf.compat.v1
 
 __all__ = ['ClusterError', 'ClusterTask', 'parse_cluster', 'start_server', 'run_parameter_server',
-           'make_distributed_trainer', 'SyncDistributedTrainer', 'horovod_trainer', 'JOBS', 'MODES']
+           'make_distributed_trainer', 'SyncDistributedTrainer', 'follow_chief', 'horovod_trainer', 'JOBS',
+           'MODES']
 
 #: the jobs of a cluster: parameter servers and workers (worker 0 is the chief)
 JOBS = ('ps', 'worker')
@@ -316,6 +317,26 @@ def horovod_trainer(average=True):
 # ----------------------------------------------------------------------------------------------
 # the trainer
 
+def follow_chief(chief_plan, worker, steps_per_epoch, starting_epoch, max_epoch):
+    """The starting epoch of a non-chief worker, given the chief's (first step, end step, steps
+    per epoch): the chief's, which may differ after a resume (the chief holds the checkpoints).
+    A different epoch length or end cannot be followed: ClusterError."""
+    first, end, chief_steps = (int(v) for v in chief_plan)
+    if chief_steps != steps_per_epoch:
+        raise ClusterError('worker %d has %d steps per epoch but the chief %d: give every worker the same '
+                           'training-set size and batch (the chief is now waiting; stop the cluster)'
+                           % (worker, steps_per_epoch, chief_steps))
+    if end != max_epoch * steps_per_epoch:
+        raise ClusterError('worker %d would stop after epoch %d but the chief after epoch %d: give every worker '
+                           'the same number of epochs (the chief is now waiting; stop the cluster)'
+                           % (worker, max_epoch, end // chief_steps))
+    chief_epoch = first // steps_per_epoch + 1
+    if chief_epoch != starting_epoch:
+        logger.warn('Worker %d: the chief starts at epoch %d (step %d); following it instead of starting at '
+                    'epoch %d' % (worker, chief_epoch, first, starting_epoch))
+    return chief_epoch
+
+
 def _is_trainable(getter_kwargs):
     # get_variable's default trainable=None means True (except for ON_READ synchronisation).
     return getter_kwargs.get('trainable') is not False
@@ -412,6 +433,11 @@ class SyncDistributedTrainer(SingleCostTrainer):
             # Set by the chief once the weights are initialised *and* restored; in no collection,
             # so that neither the initialisers nor the savers touch it.
             self._chief_ready = tfv1.Variable(False, name='chief_ready', trainable=False, collections=[])
+            # The chief's (first step, end step, steps per epoch), published before chief_ready:
+            # the other workers follow it (a resumed chief restarts at its checkpoint's epoch).
+            self._plan = tfv1.Variable(tf.zeros([3], tf.int64), name='plan', trainable=False, collections=[])
+            self._plan_value = tfv1.placeholder(tf.int64, [3], name='plan_value')
+            self._publish_plan = self._plan.assign(self._plan_value)
             # Worker w waits on tokens[w] until the chief has applied the step.
             tokens = [tfv1.FIFOQueue(self.num_workers, [tf.bool], shapes=[[]], shared_name='sync_tokens_%d' % w,
                                      name='tokens_%d' % w) for w in range(self.num_workers)]
@@ -485,10 +511,21 @@ class SyncDistributedTrainer(SingleCostTrainer):
         del config.device_filters[:]
         config.device_filters.extend(['/job:ps', '/job:worker/task:%d' % self.task_index])
         super(SyncDistributedTrainer, self).initialize(_ClusterSessionCreator(self, config), session_init)
+
+    def main_loop(self, steps_per_epoch, starting_epoch, max_epoch):
+        # Every worker must run exactly the chief's steps: one step more or less and a worker
+        # waits forever for the others.
         if self.is_chief:
-            # session_init (e.g. a checkpoint restore) has run: now the others may read the weights.
+            # session_init (e.g. a checkpoint restore) has run in initialize(): publish the plan,
+            # then let the others read the weights.
+            plan = [(starting_epoch - 1) * steps_per_epoch, max_epoch * steps_per_epoch, steps_per_epoch]
+            self.sess.run(self._publish_plan, {self._plan_value: plan})
             self.sess.run(self._chief_ready.initializer)
-            logger.info('Chief: variables ready on the parameter servers')
+            logger.info('Chief: variables ready on the parameter servers; steps %d..%d' % (plan[0], plan[1]))
+        else:
+            starting_epoch = follow_chief(self.sess.run(self._plan), self.task_index, steps_per_epoch,
+                                          starting_epoch, max_epoch)
+        return super(SyncDistributedTrainer, self).main_loop(steps_per_epoch, starting_epoch, max_epoch)
 
 
 class _ClusterSessionCreator(tfv1.train.SessionCreator):

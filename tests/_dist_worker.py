@@ -138,6 +138,7 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=2)
     p.add_argument('--out', required=True)
     p.add_argument('--restore', help='checkpoint the chief starts from')
+    p.add_argument('--starting-epoch', type=int, default=1, help='a non-chief follows the chief\'s instead')
     a = p.parse_args(argv)
     from kalman_norm.distributed import make_distributed_trainer, parse_cluster
     cluster, job, index = parse_cluster(a.cluster, a.task, env={})
@@ -148,7 +149,7 @@ def main(argv=None):
         callbacks=[Recorder(os.path.join(a.out, 'worker%d.npz' % index), a.towers),
                    ModelSaver(checkpoint_dir=os.path.join(a.out, 'checkpoints'))],   # chief-only
         session_init=SlowRestore(a.restore) if a.restore else None,
-        monitors=[], steps_per_epoch=a.steps, max_epoch=1)
+        monitors=[], steps_per_epoch=a.steps, starting_epoch=a.starting_epoch, max_epoch=1)
     launch_train_with_config(config, trainer)
     print('worker %d done' % index, flush=True)
     sys.stdout.flush()

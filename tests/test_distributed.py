@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kalman_norm.distributed import (ClusterError, horovod_trainer, make_distributed_trainer,
+from kalman_norm.distributed import (ClusterError, follow_chief, horovod_trainer, make_distributed_trainer,
                                      parse_cluster, start_server)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -122,6 +122,16 @@ def test_trainer_and_server_options_are_checked_before_any_server_starts():
         start_server({'ps': ['h0:1']}, 'ps', 0)
 
 
+def test_a_worker_follows_the_chiefs_epochs_or_says_why_it_cannot():
+    # the chief resumed after epoch 3 of 10, 50 steps each; this worker's own guess was epoch 1
+    assert follow_chief([150, 500, 50], 1, 50, 1, 10) == 4
+    assert follow_chief([0, 500, 50], 1, 50, 1, 10) == 1
+    with pytest.raises(ClusterError, match=r'worker 1 has 40 steps per epoch but the chief 50'):
+        follow_chief([150, 500, 50], 1, 40, 1, 10)
+    with pytest.raises(ClusterError, match=r'worker 2 would stop after epoch 12 but the chief after epoch 10'):
+        follow_chief([150, 500, 50], 2, 50, 1, 12)
+
+
 def test_horovod_trainer_says_why_it_is_unavailable(monkeypatch):
     # Horovod is not installable with TF 2.21; make the import fail the same way everywhere.
     monkeypatch.setitem(sys.modules, 'horovod', None)
@@ -207,7 +217,9 @@ def cluster_runs(tmp_path_factory):
                     '--restore', str(start)]
             for task in ('ps:0', 'worker:0', 'worker:1'):
                 log = open(out / ('%s.log' % task.replace(':', '')), 'w')
-                proc = subprocess.Popen(base + ['--task', task], stdout=log, stderr=subprocess.STDOUT, env=env,
+                # a worker that believes it resumes at epoch 2 must follow the chief (epoch 1)
+                extra = ['--starting-epoch', '2'] if (mode, task) == ('replicated', 'worker:1') else []
+                proc = subprocess.Popen(base + ['--task', task] + extra, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         cwd=os.path.dirname(HERE), start_new_session=True)
                 log.close()
                 procs.append(proc)
@@ -378,3 +390,10 @@ def test_real_cluster_applies_one_update_per_step_on_the_parameter_server(cluste
                                               and 'replica/' + n in devices)
             assert len(replicas) == len(_weights(dump, 0))
             assert all(d.startswith('/job:worker/task:%d/' % index) for d in replicas.values()), replicas
+
+
+def test_real_cluster_worker_follows_the_chiefs_starting_epoch(cluster_runs):
+    # worker 1 of the replicated cluster was started with --starting-epoch 2 (see cluster_runs)
+    log = (cluster_runs['out']['replicated'] / 'worker1.log').read_text()
+    assert 'the chief starts at epoch 1 (step 0); following it instead of starting at epoch 2' in log
+    assert 'sync_step%d' % STEPS in cluster_runs['replicated'][1]
