@@ -39,6 +39,11 @@ The table file (see ``configs/tables/fig4.toml``)::
     b = "resnet32_bn_b2"
     paper = 1.5                            # ... is this in the paper (points); 0 = "no gain"
     eval = "moving"                        # optional: which evaluation: "moving" (A, default) or "batch" (B)
+    [[figures]]                            # optional: curves of a selection of rows, besides the
+    name = "bn_gn_bkn"                     # table's figure of all rows: results/<table>_<name>.png
+    title = "BN vs GN vs BKN at batch 2"
+    rows = ["resnet32_bn_b2", "resnet32_gn_b2", "resnet32_bkn_b2"]
+    eval = "moving"                        # optional, as in claims
 
 Numbers: a run's accuracy is 100 × (1 − the validation error of its *last* epoch) (not the best
 epoch: choosing the best epoch on the test set flatters every row).  "moving" (option A) is
@@ -151,7 +156,7 @@ def load_table(path):
             _need(key not in r or (_is_number(r[key]) and 0 <= r[key] <= 100),
                   '%s: %s must be an accuracy in %% (0-100), got %r' % (w, key, r.get(key)))
         _need(('paper' not in r and 'paper_online' not in r) or isinstance(r.get('paper_source'), str),
-              '%s: a paper number needs paper_source = "..." (e.g. "Table 8")' % w)
+              '%s: a paper number needs paper_source = "..." (e.g. "Table 8"; without a number: why there is none)' % w)
         s = r.get('seeds')
         _need(s is None or (isinstance(s, int) and not isinstance(s, bool) and s >= 1)
               or (isinstance(s, dict) and all(p in PROFILES and isinstance(n, int) and n >= 1 for p, n in s.items())),
@@ -171,9 +176,19 @@ def load_table(path):
             _need(c.get(key) in names, '%s: %s must be one of the table\'s rows, got %r' % (w, key, c.get(key)))
         _need('paper' not in c or _is_number(c['paper']), '%s: paper must be a number (points)' % w)
         _need(c.get('eval', 'moving') in EVALS, '%s: eval must be moving or batch' % w)
+    figures = t.get('figures', [])
+    _need(isinstance(figures, list), '%s: figures must be [[figures]] entries' % where)
+    for f in figures:
+        _need(isinstance(f.get('name'), str) and f['name'].replace('_', '').isalnum(),
+              '%s: a [[figures]] entry needs name = "<letters, digits, _>" (the PNG is results/<table>_<name>.png)' % where)
+        w = '%s, figure %s' % (where, f['name'])
+        _need(isinstance(f.get('rows'), list) and f['rows'] and all(r in names for r in f['rows']),
+              "%s: rows must be a list of the table's rows" % w)
+        _need(f.get('eval', 'moving') in EVALS, '%s: eval must be moving or batch' % w)
     t['name'] = name
     t['path'] = path
     t.setdefault('claims', [])
+    t.setdefault('figures', [])
     return t
 
 
@@ -508,7 +523,7 @@ def claim_verdict(claim, summaries):
     which = claim.get('eval', 'moving')
     a, b = summaries[claim['a']][which], summaries[claim['b']][which]
     paper = claim.get('paper')
-    paper_txt = 'paper %+.1f' % paper if paper is not None else 'paper: no number'
+    paper_txt = 'paper: no number' if paper is None else 'paper: no gain' if paper == 0 else 'paper %+g' % paper
     if not a or not b:
         return '%s: %s, ours: not measured yet (%d and %d seeds done)' % (claim['label'], paper_txt, len(a), len(b)), 'not measured'
     ma, sa, na = mean_std(a)
@@ -627,14 +642,13 @@ def render_table(root, table, profile, command, figures=()):
         summaries[name] = s = summarize_row(recs)
         all_data.update(s['data'])
         all_machines.update(s['machine'])
-        paper = '%.2f' % r['paper'] if 'paper' in r else '— (no number in the paper)'
+        paper = '%.2f' % r['paper'] if 'paper' in r else '— (%s)' % r.get('paper_source', 'no number in the paper')
         if 'paper_online' in r:
             paper += ' (B: %.2f)' % r['paper_online']
-        if 'paper' in r or 'paper_online' in r:
+        if 'paper' in r:
             paper += ', ' + r['paper_source']
         if not available:
-            reason = r['reason']
-            rows.append([r['label'], paper, reason, reason, reason, '—', '—', '—', '—'])
+            rows.append([r['label'], paper, r['reason'], '— (not run)', '— (not run)', '—', '—', '—', '—'])
             continue
         waiting = 'not run yet' if not s['n_done'] else None
         a = fmt_mean_std(s['moving']) or waiting or 'no such evaluation'
@@ -669,8 +683,8 @@ def render_table(root, table, profile, command, figures=()):
         for c in table['claims']:
             lines.append('* ' + claim_verdict(c, summaries)[0])
         lines.append('')
-    for fig in figures:
-        lines += ['![validation error per epoch](%s)' % os.path.basename(fig), '']
+    for title, fig in figures:
+        lines += ['%s:' % title, '', '![%s](%s)' % (title, os.path.basename(fig)), '']
     lines += ['Reproduce (runs what is missing, resumes what was cut short, then rewrites this file):', '',
               '```', command, '```', '',
               'Every number above is computed by `scripts/reproduce.py` (`kalman_norm/study.py`) from the '

@@ -18,8 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-def curves(root, profile, row, seeds=None):
-    """{seed: (epochs, error %)} of a row's records (option A), diverged runs left out."""
+def curves(root, profile, row, seeds=None, which='moving'):
+    """{seed: (epochs, error %)} of a row's records, diverged runs left out.  ``which``: moving
+    (option A, or a norm's one evaluation) or batch (option B)."""
     from kalman_norm import study
     base = os.path.join(root, 'results', 'runs', profile, row)
     out = {}
@@ -34,18 +35,18 @@ def curves(root, profile, row, seeds=None):
         rec = study.load_record(os.path.join(base, name))
         if not rec or study.is_diverged(rec):
             continue
-        points = [(s['epoch_num'], 100.0 * s[study.error_key(s, 'moving')]) for s in rec['stats']
-                  if study.error_key(s, 'moving')]
+        points = [(s['epoch_num'], 100.0 * s[study.error_key(s, which)]) for s in rec['stats']
+                  if study.error_key(s, which)]
         if points:
             out[seed] = ([p[0] for p in points], [p[1] for p in points])
     return out
 
 
-def plot_rows(root, profile, rows, out, title='', seeds=None):
+def plot_rows(root, profile, rows, out, title='', seeds=None, which='moving'):
     """One PNG with a curve per (row, label) that has records; returns ``out``, or None if no row has any.
 
     Mean over seeds at each epoch every seed reached; the band spans min to max over seeds."""
-    data = [(label, curves(root, profile, row, (seeds or {}).get(row))) for row, label in rows]
+    data = [(label, curves(root, profile, row, (seeds or {}).get(row), which)) for row, label in rows]
     data = [(label, c) for label, c in data if c]
     if not data:
         return None
@@ -64,7 +65,8 @@ def plot_rows(root, profile, rows, out, title='', seeds=None):
             ax.fill_between(epochs, errors.min(0), errors.max(0), color=line.get_color(), alpha=0.2, lw=0)
         top = max(top, float(np.median(errors.mean(0))))
     ax.set_xlabel('epoch')
-    ax.set_ylabel('test error (%), moving statistics')
+    ax.set_ylabel('test error (%%), %s' % ('online batch statistics (B)' if which == 'batch'
+                                            else 'moving statistics (A)'))
     ax.set_ylim(0, min(100.0, max(10.0, 2.0 * top)))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -82,6 +84,7 @@ def main(argv=None):
     p.add_argument('--labels', help='comma-separated legend labels for --rows (default: the row names)')
     p.add_argument('--profile', default='cpu', help='cpu or paper')
     p.add_argument('--title', default='')
+    p.add_argument('--eval', default='moving', help='moving (option A) or batch (option B)')
     p.add_argument('--out', required=True, help='PNG path')
     p.add_argument('--root', default=REPO, help='directory holding configs/ and results/')
     args = p.parse_args(argv)
@@ -94,6 +97,8 @@ def main(argv=None):
 
     if args.profile not in study.PROFILES:
         fail('--profile must be one of %s' % ', '.join(study.PROFILES))
+    if args.eval not in study.EVALS:
+        fail('--eval must be moving or batch, got %r' % args.eval)
     if bool(args.table) == bool(args.rows):
         fail('give --table or --rows (one of them)')
     if not args.out.endswith('.png'):
@@ -113,7 +118,7 @@ def main(argv=None):
         if len(labels) != len(names):
             fail('--labels has %d entries for %d rows' % (len(labels), len(names)))
         rows, title = list(zip(names, labels)), args.title
-    out = plot_rows(args.root, args.profile, rows, args.out, title, seeds)
+    out = plot_rows(args.root, args.profile, rows, args.out, title, seeds, args.eval)
     if out is None:
         fail('no records in results/runs/%s/ for %s' % (args.profile, ', '.join(r for r, _ in rows)))
     print('wrote %s' % out)

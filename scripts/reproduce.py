@@ -271,21 +271,30 @@ def run_all(args, study, runs, failed, recorded):
 
 
 def report(args, study, tables):
+    """results/<table>.md and its figures (one of all rows, one per [[figures]] entry)."""
     from plot_curves import plot_rows
     written = []
     command = command_line(args, tables)
     for t in tables:
         stem = study.results_stem(args.root, t['name'], args.profile)
         os.makedirs(os.path.dirname(stem), exist_ok=True)
-        rows = [r for r in t['rows'] if study.row_available(r, args.profile)]
-        figure = plot_rows(args.root, args.profile, [(r['row'], r['label']) for r in rows], stem + '.png',
-                           title='%s (profile %s)' % (t['title'], args.profile),
-                           seeds={r['row']: study.planned_seeds(t, r, args.profile) for r in rows})
-        text, _ = study.render_table(args.root, t, args.profile, command, [figure] if figure else [])
+        rows = {r['row']: r for r in t['rows'] if study.row_available(r, args.profile)}
+        seeds = {name: study.planned_seeds(t, r, args.profile) for name, r in rows.items()}
+        wanted = [('All rows', stem + '.png', list(rows), 'moving')]
+        wanted += [(f.get('title', f['name']), '%s_%s.png' % (stem, f['name']), [r for r in f['rows'] if r in rows],
+                    f.get('eval', 'moving')) for f in t['figures']]
+        figures = []
+        for title, path, names, which in wanted:
+            fig = plot_rows(args.root, args.profile, [(n, rows[n]['label']) for n in names], path,
+                            title='%s (profile %s)' % (t['title'] if title == 'All rows' else title, args.profile),
+                            seeds=seeds, which=which)
+            if fig:
+                figures.append((title, fig))
+        text, _ = study.render_table(args.root, t, args.profile, command, figures)
         with open(stem + '.md', 'w') as f:
             f.write(text)
-        print('wrote %s%s' % (stem + '.md', ' and ' + figure if figure else ''))
-        written += [stem + '.md'] + ([figure] if figure else [])
+        print('wrote %s' % ', '.join([stem + '.md'] + [f for _, f in figures]))
+        written += [stem + '.md'] + [f for _, f in figures]
     return written
 
 
