@@ -3,9 +3,10 @@
 Horovod 0.28.1 does not build against TensorFlow 2.21, so a cluster here is TensorFlow's
 ``tf.distribute.Server`` processes: ``ps`` tasks hold the variables, ``worker`` tasks compute::
 
-    (host0)$ python scripts/cifar_resnet.py ... --cluster ps=host0:2222 --cluster worker=host1:2222,host2:2222 --task ps:0
-    (host1)$ python scripts/cifar_resnet.py ... --cluster ps=host0:2222 --cluster worker=host1:2222,host2:2222 --task worker:0
-    (host2)$ python scripts/cifar_resnet.py ... --cluster ps=host0:2222 --cluster worker=host1:2222,host2:2222 --task worker:1
+    CLUSTER="--cluster ps=host0:2222 --cluster worker=host1:2222,host2:2222"
+    (host0)$ python scripts/cifar_resnet.py ... $CLUSTER --task ps:0
+    (host1)$ python scripts/cifar_resnet.py ... $CLUSTER --task worker:0
+    (host2)$ python scripts/cifar_resnet.py ... $CLUSTER --task worker:1
 
 or the same cluster in the standard ``TF_CONFIG`` environment variable (see :func:`parse_cluster`).
 Worker 0 is the chief: it initialises (or restores) the variables, saves checkpoints and runs
@@ -23,7 +24,17 @@ What one synchronous step does (:class:`SyncDistributedTrainer`):
      take exactly the SGD step of one machine with W·T towers.
 The moving averages of the normalisation statistics (EMA, for inference) live on the parameter
 server and are updated by the chief's first tower only, as tensorpack's one-machine trainers
-update them from the first tower only.
+update them from the first tower only.  Checkpoints (saved by the chief) hold the shared
+variables under the names a one-machine run gives them.
+
+What the user must keep equal on every worker: the towers per worker (``gpus_per_worker``) and
+the tower batch (the mean over workers weighs each worker equally), the steps per epoch and the
+number of epochs (checked when training starts: a worker that resumed at another epoch than the
+chief follows the chief, see :func:`follow_chief`).  Each worker should read *different* samples
+(its own shard, or at least its own shuffling seed).  Limits: training is synchronous, so a
+worker that dies leaves the others waiting (stop the cluster and start it again; the chief
+resumes from its checkpoint); with a layer option ``ema_update='internal'`` every worker's first
+tower updates the shared moving averages (the default, ``'collection'``, is chief-only).
 
 Why not tensorpack's ``DistributedTrainerParameterServer`` / ``DistributedTrainerReplicated``:
 on TF 2.21 they fail at construction, and their arithmetic is not synchronous SGD.
@@ -42,9 +53,11 @@ on TF 2.21 they fail at construction, and their arithmetic is not synchronous SG
   * Replicated: ``build()`` computes the tower average and then discards it,
     ``avg_grads = [(g, v) for g, v in zip(all_grads, all_vars[0])]``, pairing tower k's whole
     gradient list with variable k.
-  * Every worker's ``MaintainStepCounter`` increments the global step; the chief initialises the
-    variables and restores a checkpoint only afterwards, so another worker may start from the
-    initial weights.
+  * Session creation: the chief initialises the variables and restores a checkpoint only
+    afterwards (``Trainer.initialize`` runs ``session_init`` after ``create_session``), while
+    the other workers start as soon as the variables are initialised: they may read the
+    initial weights instead of the checkpoint's.  Here they wait for the chief's explicit
+    "ready", set after the restore.
 The trainer below is written for this project (a subclass of tensorpack's ``SingleCostTrainer``,
 reusing its tower builder and in-worker averaging); nothing in tensorpack is patched.
 """
@@ -374,7 +387,7 @@ class SyncDistributedTrainer(SingleCostTrainer):
         on_gpu = bool(tf.config.list_physical_devices('GPU'))
         self._tower_devices = ['/job:worker/task:%d/%s' % (self.task_index, 'gpu:%d' % k if on_gpu else 'cpu:0')
                                for k in self.devices]
-        self._replica_of = collections.OrderedDict()   # master variable name -> worker-local copy
+        self._replica_of = collections.OrderedDict()   # shared variable name -> (shared, local copy)
         logger.info('Synchronous distributed training (%s mode), worker %d of %d, %d tower(s); cluster %s'
                     % (mode, self.task_index, self.num_workers, towers, self.cluster.as_dict()))
 
@@ -462,7 +475,8 @@ class SyncDistributedTrainer(SingleCostTrainer):
         for grad, var in zip(worker_grads, all_vars[0]):
             master = self._master_of(var)
             with tfv1.device(master.device):
-                acc = tfv1.ConditionalAccumulator(grad.dtype, shape=var.shape, shared_name='sync_grad/' + master.op.name,
+                acc = tfv1.ConditionalAccumulator(grad.dtype, shape=var.shape,
+                                                  shared_name='sync_grad/' + master.op.name,
                                                   name='sync_grad/' + master.op.name.replace('/', '_'))
                 pushes.append(acc.apply_grad(grad, local_step=step))
                 # take_grad blocks until every worker pushed, then returns their mean.

@@ -222,27 +222,28 @@ def cluster_runs(tmp_path_factory):
                 proc = subprocess.Popen(base + ['--task', task] + extra, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         cwd=os.path.dirname(HERE), start_new_session=True)
                 log.close()
-                procs.append(proc)
+                procs.append((mode, task, proc, out / ('%s.log' % task.replace(':', ''))))
                 if task.startswith('worker'):
-                    workers.append((mode, task, proc, out / ('%s.log' % task.replace(':', ''))))
+                    workers.append(procs[-1])
             outs[mode] = out
         deadline = time.time() + DEADLINE_SECONDS
         while any(p.poll() is None for _, _, p, _ in workers):
-            for mode, task, p, log in workers:
-                if p.poll() not in (None, 0):
+            for mode, task, p, log in procs:
+                # a worker may finish (0); a parameter server serves until killed
+                if p.poll() is not None and (p.returncode != 0 or task.startswith('ps')):
                     pytest.fail('%s %s exited with %s:\n%s' % (mode, task, p.returncode, _log_tail(log)))
             if time.time() > deadline:
-                pytest.fail('the clusters did not finish %d steps in %d s; %s' % (
-                    STEPS, DEADLINE_SECONDS, '\n'.join('%s %s:\n%s' % (m, t, _log_tail(lg)) for m, t, _, lg in workers)))
+                logs = '\n'.join('%s %s:\n%s' % (m, t, _log_tail(lg)) for m, t, _, lg in workers)
+                pytest.fail('the clusters did not finish %d steps in %d s; %s' % (STEPS, DEADLINE_SECONDS, logs))
             time.sleep(0.5)
         for mode, task, p, log in workers:
             assert p.returncode == 0, '%s %s failed:\n%s' % (mode, task, _log_tail(log))
         runs = {mode: [dict(np.load(out / ('worker%d.npz' % i))) for i in range(2)] for mode, out in outs.items()}
         yield dict(runs, start=start_values, out=outs)
     finally:
-        for p in procs:
+        for _, _, p, _ in procs:
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+                os.killpg(p.pid, signal.SIGKILL)    # its own process group (start_new_session)
             p.wait(timeout=30)
 
 
