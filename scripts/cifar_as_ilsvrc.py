@@ -9,8 +9,8 @@ top-level directory), verified completely (a truncated or corrupt archive, or an
 not decode, is an error naming it). Output (a new directory; an existing one is never touched)::
 
     OUT/train/<wnid>/<wnid>_<k>.JPEG      wnid = 'n%08d' % (index of the class among the sorted names)
-    OUT/val/ILSVRC2012_val_<k>.JPEG       the archive's test split ('--val-layout folders':
-                                          OUT/val/<wnid>/...)
+    OUT/val/ILSVRC2012_val_<k>.JPEG       the archive's test split, numbered in a random order
+                                          ('--val-layout folders': OUT/val/<wnid>/...)
     OUT/val.txt                           '<file> <label>' per val image (flat layout)
     OUT/synsets.txt, OUT/synset_words.txt  wnids in label order; '<wnid> <class name>'
 
@@ -68,7 +68,7 @@ def read_members(path):
     return found
 
 
-def write_ilsvrc(found, out, val_layout):
+def write_ilsvrc(found, out, val_layout, seed=0):
     classes = sorted(found["train"])
     wnids = ["n%08d" % k for k in range(len(classes))]
     for wnid, cls in zip(wnids, classes):
@@ -78,16 +78,19 @@ def write_ilsvrc(found, out, val_layout):
             with open(os.path.join(d, "%s_%d.JPEG" % (wnid, k)), "wb") as f:
                 f.write(data)
     os.makedirs(os.path.join(out, "val"))
-    lines, k = [], 0
-    for label, (wnid, cls) in enumerate(zip(wnids, classes)):
-        for _, data in sorted(found["val"][cls]):
-            k += 1
-            name = "ILSVRC2012_val_%08d.JPEG" % k
-            d = os.path.join(out, "val", wnid) if val_layout == "folders" else os.path.join(out, "val")
-            os.makedirs(d, exist_ok=True)
-            with open(os.path.join(d, name), "wb") as f:
-                f.write(data)
-            lines.append("%s %d\n" % (name, label))
+    # val images are numbered in a seeded random order, as ILSVRC's are (so the first val batches
+    # are a fair sample, not one class)
+    val = [(label, data) for label, cls in enumerate(classes) for _, data in sorted(found["val"][cls])]
+    order = np.random.RandomState(seed).permutation(len(val))
+    lines = []
+    for k, i in enumerate(order, 1):
+        label, data = val[i]
+        name = "ILSVRC2012_val_%08d.JPEG" % k
+        d = os.path.join(out, "val", wnids[label]) if val_layout == "folders" else os.path.join(out, "val")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+        lines.append("%s %d\n" % (name, label))
     if val_layout == "flat":
         with open(os.path.join(out, LABEL_FILE), "w") as f:
             f.writelines(lines)
@@ -95,7 +98,7 @@ def write_ilsvrc(found, out, val_layout):
         f.writelines(w + "\n" for w in wnids)
     with open(os.path.join(out, "synset_words.txt"), "w") as f:
         f.writelines("%s %s\n" % (w, c) for w, c in zip(wnids, classes))
-    return len(classes), sum(map(len, found["train"].values())), k
+    return len(classes), sum(map(len, found["train"].values())), len(val)
 
 
 def main(argv=None):
@@ -104,6 +107,7 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="new directory to create (must not exist)")
     p.add_argument("--val-layout", choices=("flat", "folders"), default="flat",
                    help="val/ flat with val.txt (ILSVRC's original layout, default) or val/<wnid>/")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random numbering of the val images")
     a = p.parse_args(argv)
     data = os.path.abspath(os.path.expanduser(a.data))
     out = os.path.abspath(os.path.expanduser(a.out))
@@ -120,7 +124,7 @@ def main(argv=None):
         found = read_members(data)
         tmp = tempfile.mkdtemp(dir=parent, prefix=".%s.partial-" % os.path.basename(out))
         try:
-            counts = write_ilsvrc(found, tmp, a.val_layout)
+            counts = write_ilsvrc(found, tmp, a.val_layout, a.seed)
             os.rename(tmp, out)
         finally:
             if os.path.exists(tmp):

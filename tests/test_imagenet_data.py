@@ -459,6 +459,11 @@ def test_cifar_as_ilsvrc_script(tmp_path, script, capsys):
                                                 "--val-layout", "folders"])
     assert code == 0, err
     assert I.load_imagenet(str(tmp_path / "folders")).val_layout == "folders"
+    # val images are numbered in a seeded random order, not class by class
+    code, _, err = _run_script(script, capsys, ["--data", tar, "--out", str(tmp_path / "s3"), "--seed", "3"])
+    assert code == 0, err
+    labels = [int(line.split()[1]) for line in (tmp_path / "s3" / "val.txt").read_text().splitlines()]
+    assert labels == [[0, 0, 1, 1][i] for i in np.random.RandomState(3).permutation(4)] == [1, 0, 0, 1]
 
 
 def test_cifar_as_ilsvrc_script_errors(tmp_path, script, capsys):
