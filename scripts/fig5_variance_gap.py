@@ -51,9 +51,12 @@ def plot_variance_gaps(gaps, out):
     image = None
     for ax, (name, gap) in zip(axes[0], gaps):
         image = ax.imshow(gap['gap'], aspect='auto', cmap='viridis', vmin=0.0, vmax=vmax, interpolation='nearest')
-        ax.set_title('%s, %s %s\nmean |Δvar| = %.3g (%.3f × mean moving var)'
-                     % (name, os.path.basename(gap.get('checkpoint') or ''), gap['layer'], gap['mean_gap'],
-                        gap['relative_gap']), fontsize=9)
+        title = ('%s, %s %s\nmean |Δvar| = %.3g (%.3f × mean moving var)'
+                 % (name, os.path.basename(gap.get('checkpoint') or ''), gap['layer'], gap['mean_gap'],
+                    gap['relative_gap']))
+        if gap['normalises_with'] == 'posterior':
+            title += '\nraw group variance: %.3g (%.3f ×)' % (gap['raw_mean_gap'], gap['raw_relative_gap'])
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel('test batch')
         ax.set_ylabel('channel')
     fig.colorbar(image, ax=axes[0].tolist(), extend='max', label='|batch variance − moving variance|')
