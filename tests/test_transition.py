@@ -178,6 +178,37 @@ def test_mc_converges_to_analytic():
     assert errs[256] < 0.05, errs
 
 
+@pytest.mark.parametrize('in_hw, padding, expected_ratio', [
+    (8, 'SAME', (0.93, 1.01)),       # 64 output positions: a few per cent at most (seen: 1-4 %)
+    (4, 'VALID', (0.50, 0.95)),      # 2x2 output: the mean of 4 correlated values (seen: 14-38 %)
+    (3, 'VALID', (0.0, 0.0)),        # 1x1 output: one value has no spatial variance at all
+])
+def test_one_sample_mc_variance_is_lower_than_the_analytic_limit(in_hw, padding, expected_ratio):
+    """'analytic' is the many-samples limit of 'mc', not the expectation of the one-sample
+    estimate: averaged over many groups, the one-sample MC mean is unbiased, but its variance
+    (the spatial variance of one sampled image) is lower by the variance of that image's spatial
+    mean, which grows as the output shrinks."""
+    groups = 4000
+    rng = np.random.default_rng(5)
+    m = np.array([0.5, -0.3, 1.0], np.float32)
+    v = np.array([1.0, 0.5, 2.0], np.float32)
+    kernel = (rng.standard_normal((3, 3, 3, 4)) / 3).astype(np.float32)
+
+    def build():
+        est = Estimate(np.tile(m, (groups, 1)), np.tile(v, (groups, 1)), rectified=True)
+        ana = conv_estimate(est, tf.constant(kernel), (in_hw, in_hw), 1, padding, method='analytic')
+        mc = conv_estimate(est, tf.constant(kernel), (in_hw, in_hw), 1, padding, method='mc', num_samples=1)
+        return ana.mean[0], ana.var[0], mc.mean, mc.var
+
+    am, av, mm, mv = run_graph(build, seed=12)
+    # the mean: unbiased, within 5 standard errors of the group-to-group spread
+    se = mm.std(0) / math.sqrt(groups)
+    assert (np.abs(mm.mean(0) - am) < 5 * se + 1e-6).all(), (mm.mean(0), am, se)
+    ratio = mv.mean(0) / av
+    low, high = expected_ratio
+    assert ((ratio >= low - 1e-6) & (ratio <= high + 1e-6)).all(), ratio
+
+
 def test_mc_dense_converges_to_analytic():
     rng = np.random.default_rng(4)
     m = np.array([[0.5, -0.3, 1.0]], np.float32)
