@@ -122,6 +122,33 @@ def test_trainer_and_server_options_are_checked_before_any_server_starts():
         start_server({'ps': ['h0:1']}, 'ps', 0)
 
 
+def _fake_server(job='worker', index=0):
+    # SyncDistributedTrainer reads only server_def before training: no gRPC server needed here
+    cluster = parse_cluster(CLUSTER, 'worker:0', env={}).cluster
+    return types.SimpleNamespace(server_def=tf.train.ServerDef(
+        cluster=cluster.as_cluster_def(), job_name=job, task_index=index, protocol='grpc'), target='')
+
+
+def test_sync_trainer_rejects_what_it_cannot_run():
+    from tensorpack import FeedInput
+    from tensorpack.dataflow import DataFromList
+    from tensorpack.tfutils.sesscreate import NewSessionCreator, ReuseSessionCreator
+    from tensorpack.tfutils.sessinit import JustCurrentSession
+    from kalman_norm.distributed import SyncDistributedTrainer
+    with pytest.raises(ClusterError, match=r'runs on worker tasks, got a ps server'):
+        SyncDistributedTrainer(_fake_server('ps'))
+    with pytest.raises(ClusterError, match=r"mode must be 'ps' or 'replicated'"):
+        SyncDistributedTrainer(_fake_server(), mode='async')
+    trainer = SyncDistributedTrainer(_fake_server('worker', 1), towers=2, mode='replicated')
+    assert (trainer.is_chief, trainer.task_index, trainer.num_workers, trainer.devices) == (False, 1, 2, [0, 1])
+    assert SyncDistributedTrainer(_fake_server()).is_chief
+    with pytest.raises(ClusterError, match=r'needs a feed-free input .*got FeedInput'):
+        trainer._setup_graph(FeedInput(DataFromList([[0]])), None, None)
+    for creator in (ReuseSessionCreator(None), NewSessionCreator(target='grpc://elsewhere:1')):
+        with pytest.raises(ClusterError, match=r'creates its own sessions on the cluster'):
+            SyncDistributedTrainer(_fake_server()).initialize(creator, JustCurrentSession())
+
+
 def test_a_worker_follows_the_chiefs_epochs_or_says_why_it_cannot():
     # the chief resumed after epoch 3 of 10, 50 steps each; this worker's own guess was epoch 1
     assert follow_chief([150, 500, 50], 1, 50, 1, 10) == 4
@@ -146,9 +173,7 @@ def test_tensorpack_shipped_distributed_code_does_not_run_on_tf2():
     release fixes this, this test fails: then re-check its gradient averaging before using it.)"""
     from tensorpack.graph_builder.distributed import DistributedParameterServerBuilder, DistributedReplicatedBuilder
     from tensorpack.tfutils.distributed import get_distributed_session_creator
-    cluster = parse_cluster(CLUSTER, 'worker:0', env={}).cluster
-    server = types.SimpleNamespace(server_def=tf.train.ServerDef(
-        cluster=cluster.as_cluster_def(), job_name='worker', task_index=0, protocol='grpc'), target='')
+    server = _fake_server()
     with pytest.raises(AttributeError, match='replica_device_setter'):
         DistributedParameterServerBuilder([0], server, 'cpu')
     with pytest.raises(AttributeError, match='replica_device_setter'):
