@@ -4,8 +4,11 @@ The cluster tests start, on 127.0.0.1 only, one parameter server and two workers
 subprocesses running tests/_dist_worker.py (the 'ps' and the 'replicated' cluster run at the
 same time: importing TensorFlow dominates their run time).  Each worker trains a tiny BKN model
 (groups of 2) with plain SGD for two steps on its own data, two towers per worker, and dumps
-what every step read and computed.  Every process runs in its own process group, is killed in
-the fixture's teardown whatever happens, and the whole cluster has a hard deadline.
+what every step read and computed.  The chiefs start from a checkpoint written here, restored
+3 s late (a worker that does not wait for the restore is caught), and worker 1 of the replicated
+cluster is told it resumes at epoch 2 (it must follow the chief's epoch 1).  Every process runs
+in its own process group, is killed in the fixture's teardown whatever happens, and the whole
+run has a hard deadline; each process's output is in <tmp>/cluster_<mode>*/<task>.log.
 """
 import importlib.util
 import json
