@@ -19,6 +19,8 @@ setup(
         "numpy>=1.24",
         "opencv-python-headless",
         "tabulate",
+        # TOML configs: tomllib is in the standard library from Python 3.11; the same parser on 3.10
+        "tomli>=1.1; python_version < '3.11'",
     ],
     extras_require={
         "test": ["pytest", "scipy"],

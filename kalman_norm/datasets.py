@@ -49,6 +49,7 @@ from typing import List
 import numpy as np
 
 import kalman_norm  # noqa: F401  (environment + NumPy aliases before tensorpack)
+from kalman_norm._process import exit_with_parent
 from tensorpack.dataflow import MultiProcessRunnerZMQ, RNGDataFlow
 from tensorpack.utils import logger
 
@@ -200,11 +201,14 @@ class _BatchFlow(RNGDataFlow):
         return (n + b - 1) // b
 
     def reset_state(self):
+        proc = mp.current_process()
+        in_worker = isinstance(proc, MultiProcessRunnerZMQ._Worker)
+        if in_worker:
+            exit_with_parent()
         if self.seed is None:
             super().reset_state()
             return
-        proc = mp.current_process()
-        worker = proc.idx if isinstance(proc, MultiProcessRunnerZMQ._Worker) else 0
+        worker = proc.idx if in_worker else 0
         state = np.random.SeedSequence([int(self.seed), int(worker)]).generate_state(1)[0]
         self.rng = np.random.RandomState(int(state))
 

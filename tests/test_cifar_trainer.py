@@ -14,11 +14,9 @@ import json
 import os
 import pickle
 import re
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 
 import numpy as np
 import pytest
@@ -31,10 +29,11 @@ from tensorpack.callbacks import Callback
 from tensorpack.input_source import TensorInput
 from tensorpack.tfutils.sesscreate import NewSessionCreator
 from tensorpack.tfutils.tower import get_current_tower_context
-from tensorpack.utils import logger
 
-from kalman_norm import cifar, datasets
-from kalman_norm.cifar import OptionError, parse_options
+from kalman_norm import cifar, trainer
+from kalman_norm import data as kdata
+from kalman_norm.cifar import parse_options
+from kalman_norm.options import OptionError
 from kalman_norm.layers import kn_diagnostics
 
 tf1 = tf.compat.v1
@@ -42,8 +41,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'scripts', 'cifar_resnet.py')
 CLASSES = ['c%d' % i for i in range(10)]
 # the smallest trainer runs: ResNet-8, 8 samples per step in groups of 2, 2 steps, no workers
+# (the generated data sets are tiny copies of CIFAR-10's layouts: --partial-data accepts their counts)
 TINY = ['-n', '1', '--batch', '2', '--total-batch', '8', '--steps-per-epoch', '2', '--epochs', '1',
-        '--num-proc', '0', '--seed', '1']
+        '--num-proc', '0', '--seed', '1', '--partial-data', 'true']
 RUN_TIMEOUT = 400
 
 
@@ -57,9 +57,9 @@ def _images(rng, n):
 def write_cifar10(root, n=4, seed=0):
     """The official 'cifar-10-batches-py/' layout with n images per batch file."""
     rng = np.random.RandomState(seed)
-    d = os.path.join(str(root), datasets.CIFAR10_DIR)
+    d = os.path.join(str(root), kdata.CIFAR10_DIR)
     os.makedirs(d)
-    for f in datasets.CIFAR10_FILES:
+    for f in kdata.CIFAR10_FILES:
         x = _images(rng, n)
         with open(os.path.join(d, f), 'wb') as fo:
             pickle.dump({b'batch_label': f.encode(), b'labels': rng.randint(0, 10, n).tolist(),
@@ -82,8 +82,8 @@ def write_folder(root, n_train, n_test=1, seed=0):
 def memory_dataset(n_train=16, n_test=6, seed=0):
     rng = np.random.RandomState(seed)
     tr, te = _images(rng, n_train), _images(rng, n_test)
-    mean, std = datasets._channel_stats(tr)
-    return datasets.Dataset(tr, rng.randint(0, 10, n_train).astype(np.int32), te,
+    mean, std = kdata.channel_stats(tr)
+    return kdata.Dataset(tr, rng.randint(0, 10, n_train).astype(np.int32), te,
                             rng.randint(0, 10, n_test).astype(np.int32), CLASSES, 10, mean, std,
                             'memory', 'cifar10')
 
@@ -122,47 +122,55 @@ def _norm_args(norm, model):
 @pytest.mark.parametrize('model,norm', [('resnet', n) for n in kalman_norm.NORMS]
                          + [('inception', 'gn')])
 def test_trainer_trains_every_norm_two_steps(model, norm, tmp_path):
-    o = parse_options(TINY + _norm_args(norm, model) + ['--logdir', str(tmp_path / 'log')])
-    if model == 'inception':
-        o['model_options'] = {'width': 0.125}
+    extra = ['--model-option', 'width=0.125'] if model == 'inception' else []
+    o = parse_options(TINY + _norm_args(norm, model) + extra + ['--logdir', str(tmp_path / 'log')])
     ds = memory_dataset()
-    logger.set_logger_dir(o['logdir'], action='k')
-    with tf.Graph().as_default() as g:
-        config = cifar.make_config(o, ds)
-        config.session_creator = no_grappler_session()
-        assert config.steps_per_epoch == 2 and config.max_epoch == 1
-        launch_train_with_config(config, cifar.make_trainer(o))
-        diagnostics = kn_diagnostics(g)
-    assert bool(diagnostics) == (norm in cifar.KALMAN_NORMS)
+    data = cifar.TASK.data_from(ds, o)
+    graphs = []
+    real_make_config = trainer.make_config
+
+    def spy(*args):
+        graphs.append(tf1.get_default_graph())
+        return real_make_config(*args)
+
+    trainer.make_config = spy
+    try:
+        line, code = trainer.train(cifar.TASK, o, data, session_creator=no_grappler_session())
+    finally:
+        trainer.make_config = real_make_config
+    assert code == 0
+    assert bool(kn_diagnostics(graphs[0])) == (norm in cifar.KALMAN_NORMS)
     with open(os.path.join(o['logdir'], 'stats.json')) as f:
         stats = json.load(f)
     assert [s['epoch_num'] for s in stats] == [1] and stats[-1]['global_step'] == 2
-    for _, tag in cifar.eval_tags(o):
+    for _, tag in trainer.eval_tags(o):
         assert 0.0 <= stats[-1][tag] <= 1.0, tag
     for key in ('xentropy', 'cost', 'train_error'):
         assert np.isfinite(stats[-1][key]), key
     assert tf.train.load_variable(os.path.join(o['logdir'], 'model-2'), 'global_step') == 2
-    line = cifar.summarize(o['logdir'], o)
     assert line.startswith('FINAL cifar10 %s norm=%s' % ('resnet8' if model == 'resnet' else 'inception',
                                                          norm))
+    with open(os.path.join(o['logdir'], 'status.json')) as f:
+        assert json.load(f)['status'] == 'finished'
 
 
 def test_make_config_eval_towers_and_step_count():
     ds = memory_dataset(n_train=40, n_test=10)
     o = parse_options(['--norm', 'bkn', '--batch', '2', '--total-batch', '8', '--eval-stats', 'both',
                        '--num-proc', '0', '--logdir', 'unused'])
-    assert cifar.eval_tags(o) == [('InferenceTowerMoving', 'val-error-moving'),
-                                  ('InferenceTowerBatch', 'val-error-batch')]
+    assert trainer.eval_tags(o) == [('InferenceTowerMoving', 'val-error-moving'),
+                                    ('InferenceTowerBatch', 'val-error-batch')]
     with tf.Graph().as_default():
-        assert cifar.make_config(o, ds).steps_per_epoch == 5
+        assert trainer.make_config(cifar.TASK, o, cifar.TASK.data_from(ds, o), None).steps_per_epoch == 5
     o = parse_options(['--norm', 'gn', '--total-batch', '8', '--gpus', '2', '--batch', '4',
                        '--num-proc', '0', '--logdir', 'unused'])
-    assert cifar.eval_tags(o) == [('InferenceTower', 'val-error')]
+    assert trainer.eval_tags(o) == [('InferenceTower', 'val-error')]
     with tf.Graph().as_default():
-        assert cifar.make_config(o, ds).steps_per_epoch == 5      # 10 tower batches / 2 towers
+        # 40 images, 8 per step over both towers
+        assert trainer.make_config(cifar.TASK, o, cifar.TASK.data_from(ds, o), None).steps_per_epoch == 5
     o = parse_options(['--total-batch', '64', '--batch', '64', '--num-proc', '0', '--logdir', 'unused'])
-    with pytest.raises(ValueError, match='larger than the training set'):
-        cifar.make_config(o, ds)
+    with pytest.raises(OptionError, match='smaller than one step of 64 samples'):
+        trainer.make_config(cifar.TASK, o, cifar.TASK.data_from(ds, o), None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,12 +218,13 @@ def test_replicated_towers_normalize_only_their_own_samples():
                   '%sconv0/W:0' % vs, '%sbn0/gamma:0' % vs, '%sbn0/beta:0' % vs]
     capture = _Capture(names)
     with tf.Graph().as_default():
-        trainer = cifar.make_trainer(o)
-        assert type(trainer).__name__ == 'SyncMultiGPUTrainerReplicated'
-        config = TrainConfig(model=cifar.CifarModel(o, mean, std, 10), data=TensorInput(tower_input),
+        tower_trainer = trainer.make_trainer(o)
+        assert type(tower_trainer).__name__ == 'SyncMultiGPUTrainerReplicated'
+        config = TrainConfig(model=trainer.ClassifierModel(cifar.TASK, o, mean, std, 10),
+                             data=TensorInput(tower_input),
                              callbacks=[capture], monitors=[], steps_per_epoch=2, max_epoch=1,
                              session_creator=no_grappler_session())
-        launch_train_with_config(config, trainer)
+        launch_train_with_config(config, tower_trainer)
     assert built == ['tower0', 'tower1']
     v = capture.values
     tower_mean = []
@@ -295,7 +304,7 @@ def test_script_image_folder_with_config(data_dirs, tmp_path):
     logdir = tmp_path / 'log'
     conf = tmp_path / 'run.toml'
     conf.write_text('norm = "bkn"\nbatch = 2\ntotal-batch = 8\ndepth = 1\nepochs = 1\n'
-                    'steps_per_epoch = 2\nnum_proc = 0\n[norm_options]\nprocess_noise = false\n')
+                    'steps_per_epoch = 2\nnum_proc = 0\npartial_data = true\n[norm_options]\nprocess_noise = false\n')
     r = run_script(['--config', str(conf), '--data', data_dirs['folder'], '--logdir', str(logdir)], tmp_path)
     check_finished_run(r, str(logdir), ['val-error-moving'])
     assert 'norm=bkn batch=2 gpus=1' in r.stdout
@@ -307,7 +316,7 @@ def test_script_image_folder_with_config(data_dirs, tmp_path):
 
 def test_script_tar_gz_two_towers(data_dirs, tmp_path):
     logdir = tmp_path / 'log'
-    r = run_script(['-n', '1', '--gpus', '2', '--total-batch', '16', '--batch', '2', '--norm', 'brn',
+    r = run_script(['--partial-data', 'true', '-n', '1', '--gpus', '2', '--total-batch', '16', '--batch', '2', '--norm', 'brn',
                     '--eval-stats', 'both', '--steps-per-epoch', '2', '--epochs', '1', '--num-proc', '0',
                     '--data', data_dirs['tgz'], '--logdir', str(logdir)], tmp_path)
     check_finished_run(r, str(logdir), ['val-error-moving', 'val-error-batch'])
@@ -316,93 +325,75 @@ def test_script_tar_gz_two_towers(data_dirs, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. killed, then resumed with the same command
-
-def _stats_epochs(path):
-    try:
-        with open(path) as f:
-            return [s['epoch_num'] for s in json.load(f)]
-    except (OSError, ValueError):
-        return []
-
-
-def test_script_killed_then_resumed(data_dirs, tmp_path):
-    logdir = tmp_path / 'log'
-    args = [SCRIPT, '-n', '1', '--norm', 'bn', '--batch', '2', '--total-batch', '8', '--epochs', '4',
-            '--steps-per-epoch', '2', '--num-proc', '0', '--seed', '1', '--data', data_dirs['pickles'],
-            '--logdir', str(logdir)]
-    out1 = open(tmp_path / 'run1.out', 'w')
-    p = subprocess.Popen([sys.executable] + args, cwd=str(tmp_path), env=_env(tmp_path), stdout=out1,
-                         stderr=subprocess.STDOUT, start_new_session=True)
-    killed = False
-    try:
-        deadline = time.time() + RUN_TIMEOUT
-        while time.time() < deadline and p.poll() is None:
-            epochs = _stats_epochs(logdir / 'stats.json')
-            if epochs and epochs[-1] >= 1 and os.path.exists(logdir / 'checkpoint'):
-                os.killpg(p.pid, signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.05)
-        p.wait(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        out1.close()
-    if not killed:      # finished before the poll saw epoch 1: still a valid run
-        assert p.returncode == 0, (tmp_path / 'run1.out').read_text()[-3000:]
-    epochs_before = _stats_epochs(logdir / 'stats.json')
-    print('first run killed: %s; epochs in stats.json: %s' % (killed, epochs_before))
-    assert epochs_before and epochs_before == list(range(1, epochs_before[-1] + 1))
-
-    r = subprocess.run([sys.executable] + args, cwd=str(tmp_path), env=_env(tmp_path),
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT)
-    assert r.returncode == 0, r.stdout[-4000:]
-    lines = output_lines(r.stdout)
-    assert lines[-1].startswith('FINAL cifar10 resnet8 norm=bn batch=2 gpus=1 epochs=4'), lines[-1]
-    if epochs_before[-1] < 4:
-        assert 'starting_epoch to %d' % (epochs_before[-1] + 1) in r.stdout, r.stdout[-4000:]
-        # the weights of the last recorded epoch (not a later checkpoint saved before the kill)
-        assert 'Restoring checkpoint from %s ' % (logdir / ('model-%d' % (2 * epochs_before[-1]))) in r.stdout, \
-            [line for line in r.stdout.splitlines() if 'checkpoint' in line or 'epoch' in line.lower()]
-    else:
-        assert 'nothing to do' in r.stdout
-    epochs = _stats_epochs(logdir / 'stats.json')
-    assert epochs == [1, 2, 3, 4], epochs          # continued, no epoch repeated or skipped
-    assert tf.train.load_variable(tf.train.latest_checkpoint(str(logdir)), 'global_step') == 4 * 2
-    with open(logdir / 'stats.json') as f:
-        assert [s['global_step'] for s in json.load(f)] == [2, 4, 6, 8]
-
+# 4. killed at any phase, then resumed with the same command (a real kill -9: tests/test_run_trust.py)
 
 def _train_in_process(o, ds):
-    logger.set_logger_dir(o['logdir'], action='k')
-    with tf.Graph().as_default():
-        config = cifar.make_config(o, ds)
-        config.session_creator = no_grappler_session()
-        if config.starting_epoch <= o['epochs']:
-            launch_train_with_config(config, cifar.make_trainer(o))
-    return config
+    return trainer.train(cifar.TASK, o, cifar.TASK.data_from(ds, o), session_creator=no_grappler_session())
 
 
-def test_resume_when_killed_between_checkpoint_and_stats(tmp_path):
-    """ModelSaver writes epoch 2's checkpoint before stats.json records epoch 2 (validation runs
-    in between): a run killed there must redo epoch 2 from epoch 1's checkpoint."""
+def _checkpoints(logdir):
+    return sorted(int(f[len('model-'):-len('.index')]) for f in os.listdir(logdir)
+                  if f.startswith('model-') and f.endswith('.index'))
+
+
+def _kill_state(logdir, phase):
+    """Turn a finished 3-epoch run (2 steps/epoch, every checkpoint kept) into what a kill at
+    ``phase`` leaves on disk."""
+    stats_path = os.path.join(logdir, 'stats.json')
+    stats = json.load(open(stats_path))
+
+    def drop_checkpoint(step):
+        for f in os.listdir(logdir):
+            if f.startswith('model-%d.' % step):
+                os.remove(os.path.join(logdir, f))
+
+    if phase == 'training':          # during epoch 3's steps: epochs 1-2 recorded and saved
+        drop_checkpoint(6)
+        stats = stats[:2]
+    elif phase == 'evaluation':      # epoch 3 saved, killed during its validation
+        stats = stats[:2]
+    elif phase == 'checkpointing':   # killed while writing epoch 3's checkpoint: data, no index
+        os.remove(os.path.join(logdir, 'model-6.index'))
+        stats = stats[:2]
+    elif phase == 'first-evaluation':  # epoch 1 saved, killed during its validation: no stats
+        drop_checkpoint(4)
+        drop_checkpoint(6)
+        stats = []
+    if stats:
+        json.dump(stats, open(stats_path, 'w'))
+    else:
+        os.remove(stats_path)
+    return 0 if phase == 'first-evaluation' else 2
+
+
+@pytest.fixture(scope='module')
+def finished_three_epochs(tmp_path_factory):
     ds = memory_dataset()
-    argv = TINY + ['--logdir', str(tmp_path / 'log')]
-    o = parse_options(argv + ['--epochs', '2'])
-    _train_in_process(o, ds)
-    stats_path = tmp_path / 'log' / 'stats.json'
-    stats = json.loads(stats_path.read_text())
-    assert [s['global_step'] for s in stats] == [2, 4]
-    stats_path.write_text(json.dumps(stats[:1]))          # killed before epoch 2 was recorded
-    o = parse_options(argv + ['--epochs', '3'])
-    config = _train_in_process(o, ds)
-    assert config.starting_epoch == 2
-    assert config.session_init.path == str(tmp_path / 'log' / 'model-2')
-    stats = json.loads(stats_path.read_text())
+    logdir = str(tmp_path_factory.mktemp('three') / 'log')
+    o = parse_options(TINY + ['--epochs', '3', '--keep-checkpoints', '5', '--logdir', logdir])
+    line, code = _train_in_process(o, ds)
+    assert code == 0 and _checkpoints(logdir) == [2, 4, 6]
+    return logdir, ds
+
+
+@pytest.mark.parametrize('phase', ['training', 'evaluation', 'checkpointing', 'first-evaluation'])
+def test_resume_after_a_kill_at_any_phase(phase, finished_three_epochs, tmp_path):
+    import shutil
+    source, ds = finished_three_epochs
+    logdir = str(tmp_path / 'log')
+    shutil.copytree(source, logdir)
+    recorded = _kill_state(logdir, phase)
+    assert trainer.last_complete_epoch(logdir, 2) == recorded
+    o = parse_options(TINY + ['--epochs', '3', '--keep-checkpoints', '5', '--logdir', logdir])
+    line, code = _train_in_process(o, ds)
+    assert code == 0 and 'epochs=3' in line
+    stats = json.load(open(os.path.join(logdir, 'stats.json')))
     assert [(s['epoch_num'], s['global_step']) for s in stats] == [(1, 2), (2, 4), (3, 6)]
-    assert tf.train.load_variable(str(tmp_path / 'log' / 'model-6'), 'global_step') == 6
+    assert tf.train.load_variable(os.path.join(logdir, 'model-6'), 'global_step') == 6
+    assert json.load(open(os.path.join(logdir, 'status.json')))['status'] == 'finished'
+    if recorded:
+        # the resumed epoch 3 started from epoch 2's weights: epoch 2's stats are the original ones
+        assert stats[1] == json.load(open(os.path.join(source, 'stats.json')))[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,8 +403,8 @@ BASE = ['--logdir', 'unused']
 BAD_OPTIONS = [
     (['--total-batch', '12', '--batch', '4', '--gpus', '2'], r'multiple of --batch × --gpus'),
     (['--total-batch', '9', '--batch', '1', '--gpus', '2'], 'not divisible by --gpus 2'),
-    (['--batch', '0'], '--batch must be a positive integer, got 0'),
-    (['--gpus', '0'], '--gpus must be a positive integer'),
+    (['--batch', '0'], '--batch must be >= 1, got 0'),
+    (['--gpus', '0'], '--gpus must be >= 1'),
     (['--norm', 'bn', '--gain', '0.5'], '--gain applies to bkn and gkn only'),
     (['--norm', 'bkn', '--gain', '1.5'], r'--gain must be in \[0, 1\]'),
     (['--norm', 'gkn', '--gain', 'abc'], "--gain must be a number in .*'abc'"),
@@ -422,7 +413,11 @@ BAD_OPTIONS = [
     (['--norm-option', 'unknown_key=1'], r"unknown_key do not apply to 'bn'"),
     (['--norm-option', 'process_noise'], "--norm-option takes KEY=VALUE, got 'process_noise'"),
     (['--norm', 'bkn', '--norm-option', 'gain=2'], r'gain must be in \[0, 1\], got 2'),
-    (['--epochs', '0'], '--epochs must be a positive integer'),
+    (['--epochs', '0'], '--epochs must be >= 1'),
+    (['--lr', 'inf'], '--lr must be a finite number'),
+    (['--momentum', '5'], '--momentum must be <= 0.999'),
+    (['--model-option', 'width=2'], '--model-option width does not apply to --model resnet'),
+    (['--model', 'inception', '--model-option', 'width=-1'], 'the model cannot be built'),
     (['--lr', '-1'], '--lr must be > 0'),
     (['--steps-per-epoch', '0'], '--steps-per-epoch must be >= 1'),
     (['--num-proc', '-1'], '--num-proc must be >= 0'),
@@ -496,8 +491,9 @@ def test_precedence_command_line_over_config_over_defaults(tmp_path):
     assert o['model_options'] == {'data_format': 'NHWC'}
     # defaults (the schedule's recipe where the default is None)
     assert (o['gpus'], o['momentum'], o['model'], o['eval_stats']) == (1, 0.9, 'resnet', 'moving')
-    assert (o['epochs'], o['weight_decay']) == (400, 1e-4)
-    assert o['logdir'] == os.path.join('train_log', 'cifar10-resnet14-bkn-b2-g1')
+    assert (o['epochs'], o['weight_decay'], o['nesterov']) == (400, 2e-4, False)
+    assert re.fullmatch(re.escape(os.path.join('train_log', 'cifar10-resnet14-bkn-b2-g1-')) + '[0-9a-f]{8}',
+                        o['logdir']), o['logdir']
     spec = o['spec']
     assert spec.kind == 'bkn' and spec.group_size == 2
     assert spec.options == {'gain': 'learned', 'process_noise': False, 'guard_ratio': 50,

@@ -15,6 +15,7 @@ import numpy as np
 
 import kalman_norm  # noqa: F401  (environment + NumPy aliases before tensorpack)
 from tensorpack.dataflow import MultiProcessRunnerZMQ, RNGDataFlow
+from .._process import exit_with_parent
 
 __all__ = ["PAD", "get_dataflow", "augment_batch"]
 
@@ -84,11 +85,14 @@ class _BatchFlow(RNGDataFlow):
         return (n + b - 1) // b
 
     def reset_state(self):
+        proc = mp.current_process()
+        in_worker = isinstance(proc, MultiProcessRunnerZMQ._Worker)
+        if in_worker:
+            exit_with_parent()      # no orphan when the trainer is killed with SIGKILL
         if self.seed is None:
             super().reset_state()
             return
-        proc = mp.current_process()
-        worker = proc.idx if isinstance(proc, MultiProcessRunnerZMQ._Worker) else 0
+        worker = proc.idx if in_worker else 0
         state = np.random.SeedSequence([int(self.seed), int(worker)]).generate_state(1)[0]
         self.rng = np.random.RandomState(int(state))
 

@@ -43,6 +43,7 @@ import kalman_norm  # noqa: F401  (environment + NumPy aliases before tensorpack
 from tensorpack.dataflow import BatchData, MapData, MultiProcessMapData, ProxyDataFlow, RNGDataFlow
 from tensorpack.utils import logger
 from tensorpack.utils.utils import get_tqdm
+from .._process import exit_with_parent
 
 from .common import DataError
 
@@ -359,6 +360,8 @@ class _DecodeAugment:
 
     def _get_rng(self):
         if self._rng is None or self._pid != os.getpid():
+            if self._pid is not None or mp.current_process().name != 'MainProcess':
+                exit_with_parent()  # a decoding worker: no orphan when the trainer is SIGKILLed
             identity = getattr(mp.current_process(), "identity", None)
             worker = int(identity) + 1 if isinstance(identity, bytes) else 0
             entropy = [int(self.seed), worker] if self.seed is not None else None

@@ -1,0 +1,197 @@
+"""A training run's log directory: one configuration, one live process, a status that tells the truth.
+
+Everything a later reader trusts (checkpoints, ``stats.json``, results) lives in the log
+directory, so the directory guards itself:
+
+* **Identity.**  ``options.json`` records the options that change what a run computes (see
+  :class:`kalman_norm.options.Opt`) when the directory is first used.  A later run with other
+  values for any of them is refused before it touches anything; the default directory name
+  carries a short hash of the identity, so different configurations never meet.
+* **One process.**  ``.lock`` is held with ``flock`` for the life of the training process; the
+  kernel releases it when the process dies, however it dies, so a killed run never blocks its
+  own resume, while a second live run on the same directory fails at once.
+* **Status.**  ``status.json`` says ``running``, ``finished`` or ``diverged`` (with the step and
+  loss), written atomically; a diverged run is never reported as a result.
+
+Resuming from any kill point is :func:`last_complete_epoch`: the last epoch that is both recorded
+in ``stats.json`` and has its checkpoint.
+"""
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+
+from .options import OptionError
+
+__all__ = ['RunDir', 'identity_hash', 'atomic_write_json', 'last_complete_epoch', 'RunDiverged']
+
+OPTIONS_FILE = 'options.json'
+STATUS_FILE = 'status.json'
+LOCK_FILE = '.lock'
+
+
+class RunDiverged(RuntimeError):
+    """Training produced a non-finite loss; the run was stopped and recorded as diverged."""
+
+    def __init__(self, step, epoch, loss, hint):
+        self.step, self.epoch, self.loss = step, epoch, loss
+        super(RunDiverged, self).__init__(
+            'training diverged: the loss is %s at global step %d (epoch %d). %s'
+            % (loss, step, epoch, hint))
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def atomic_write_json(path, obj):
+    """Write JSON to a temporary file next to ``path`` and rename it over: a kill leaves either
+    the old file or the new one, never half of one."""
+    tmp = '%s.tmp.%d' % (path, os.getpid())
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _canonical(value):
+    """JSON-able, order-independent form of an option value (tuples -> lists, floats exact)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def identity_hash(identity):
+    text = json.dumps(_canonical(identity), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise OptionError('%s is not valid JSON (%s); this log directory is damaged — move it away or '
+                          'pass another --logdir' % (path, e))
+
+
+def last_complete_epoch(logdir, steps_per_epoch):
+    """The last epoch whose statistics are in stats.json AND whose checkpoint exists, or 0.
+
+    tensorpack saves an epoch's checkpoint before the validation that completes its stats, so a
+    kill in between leaves a checkpoint one epoch ahead of stats.json; a kill during the first
+    epoch's validation leaves a checkpoint and no stats at all.  Both resume from the last
+    epoch that has both (or from scratch)."""
+    stats = _read_json(os.path.join(logdir, 'stats.json')) or []
+    recorded = sorted({int(s['epoch_num']) for s in stats if 'epoch_num' in s})
+    for epoch in reversed(recorded):
+        prefix = os.path.join(logdir, 'model-%d' % (epoch * steps_per_epoch))
+        if os.path.exists(prefix + '.index') and any(
+                f.startswith('model-%d.data-' % (epoch * steps_per_epoch)) for f in os.listdir(logdir)):
+            return epoch
+    return 0
+
+
+class RunDir(object):
+    """The log directory of one run configuration.
+
+    Args:
+        path: the directory.
+        identity: dict of the options that define what the run computes.
+        record: dict written to options.json beside the identity (every resolved option).
+    """
+
+    def __init__(self, path, identity, record):
+        self.path = path
+        self.identity = _canonical(identity)
+        self.record = _canonical(record)
+        self._lock_fd = None
+
+    # -- checks that change nothing -------------------------------------------------------------
+    @staticmethod
+    def check_path(path):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise OptionError('--logdir %s exists and is not a directory' % path)
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise OptionError('--logdir %s: cannot create it under %s' % (path, parent))
+
+    def recorded_options(self):
+        return _read_json(os.path.join(self.path, OPTIONS_FILE))
+
+    def status(self):
+        return _read_json(os.path.join(self.path, STATUS_FILE)) or {}
+
+    def check_identity(self):
+        """OptionError if the directory holds a run of another configuration (or of none we know)."""
+        self.check_path(self.path)
+        if not os.path.isdir(self.path) or not os.listdir(self.path):
+            return
+        recorded = self.recorded_options()
+        if recorded is None or 'identity' not in recorded:
+            entries = [f for f in os.listdir(self.path) if f != LOCK_FILE]
+            if entries:
+                raise OptionError('--logdir %s already holds files (%s) but no %s from this trainer; '
+                                  'pass an empty or new --logdir' % (self.path, ', '.join(sorted(entries)[:4]),
+                                                                     OPTIONS_FILE))
+            return
+        old = recorded['identity']
+        diff = sorted(k for k in set(old) | set(self.identity) if old.get(k, '<unset>') != self.identity.get(k, '<unset>'))
+        if diff:
+            raise OptionError('--logdir %s belongs to another configuration: %s; use another --logdir (or '
+                              'leave it out to get one named after the options)'
+                              % (self.path, '; '.join('%s was %r, now %r' % (k, old.get(k, '<unset>'),
+                                                                               self.identity.get(k, '<unset>'))
+                                                     for k in diff)))
+        status = self.status()
+        if status.get('status') == 'diverged':
+            raise OptionError('--logdir %s holds a run that diverged (%s); it is kept as evidence. '
+                              'Change the options or pass another --logdir' % (self.path, status.get('message')))
+
+    # -- taking the directory -------------------------------------------------------------------
+    def claim(self):
+        """Create the directory, take its lock (OptionError if a live process holds it) and
+        record the options on first use.  Call only after everything else was checked."""
+        self.check_identity()
+        os.makedirs(self.path, exist_ok=True)
+        fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 200).decode(errors='replace').strip()
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise OptionError('--logdir %s is in use by another training process (%s); wait for it '
+                                  'or pass another --logdir' % (self.path, holder or 'pid unknown'))
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, ('pid %d since %s' % (os.getpid(), _now())).encode())
+        self._lock_fd = fd
+        self.check_identity()          # again, now that no other process can write here
+        if self.recorded_options() is None:
+            # flat: every resolved option at the top level (what tools read), plus the identity
+            atomic_write_json(os.path.join(self.path, OPTIONS_FILE),
+                              dict(self.record, identity=self.identity, created=_now()))
+        return self
+
+    def release(self):
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def set_status(self, status, **fields):
+        fields.update(status=status, updated=_now())
+        atomic_write_json(os.path.join(self.path, STATUS_FILE), fields)
+
+
+def default_logdir(root, name_parts, identity):
+    """``root/<readable name>-<identity hash>``: readable, and unique per configuration."""
+    name = re.sub(r'[^A-Za-z0-9_.+-]', '_', '-'.join(str(p) for p in name_parts))
+    return os.path.join(root, '%s-%s' % (name, identity_hash(identity)))

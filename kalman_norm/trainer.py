@@ -1,0 +1,589 @@
+"""The trainer core shared by the CIFAR and ImageNet trainers.
+
+A trainer is a :class:`Task` (its data, models, schedules and extra options) run by
+:func:`main`.  The core owns what every run needs and must get right:
+
+* options: the shared ones (:data:`COMMON_OPTIONS`), command line over TOML over defaults, typed
+  and range-checked, then the cross-option checks, then a dry build of the model graph, all
+  before the data is loaded or the log directory touched (:func:`prepare`);
+* the log directory (:mod:`kalman_norm.rundir`): one configuration per directory, a lock, a
+  status file, resume from the last complete epoch after a kill at any point;
+* the tensorpack model (:class:`ClassifierModel`): normalised images -> the task's model under
+  the chosen norm -> cross-entropy + L2 on conv/FC kernels; inference towers with moving
+  averages (option A) and/or online batch statistics (option B);
+* data-parallel towers on one machine (each tower normalises only its own samples) or on a
+  cluster (:mod:`kalman_norm.distributed`);
+* divergence: the first non-finite loss stops the run, the status says so, and the summary
+  never reports it as a result.
+"""
+import json
+import math
+import os
+import sys
+import time
+from collections import namedtuple
+
+import kalman_norm  # noqa: F401  (sets up the TF/tensorpack stack first)
+import numpy as np
+import tensorflow as tf
+from tensorpack import ModelDesc, QueueInput, SimpleTrainer, SyncMultiGPUTrainerReplicated, TrainConfig
+from tensorpack import launch_train_with_config
+from tensorpack.callbacks import (Callback, ClassificationError, EstimatedTimeLeft, InferenceRunner,
+                                  ModelSaver, ScheduledHyperParamSetter)
+from tensorpack.tfutils.common import get_default_sess_config, get_global_step_var
+from tensorpack.tfutils.sessinit import SaverRestore
+from tensorpack.tfutils.summary import add_moving_summary
+from tensorpack.tfutils.tower import TowerContext, get_current_tower_context
+from tensorpack.utils import logger
+
+from .distributed import ClusterError, horovod_trainer, make_distributed_trainer, parse_cluster, \
+    run_parameter_server
+from .layers.kalman import _validate_gain as validate_gain
+from .options import Opt, OptionError, resolve
+from .rundir import RunDir, RunDiverged, atomic_write_json, default_logdir, last_complete_epoch
+from .spec import NORMS, NormSpec
+from .transition import METHODS as PRIOR_METHODS
+
+__all__ = ['Task', 'Data', 'COMMON_OPTIONS', 'ClassifierModel', 'prepare', 'train', 'main',
+           'EMA_NORMS', 'KALMAN_NORMS', 'OptionError', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED']
+
+EVAL_MODES = ('moving', 'batch', 'both')
+#: norms with moving averages, for which --eval-stats chooses between options A and B
+EMA_NORMS = ('bn', 'bkn', 'brn')
+KALMAN_NORMS = ('bkn', 'gkn')
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+COMMON_OPTIONS = [
+    Opt('norm', 'bn', 'choice', 'normalization', choices=NORMS),
+    Opt('batch', 128, 'int', 'samples per normalization (per GPU in the paper\'s sense)', minimum=1),
+    Opt('total_batch', 128, 'int', 'samples per SGD step over all towers (and all workers of a cluster)',
+        minimum=1),
+    Opt('gpus', 1, 'int', 'data-parallel towers on this machine, each normalizing its own samples', minimum=1),
+    Opt('epochs', None, 'int', 'epochs (default: the schedule\'s)', minimum=1, nullable=True),
+    Opt('steps_per_epoch', None, 'int', 'cap on steps per epoch (smoke runs)', minimum=1, nullable=True),
+    Opt('lr', None, 'float', 'peak learning rate (default: the schedule\'s)', above=0.0, nullable=True),
+    Opt('weight_decay', None, 'float', 'L2 on conv/FC kernels (default: the schedule\'s)', minimum=0.0,
+        nullable=True),
+    Opt('momentum', 0.9, 'float', 'SGD momentum', minimum=0.0, maximum=0.999),
+    Opt('nesterov', None, 'bool', 'Nesterov momentum (default: the schedule\'s)', nullable=True),
+    Opt('gain', 'auto', 'any', "KN gain q: a number in [0, 1], 'learned', or 'auto' (0.1 if batch <= 16 "
+        "else 0.95, the authors' values)"),
+    Opt('prior', 'analytic', 'choice', 'KN prior: analytic, or mc (the paper\'s Monte-Carlo)',
+        choices=PRIOR_METHODS),
+    Opt('prior_samples', 1, 'int', 'sampled feature maps per group for --prior mc', minimum=1),
+    Opt('eval_stats', 'moving', 'choice', 'inference statistics: moving (A), batch (B) or both',
+        choices=EVAL_MODES),
+    Opt('seed', None, 'int', 'random seed (weights, data order, augmentation)', nullable=True, minimum=0),
+    Opt('norm_options', {}, 'table', 'a norm layer option (TOML value), e.g. process_noise=false'),
+    Opt('model_options', {}, 'table', 'a model option (TOML value)'),
+    Opt('logdir', None, 'path', 'log directory; default train_log/<name>-<hash of the options>; '
+        'a run resumes in its own directory', nullable=True, identity=False),
+    Opt('keep_checkpoints', 2, 'int', 'checkpoints kept (the last N epochs)', minimum=1, identity=False),
+    Opt('num_proc', 1, 'int', 'data worker processes (0: in the training process)', minimum=0,
+        identity=False),
+    Opt('trainer', 'auto', 'choice', "auto: replicated towers on one machine, parameter servers on a "
+        "cluster; replicated: replicated variables on a cluster too; horovod: Horovod's allreduce "
+        "(if horovod.tensorflow imports)", choices=('auto', 'replicated', 'horovod')),
+    Opt('cluster', [], 'list', 'a cluster job, JOB=HOST:PORT,... (ps=..., worker=...); or TF_CONFIG',
+        identity=False),
+    Opt('task', None, 'str', "this process's task in the cluster, JOB:INDEX (ps:0, worker:1)",
+        nullable=True, identity=False),
+]
+
+#: What a task's data loader returns.  ``train`` is a batched dataflow of one tower's batches;
+#: ``evals`` maps an eval tag suffix ('' for one set) to a function (batch size, remainder) -> dataflow.
+Data = namedtuple('Data', ['train', 'train_size', 'test', 'num_classes', 'channel_mean', 'channel_std',
+                           'image_shape', 'description'])
+
+
+def auto_gain(batch):
+    """The authors' fixed gains: q = 0.1 for micro-batches, 0.95 for large batches (batch 128)."""
+    return 0.1 if batch <= 16 else 0.95
+
+
+class Task(object):
+    """What one trainer adds to the core.  Subclasses set the attributes and implement the hooks."""
+    prog = None
+    description = None
+    options = []                 # task-specific Opt list (after COMMON_OPTIONS)
+    default_log_root = 'train_log'
+
+    def all_options(self):
+        return COMMON_OPTIONS + list(self.options)
+
+    def check(self, o):
+        """Task-specific checks and defaults (schedule values); raise OptionError."""
+
+    def name_parts(self, o):
+        """Readable parts of the default log directory name."""
+        raise NotImplementedError
+
+    def model_name(self, o):
+        raise NotImplementedError
+
+    def load_data(self, o):
+        """-> :class:`Data`; raises the task's data error (a ValueError subclass) with one line."""
+        raise NotImplementedError
+
+    def data_errors(self):
+        """Exception types that mean "bad data input" (exit code 2, one line)."""
+        return ()
+
+    def build_logits(self, o, image, num_classes):
+        raise NotImplementedError
+
+    def lr_schedule(self, o):
+        """([(epoch, lr)], interp) for tensorpack's ScheduledHyperParamSetter."""
+        raise NotImplementedError
+
+    def image_shape(self, o):
+        raise NotImplementedError
+
+    def dataset_name(self, o):
+        raise NotImplementedError
+
+    def eval_batch_size(self, o):
+        """Test batch size: about ``target`` images, a multiple of --batch so that test batches
+        normalised with batch statistics (option B) hold whole groups."""
+        return eval_batch_size(o)
+
+
+# ----------------------------------------------------------------------------------------------
+# options
+
+def parse_options(task, argv=None):
+    """Resolve and check every option of ``task``; nothing on disk is touched."""
+    o = resolve(argv, task.all_options(), task.prog, task.description)
+    try:
+        cluster = parse_cluster(o['cluster'], o['task'])
+    except ClusterError as e:
+        raise OptionError(str(e))
+    o['job'] = cluster.job if cluster else None
+    o['workers'] = cluster.cluster.num_tasks('worker') if cluster else 1
+    o['worker_index'] = cluster.index if cluster and cluster.job == 'worker' else 0
+    check_common(o)
+    task.check(o)
+    finish_gain_and_spec(o)
+    o['identity'] = identity(task, o)
+    if o['logdir'] is None:
+        o['logdir'] = default_logdir(task.default_log_root, task.name_parts(o), o['identity'])
+    if o['worker_index'] > 0:
+        # the chief (worker 0) owns the run's directory; the others log beside it
+        o['logdir'] = '%s.worker%d' % (o['logdir'].rstrip('/'), o['worker_index'])
+    RunDir.check_path(o['logdir'])
+    return o
+
+
+def check_common(o):
+    def need(cond, msg):
+        if not cond:
+            raise OptionError(msg)
+
+    devices = o['gpus'] * o['workers']
+    need(o['total_batch'] % devices == 0,
+         '--total-batch %d is not divisible by --gpus %d' % (o['total_batch'], o['gpus']) if o['workers'] == 1 else
+         '--total-batch %d is not divisible by %d workers x --gpus %d' % (o['total_batch'], o['workers'], o['gpus']))
+    tower = o['tower_batch'] = o['total_batch'] // devices
+    need(tower % o['batch'] == 0,
+         '--total-batch (%d) must be a multiple of --batch × --gpus (%d × %d): each tower holds %d '
+         'samples, which must split into whole normalization groups of %d'
+         % (o['total_batch'], o['batch'], o['gpus'], tower, o['batch']))
+    need(o['momentum'] < 1.0, '--momentum must be < 1, got %r' % o['momentum'])
+    if o['norm'] not in KALMAN_NORMS:
+        need(o['gain'] in ('auto', None), '--gain applies to bkn and gkn only (got --norm %s)' % o['norm'])
+        need(o['prior'] == 'analytic' and o['prior_samples'] == 1,
+             '--prior/--prior-samples apply to bkn and gkn only (got --norm %s)' % o['norm'])
+    if o['norm'] not in EMA_NORMS:
+        need(o['eval_stats'] == 'moving', '--eval-stats applies to norms with moving averages (%s); %s has '
+             'none' % (', '.join(EMA_NORMS), o['norm']))
+
+
+def finish_gain_and_spec(o):
+    gain = o['gain']
+    if o['norm'] in KALMAN_NORMS:
+        if gain == 'auto':
+            gain = auto_gain(o['batch'])
+        elif gain != 'learned':
+            if isinstance(gain, bool) or not isinstance(gain, (int, float)):
+                try:
+                    gain = float(gain)
+                except (TypeError, ValueError):
+                    raise OptionError("--gain must be a number in [0, 1], 'learned' or 'auto', got %r" % (gain,))
+            gain = float(gain)
+            if not 0.0 <= gain <= 1.0:
+                raise OptionError('--gain must be in [0, 1], got %r' % gain)
+    o['gain'] = gain
+    o['spec'] = make_spec(o)
+
+
+def make_spec(o):
+    """The NormSpec of the options (layer options validated by the layer's own checks)."""
+    options = dict(o['norm_options'])
+    kw = {}
+    if o['norm'] in KALMAN_NORMS:
+        options.setdefault('gain', o['gain'])
+        kw = dict(prior_method=o['prior'], prior_samples=o['prior_samples'])
+        try:
+            validate_gain(options['gain'], options.get('gain_init', 0.1))
+        except ValueError as e:
+            raise OptionError(str(e))
+    if o['norm'] == 'brn':
+        # Ioffe's warm-up (5k -> 40k/25k steps) is for ImageNet-length runs; scale it to this run.
+        steps = o['epochs'] * o['steps_per_epoch_estimate']
+        options.setdefault('warmup', (int(steps * 0.05), int(steps * 0.4), int(steps * 0.25)))
+    try:
+        return NormSpec(o['norm'], group_size=o['batch'], **kw, **options)
+    except (TypeError, ValueError) as e:
+        raise OptionError('--norm-option: %s' % e)
+
+
+#: options that do not change what a run computes (where things are, how fast they load)
+NOT_IDENTITY = ('identity', 'spec', 'steps_per_epoch_estimate', 'job', 'worker_index')
+
+
+def identity(task, o):
+    keys = [opt.key for opt in task.all_options() if opt.identity]
+    ident = {k: o[k] for k in keys}
+    ident['program'] = task.prog
+    ident['workers'] = o['workers']          # the same total batch over more devices is another run
+    return ident
+
+
+def recorded_options(o):
+    return {k: (repr(v) if k == 'spec' else v) for k, v in o.items() if k != 'identity'}
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+
+class ClassifierModel(ModelDesc):
+    """Normalised uint8 images -> the task's model under the chosen norm -> cross-entropy + L2.
+
+    Inference towers whose name contains ``Batch`` evaluate with online batch statistics
+    (option B); the others with moving averages (option A).
+    """
+
+    def __init__(self, task, options, channel_mean, channel_std, num_classes):
+        self.task, self.o = task, options
+        self.mean = np.asarray(channel_mean, np.float32)
+        self.std = np.asarray(channel_std, np.float32)
+        self.num_classes = num_classes
+
+    def inputs(self):
+        return [tf.TensorSpec([None] + list(self.task.image_shape(self.o)), tf.uint8, 'input'),
+                tf.TensorSpec([None], tf.int32, 'label')]
+
+    def build_graph(self, image, label):
+        ctx = get_current_tower_context()
+        # The global step at the root scope: otherwise the first layer asking for it (BRN's
+        # warm-up) would create it inside its own variable scope.
+        get_global_step_var()
+        image = (tf.cast(image, tf.float32) - self.mean) / self.std
+        spec = self.o['spec']
+        if not ctx.is_training and self.o['norm'] in EMA_NORMS:
+            spec = spec.replace(eval_stats='batch' if 'Batch' in ctx.name else 'moving')
+        with spec:
+            logits = self.task.build_logits(self.o, image, self.num_classes)
+        xent = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=label, logits=logits),
+                              name='xentropy')
+        wrong = tf.cast(tf.logical_not(tf.compat.v1.nn.in_top_k(logits, label, 1)), tf.float32, name='wrong')
+        if not ctx.is_training:
+            return xent
+        # L2 on conv and FC kernels only (not on gamma/beta, KN's q and R), as the authors do
+        kernels = [v for v in tf.compat.v1.trainable_variables()
+                   if v.op.name.endswith('/W') and (not ctx.vs_name or v.op.name.startswith(ctx.vs_name))]
+        wd = tf.multiply(self.o['weight_decay'], tf.add_n([tf.nn.l2_loss(v) for v in kernels]),
+                         name='weight_decay')
+        train_error = tf.reduce_mean(wrong, name='train_error')
+        cost = tf.add(xent, wd, name='cost')
+        add_moving_summary(xent, wd, cost, train_error)
+        return cost
+
+    def optimizer(self):
+        lr = tf.compat.v1.get_variable('learning_rate', initializer=float(self.o['lr']), trainable=False)
+        tf.compat.v1.summary.scalar('lr', lr)
+        return tf.compat.v1.train.MomentumOptimizer(lr, self.o['momentum'], use_nesterov=self.o['nesterov'])
+
+
+def check_graph(task, o, num_classes):
+    """Build one training tower on placeholders in a throw-away graph: any model or norm option
+    that cannot work fails here, in a second, before the data loads."""
+    tower = o['tower_batch']
+    model = ClassifierModel(task, o, np.zeros(3), np.ones(3), num_classes)
+    graph = tf.Graph()
+    try:
+        with graph.as_default(), TowerContext('', is_training=True):
+            image = tf.compat.v1.placeholder(tf.uint8, [tower] + list(task.image_shape(o)))
+            label = tf.compat.v1.placeholder(tf.int32, [tower])
+            model.build_graph(image, label)
+    except (TypeError, ValueError, KeyError, AssertionError, tf.errors.OpError) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OptionError('the model cannot be built with these options (%s, --model-option %s, '
+                          '--norm-option %s): %s' % (task.model_name(o), o['model_options'],
+                                                     o['norm_options'], text))
+
+
+# ----------------------------------------------------------------------------------------------
+# callbacks
+
+class StopOnDivergence(Callback):
+    """Stops training at the first non-finite loss (checked every step: one scalar fetch).
+
+    The step that produced it has already applied its update, so the weights in memory are
+    unusable; no checkpoint is written after this point, and the last one on disk is the end of
+    the last complete epoch."""
+
+    HINT = ('Usual causes: a learning rate too high for this batch or norm (try --lr 10x smaller), '
+            'an epsilon <= 0 or other bad --norm-option, or corrupt input data.')
+
+    def _setup_graph(self):
+        self._cost = self.get_tensors_maybe_in_tower(['cost:0'])[0]
+
+    def _before_run(self, _):
+        return [self._cost]
+
+    def _after_run(self, _, run_values):
+        if not run_values.results:          # a run that did not fetch the loss
+            return
+        loss = float(run_values.results[0])
+        if not math.isfinite(loss):
+            raise RunDiverged(self.global_step + 1, self.epoch_num, loss, self.HINT)
+
+
+class WallClock(Callback):
+    """Minutes since this process started training, per epoch (for time budgets)."""
+
+    def _before_train(self):
+        self._start = time.time()
+
+    def _trigger_epoch(self):
+        self.trainer.monitors.put_scalar('wall_minutes', (time.time() - self._start) / 60.0)
+
+
+class EpochStatus(Callback):
+    """Keeps status.json's epoch count current (the run is 'running' until it ends)."""
+
+    def __init__(self, rundir, total_epochs):
+        self.rundir, self.total = rundir, total_epochs
+
+    def _trigger_epoch(self):
+        self.rundir.set_status('running', epochs_done=self.epoch_num, epochs=self.total, pid=os.getpid())
+
+
+def eval_tags(o):
+    """[(inference tower name, summary name)] for the --eval-stats choice."""
+    if o['norm'] not in EMA_NORMS:
+        return [('InferenceTower', 'val-error')]
+    modes = ['moving', 'batch'] if o['eval_stats'] == 'both' else [o['eval_stats']]
+    return [('InferenceTower' + m.capitalize(), 'val-error-' + m) for m in modes]
+
+
+def eval_batch_size(o, target=256):
+    """About ``target`` (fewer, larger batches are faster on CPU), a multiple of --batch so that
+    test batches normalised with batch statistics hold whole groups."""
+    g = o['batch']
+    return g * max(1, -(-target // g))
+
+
+# ----------------------------------------------------------------------------------------------
+# devices and sessions
+
+def gpu_count():
+    return len(tf.config.list_physical_devices('GPU'))
+
+
+def session_config():
+    """tensorpack's default session config, but with every core for each op on CPU-only machines:
+    tensorpack sets intra_op_parallelism_threads=1, right when the GPU does the math, and a 2x to
+    3x slowdown of convolutions when the CPU does."""
+    conf = get_default_sess_config()
+    if not gpu_count():
+        conf.intra_op_parallelism_threads = 0
+    return conf
+
+
+def describe_devices(o):
+    n = gpu_count()
+    if n == 0:
+        # TensorFlow's start-up lines about missing CUDA drivers / cuInit are expected then
+        where = 'no GPU found: %s on the CPU' % (
+            '1 tower' if o['gpus'] == 1 else '%d towers (simulated devices, soft placement)' % o['gpus'])
+    elif n < o['gpus']:
+        where = '%d GPU(s) found for %d towers: towers beyond them run on the CPU' % (n, o['gpus'])
+    else:
+        where = '%d tower(s) on GPUs 0-%d of %d' % (o['gpus'], o['gpus'] - 1, n)
+    if o['workers'] > 1:
+        where += '; worker %d of %d in the cluster' % (o['worker_index'], o['workers'])
+    return 'Devices: %s; each tower normalizes its own %d samples in groups of %d' % (
+        where, o['tower_batch'], o['batch'])
+
+
+def make_trainer(o):
+    if o['trainer'] == 'horovod':
+        return horovod_trainer()
+    if o['job'] is not None:
+        cluster = parse_cluster(o['cluster'], o['task'])
+        return make_distributed_trainer(cluster.cluster, cluster.job, cluster.index, gpus_per_worker=o['gpus'],
+                                        mode='replicated' if o['trainer'] == 'replicated' else 'ps')
+    if o['gpus'] == 1:
+        return SimpleTrainer()
+    # Replicated data parallelism: one tower per device, gradients averaged, each tower
+    # normalising only its own batch.  Without GPUs the towers run on the CPU (soft placement).
+    return SyncMultiGPUTrainerReplicated(o['gpus'], average=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+
+def make_config(task, o, data, rundir):
+    """The TrainConfig, resuming from the last complete epoch of the log directory."""
+    steps = data.train_size // o['total_batch']
+    if o['steps_per_epoch']:
+        steps = min(steps, o['steps_per_epoch'])
+    if steps < 1:
+        raise OptionError('The training set (%d images) is smaller than one step of %d samples'
+                          % (data.train_size, o['total_batch']))
+    eval_bs = task.eval_batch_size(o)
+    callbacks = [ModelSaver(max_to_keep=o['keep_checkpoints'], keep_checkpoint_every_n_hours=1e6),
+                 StopOnDivergence(), WallClock(), EstimatedTimeLeft()]
+    points, interp = task.lr_schedule(o)
+    callbacks.append(ScheduledHyperParamSetter('learning_rate', points, interp=interp))
+    for tower_name, tag in eval_tags(o):
+        # With batch statistics a partial last batch must still be whole groups; else drop it.
+        callbacks.append(InferenceRunner(data.test(eval_bs, o['batch'] if tag.endswith('batch') else 1),
+                                         [ClassificationError('wrong', tag)], tower_name=tower_name))
+    if rundir is not None:
+        callbacks.append(EpochStatus(rundir, o['epochs']))
+    model = ClassifierModel(task, o, data.channel_mean, data.channel_std, data.num_classes)
+    done = last_complete_epoch(o['logdir'], steps)
+    _truncate_stats(o['logdir'], done)
+    kwargs = {}
+    if done:
+        kwargs['session_init'] = SaverRestore(os.path.join(o['logdir'], 'model-%d' % (done * steps)))
+        logger.info('Resuming after epoch %d (the last epoch with both statistics and a checkpoint)' % done)
+    config = TrainConfig(model=model, data=QueueInput(data.train), callbacks=callbacks, steps_per_epoch=steps,
+                         max_epoch=o['epochs'], starting_epoch=done + 1, session_config=session_config(),
+                         **kwargs)
+    return config
+
+
+def _truncate_stats(logdir, epoch):
+    """stats.json keeps exactly the epochs the resumed run will not redo."""
+    path = os.path.join(logdir, 'stats.json')
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        stats = json.load(f)
+    kept = [s for s in stats if s.get('epoch_num', 0) <= epoch]
+    if len(kept) != len(stats):
+        logger.warn('stats.json has epochs after the last checkpointed epoch %d; they will be redone' % epoch)
+        atomic_write_json(path, kept) if kept else os.remove(path)
+
+
+def summarize(task, o, status=None):
+    """One line: best and last validation error per eval option, or the divergence."""
+    path = os.path.join(o['logdir'], 'stats.json')
+    stats = []
+    if os.path.exists(path):
+        with open(path) as f:
+            stats = json.load(f)
+    head = '%s %s norm=%s batch=%d gpus=%d epochs=%d' % (
+        task.dataset_name(o), task.model_name(o), o['norm'], o['batch'], o['gpus'],
+        stats[-1]['epoch_num'] if stats else 0)
+    if status and status.get('status') == 'diverged':
+        return 'DIVERGED %s: %s (no result: the run is recorded as diverged)' % (head, status.get('message'))
+    parts = []
+    for _, tag in eval_tags(o):
+        series = [(s['epoch_num'], s[tag]) for s in stats if tag in s]
+        if not series:
+            continue
+        best = min(series, key=lambda t: t[1])
+        parts.append('%s best %.2f%% (epoch %d) last %.2f%%' % (tag, 100 * best[1], best[0], 100 * series[-1][1]))
+    return 'FINAL %s: %s' % (head, '; '.join(parts) if parts else 'no validation yet')
+
+
+def describe_options(o):
+    keys = sorted(k for k in o if k not in ('spec', 'identity', 'norm_options', 'model_options'))
+    return ', '.join('%s=%s' % (k, o[k]) for k in keys) + ', norm_options=%s, model_options=%s, spec=%r' % (
+        o['norm_options'], o['model_options'], o['spec'])
+
+
+def prepare(task, argv=None):
+    """Options checked, graph dry-built, data loaded, log directory identity checked: everything
+    that can fail on bad input, before anything is written.  -> (options, data)."""
+    o = parse_options(task, argv)
+    if o['job'] == 'ps':
+        # a parameter server holds variables and serves them: no data, no log directory
+        cluster = parse_cluster(o['cluster'], o['task'])
+        run_parameter_server(cluster.cluster, cluster.index)
+    rundir = RunDir(o['logdir'], o['identity'], recorded_options(o))
+    rundir.check_identity()
+    check_graph(task, o, num_classes=task.num_classes(o))
+    data = task.load_data(o)
+    steps = min(data.train_size // o['total_batch'], o['steps_per_epoch'] or data.train_size)
+    if steps != o['steps_per_epoch_estimate']:
+        # schedules inside layers (BRN's warm-up) are in steps: size them to the real data
+        o['steps_per_epoch_estimate'] = steps
+        o['spec'] = make_spec(o)
+    return o, data
+
+
+def train(task, o, data, session_creator=None):
+    """Train with prepared options and data; returns (summary line, exit code).
+    ``session_creator`` replaces tensorpack's (tests use one without grappler's slow rewrites)."""
+    rundir = RunDir(o['logdir'], o['identity'], recorded_options(o)).claim()
+    try:
+        status = rundir.status()
+        logger.set_logger_dir(o['logdir'], action='k')
+        logger.info('Options: ' + describe_options(o))
+        logger.info(describe_devices(o))
+        if not gpu_count():
+            logger.info('CPU-only machine: the CUDA messages TensorFlow printed at start-up ("Could not find '
+                        'cuda drivers", "failed call to cuInit") are expected and harmless')
+        logger.info('Data: ' + data.description)
+        if o['seed'] is not None:
+            np.random.seed(o['seed'])
+            tf.compat.v1.set_random_seed(o['seed'])
+        steps_done = None
+        with tf.Graph().as_default():
+            config = make_config(task, o, data, rundir)
+            if session_creator is not None:
+                config.session_creator = session_creator
+            steps_done = config.starting_epoch - 1
+            if config.starting_epoch > o['epochs']:
+                logger.info('%s already trained %d epochs; nothing to do' % (o['logdir'], steps_done))
+            else:
+                rundir.set_status('running', epochs_done=steps_done, epochs=o['epochs'], pid=os.getpid())
+                try:
+                    launch_train_with_config(config, make_trainer(o))
+                except RunDiverged as e:
+                    status = dict(status='diverged', message=str(e), step=e.step, epoch=e.epoch, loss=str(e.loss))
+                    rundir.set_status(**status)
+                    logger.error(str(e))
+                    line = summarize(task, o, status)
+                    return line, EXIT_DIVERGED
+        epochs = last_complete_epoch(o['logdir'], config.steps_per_epoch)
+        rundir.set_status('finished' if epochs >= o['epochs'] else 'stopped', epochs_done=epochs, epochs=o['epochs'])
+        return summarize(task, o), 0
+    finally:
+        rundir.release()
+
+
+def main(task, argv=None):
+    """Command-line entry: exit 0 (trained or already done), 2 (bad input: one line on stderr,
+    nothing written), 3 (diverged: recorded as such)."""
+    try:
+        o, data = prepare(task, argv)
+        line, code = train(task, o, data)
+    except OptionError as e:
+        print('error: %s' % e, file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+    except task.data_errors() as e:
+        print('error: %s' % e, file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+    logger.info(line)
+    print(line, flush=True)
+    if code:
+        raise SystemExit(code)
+    return line

@@ -1,0 +1,220 @@
+"""Runs you can trust (issue 6): one log directory per configuration, failed runs change nothing,
+a second live run is refused, divergence stops the run and is recorded, a killed parent leaves no
+orphan worker, options are typed.
+
+Each reproduction of the issue is a test here (resume from a kill at every phase is in
+tests/test_cifar_trainer.py).  Tiny data, a few steps, so that the file stays fast.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import kalman_norm  # noqa: F401
+from kalman_norm import cifar, rundir
+from kalman_norm.cifar import parse_options
+from kalman_norm.options import OptionError, parse_scalar
+
+from test_cifar_trainer import SCRIPT, TINY, _env, _fail_text, data_dirs, output_lines, run_script  # noqa: F401
+
+DIVERGING = ['--lr', '1e30']
+
+
+def _files(path):
+    """{name: (size, content hash)} of a directory, to prove nothing changed."""
+    import hashlib
+    out = {}
+    for f in sorted(os.listdir(path)):
+        p = os.path.join(path, f)
+        if os.path.isfile(p):
+            out[f] = hashlib.sha256(open(p, 'rb').read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope='module')
+def finished_run(data_dirs, tmp_path_factory):
+    """One finished BKN run on the image folder, shared by the tests that try to misuse it."""
+    base = tmp_path_factory.mktemp('finished')
+    logdir = str(base / 'log')
+    args = TINY + ['--norm', 'bkn', '--data', data_dirs['folder'], '--logdir', logdir]
+    r = run_script(args, base)
+    assert r.returncode == 0, _fail_text(r)
+    return dict(args=args, logdir=logdir, base=base, files=_files(logdir),
+                final=output_lines(r.stdout)[-1])
+
+
+def test_rerun_with_other_options_is_refused_and_changes_nothing(finished_run, tmp_path):
+    before = _files(finished_run['logdir'])
+    args = [a for a in finished_run['args']]
+    r = run_script(args + ['--prior', 'mc'], tmp_path)
+    assert r.returncode == 2, _fail_text(r)
+    assert "belongs to another configuration: prior was 'analytic', now 'mc'" in r.stderr
+    r = run_script(args[:args.index('--norm')] + ['--norm', 'bn'] + args[args.index('--norm') + 2:] +
+                   ['--epochs', '4'], tmp_path)
+    assert r.returncode == 2, _fail_text(r)
+    assert "epochs was 1, now 4" in r.stderr and "norm was 'bkn', now 'bn'" in r.stderr
+    assert _files(finished_run['logdir']) == before
+
+
+def test_rerun_with_the_same_options_reports_the_same_run(finished_run, tmp_path):
+    r = run_script(finished_run['args'], tmp_path)
+    assert r.returncode == 0, _fail_text(r)
+    assert 'nothing to do' in r.stdout
+    assert output_lines(r.stdout)[-1] == finished_run['final']
+    options = json.load(open(os.path.join(finished_run['logdir'], 'options.json')))
+    assert options['prior'] == 'analytic' and options['norm'] == 'bkn'
+
+
+def test_failed_run_changes_nothing_in_an_existing_logdir(finished_run, tmp_path):
+    before = _files(finished_run['logdir'])
+    args = list(finished_run['args'])
+    args[args.index('--data') + 1] = str(tmp_path / 'missing')
+    r = run_script(args, tmp_path)
+    assert r.returncode == 2 and 'does not exist' in r.stderr, _fail_text(r)
+    assert _files(finished_run['logdir']) == before
+
+
+def test_default_logdir_is_unique_per_configuration():
+    a = parse_options(['--norm', 'bkn', '--batch', '2'])['logdir']
+    b = parse_options(['--norm', 'bkn', '--batch', '2', '--prior', 'mc'])['logdir']
+    c = parse_options(['--norm', 'bkn', '--batch', '2', '--data', 'elsewhere', '--num-proc', '3'])['logdir']
+    assert a != b and a == c           # where the data is and how it loads do not change the run
+    assert os.path.basename(a).startswith('cifar10-resnet32-bkn-b2-g1-')
+
+
+def test_divergence_stops_the_run_and_is_recorded(data_dirs, tmp_path):
+    logdir = str(tmp_path / 'log')
+    args = TINY + ['--epochs', '2', '--norm', 'bn', '--data', data_dirs['folder'], '--logdir', logdir] + DIVERGING
+    r = run_script(args, tmp_path)
+    assert r.returncode == 3, _fail_text(r)
+    lines = output_lines(r.stdout)
+    assert lines[-1].startswith('DIVERGED cifar10 resnet8 norm=bn'), lines[-1]
+    assert 'training diverged: the loss is' in lines[-1] and 'at global step' in lines[-1]
+    assert not any(line.startswith('FINAL') for line in lines)
+    status = json.load(open(os.path.join(logdir, 'status.json')))
+    assert status['status'] == 'diverged' and status['step'] >= 1
+    stats = json.load(open(os.path.join(logdir, 'stats.json'))) if os.path.exists(
+        os.path.join(logdir, 'stats.json')) else []
+    assert all(s['epoch_num'] < status['epoch'] or status['epoch'] == 0 for s in stats)
+    # and it is not resumed as if it were fine
+    r = run_script(args, tmp_path)
+    assert r.returncode == 2 and 'holds a run that diverged' in r.stderr, _fail_text(r)
+
+
+def test_a_second_live_run_on_the_same_logdir_is_refused(data_dirs, tmp_path):
+    logdir = str(tmp_path / 'log')
+    o = parse_options(TINY + ['--data', data_dirs['folder'], '--logdir', logdir])
+    holder = rundir.RunDir(logdir, o['identity'], {}).claim()      # "another process" holds it
+    try:
+        r = run_script(TINY + ['--data', data_dirs['folder'], '--logdir', logdir], tmp_path)
+        assert r.returncode == 2, _fail_text(r)
+        assert 'is in use by another training process (pid %d' % os.getpid() in r.stderr
+    finally:
+        holder.release()
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_killed_parent_leaves_no_orphan_worker_and_resumes(data_dirs, tmp_path):
+    logdir = tmp_path / 'log'
+    args = [sys.executable, SCRIPT, '--partial-data', 'true', '-n', '1', '--batch', '2', '--total-batch', '8', '--epochs', '3',
+            '--steps-per-epoch', '2', '--num-proc', '1', '--seed', '1', '--data', data_dirs['pickles'],
+            '--logdir', str(logdir)]
+    out = open(tmp_path / 'run1.out', 'w')
+    p = subprocess.Popen(args, cwd=str(tmp_path), env=_env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None and not os.path.exists(logdir / 'model-2.index'):
+            time.sleep(0.05)
+        assert p.poll() is None, (tmp_path / 'run1.out').read_text()[-3000:]
+        os.kill(p.pid, signal.SIGKILL)                 # the parent only, as `kill -9 PID` does
+        p.wait(timeout=30)
+        deadline = time.time() + 20
+        while time.time() < deadline and _group_alive(p.pid):
+            time.sleep(0.2)
+        assert not _group_alive(p.pid), 'a data worker outlived its killed parent'
+    finally:
+        if _group_alive(p.pid):
+            os.killpg(p.pid, signal.SIGKILL)
+        out.close()
+    r = subprocess.run(args, cwd=str(tmp_path), env=_env(tmp_path), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    stats = json.load(open(logdir / 'stats.json'))
+    assert [(s['epoch_num'], s['global_step']) for s in stats] == [(1, 2), (2, 4), (3, 6)]
+
+
+@pytest.mark.parametrize('text,value', [
+    ('False', False), ('false', False), ('TRUE', True), ('None', None), ('none', None), ('100', 100),
+    ('0.5', 0.5), ('"input"', 'input'), ('output', 'output'), ('1e-3', 1e-3)])
+def test_command_line_values_are_typed(text, value):
+    got = parse_scalar(text)
+    assert got == value and type(got) is type(value)
+
+
+def test_norm_option_booleans_are_booleans():
+    o = parse_options(['--norm', 'bkn', '--batch', '2', '--norm-option', 'process_noise=False',
+                       '--norm-option', 'pooled_variance=true'])
+    assert o['norm_options'] == {'process_noise': False, 'pooled_variance': True}
+    assert o['spec'].options['process_noise'] is False
+
+
+@pytest.mark.parametrize('argv,match', [
+    (['--lr', 'inf'], '--lr must be a finite number'),
+    (['--lr', 'nan'], '--lr must be a finite number'),
+    (['--momentum', '1'], '--momentum must be < 1'),
+    (['--nesterov', 'maybe'], 'expected true or false'),
+])
+def test_numbers_are_checked(argv, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        cifar.main(argv + ['--logdir', 'unused'])
+    assert e.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_logdir_that_is_a_file_is_a_clear_error(tmp_path):
+    f = tmp_path / 'afile'
+    f.write_text('x')
+    with pytest.raises(OptionError, match='exists and is not a directory'):
+        parse_options(['--logdir', str(f)])
+
+
+def test_a_logdir_of_something_else_is_refused(tmp_path):
+    d = tmp_path / 'other'
+    d.mkdir()
+    (d / 'notes.txt').write_text('mine')
+    o = parse_options(['--logdir', str(d)])
+    with pytest.raises(OptionError, match='already holds files .*notes.txt'):
+        rundir.RunDir(str(d), o['identity'], {}).check_identity()
+
+
+def test_own_image_folder_states_its_counts(data_dirs, tmp_path):
+    r = run_script(TINY + ['--dataset', 'folder', '--data', data_dirs['folder'], '--logdir', str(tmp_path / 'l')],
+                   tmp_path)
+    assert r.returncode == 0, _fail_text(r)
+    assert output_lines(r.stdout)[-1].startswith('FINAL folder resnet8')
+    assert 'train 20, test 10 images' in r.stdout + r.stderr
+
+
+def test_a_partial_copy_of_cifar10_is_an_error_unless_declared(data_dirs, tmp_path):
+    args = [a for a in TINY if a not in ('--partial-data', 'true')]
+    r = run_script(args + ['--data', data_dirs['folder'], '--logdir', str(tmp_path / 'l')], tmp_path)
+    assert r.returncode == 2, _fail_text(r)
+    assert 'Traceback' not in r.stderr and '50000' in r.stderr.replace(',', '')
+    assert not (tmp_path / 'l').exists()
+
+
+def test_first_log_lines_say_where_the_towers_run(finished_run):
+    log = open(os.path.join(finished_run['logdir'], 'log.log')).read()
+    assert 'Devices: no GPU found: 1 tower on the CPU; each tower normalizes its own 8 samples in groups of 2' in log
