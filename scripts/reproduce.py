@@ -18,10 +18,12 @@ The logic (states, records, numbers, the Markdown) is in kalman_norm/study.py.
 """
 import argparse
 import os
+import queue
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,14 +169,28 @@ def execute(args, study, run):
         out.flush()
         return out
 
+    lines = queue.Queue()
+
+    def read_output():                       # a thread, so that the log dir is taken on time even
+        for line in proc.stdout:             # when the trainer is quiet
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read_output, daemon=True).start()
     try:
         try:
-            for line in proc.stdout:
+            while True:
+                try:
+                    line = lines.get(timeout=0.5)
+                except queue.Empty:
+                    line = b''
+                if log is None and os.path.isfile(options):
+                    log = take_dir()
+                if line is None:
+                    break
                 if log is None:
                     pending.append(line)
-                    if os.path.isfile(options):
-                        log = take_dir()
-                else:
+                elif line:
                     log.write(line)
                     log.flush()
             code = proc.wait()

@@ -413,3 +413,87 @@ def test_reproduce_end_to_end(tmp_path, monkeypatch, capsys):
     # a third call runs nothing and writes the same table
     assert reproduce.main(args + ['--report-only']) == 0
     assert open(os.path.join(root, 'results', 'tiny.md')).read() == md
+
+
+# ----------------------------------------------------------------------------------------------
+# the runner's control flow, with a stand-in trainer (no TensorFlow: fast)
+
+FAKE_TRAINER = r'''
+import json, os, sys, time
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+mode = os.environ['FAKE_MODE_SEED' + args['--seed']]
+print('fake trainer', mode, flush=True)
+if mode == 'bad-option':                     # stops before taking the log dir
+    print('error: --lr must be > 0', flush=True)
+    sys.exit(2)
+os.makedirs(args['--logdir'], exist_ok=True)
+with open(os.path.join(args['--logdir'], 'options.json'), 'w') as f:
+    json.dump({'epochs': 2, 'data': args.get('--data')}, f)
+if mode == 'hang':
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        sys.exit(130)
+stats = [{'epoch_num': e, 'val-error': 0.5 - 0.1 * e, 'train_error': 0.4} for e in (1, 2)]
+with open(os.path.join(args['--logdir'], 'stats.json'), 'w') as f:
+    json.dump(stats if mode == 'finish' else stats[:1], f)
+sys.exit(0 if mode == 'finish' else 1)
+'''
+
+
+@pytest.fixture
+def fake_trainer(tmp_path, monkeypatch):
+    path = tmp_path / 'fake_trainer.py'
+    path.write_text(FAKE_TRAINER)
+    monkeypatch.setattr(reproduce, 'TRAINER', str(path))
+    return monkeypatch
+
+
+def test_failed_runs_are_reported_and_the_next_goes_on(tmp_path, fake_trainer, capsys):
+    root = make_root(tmp_path, TABLE.replace('cpu = 2', 'cpu = 3'), rows=('tiny_bn', 'tiny_gn'))
+    for seed, mode in ((1, 'bad-option'), (2, 'crash'), (3, 'finish')):
+        fake_trainer.setenv('FAKE_MODE_SEED%d' % seed, mode)
+    assert reproduce.main(['tiny', '--root', root, '--rows', 'tiny_bn']) == 1
+    captured = capsys.readouterr()
+    assert 'error: --lr must be > 0' in captured.err                          # seed 1's own message
+    assert 'tiny_bn seed 1 exited 2 without finishing' in captured.err
+    assert not os.path.exists(study.logdir_of(root, 'cpu', 'tiny_bn', 1))    # nothing left behind
+    log2 = study.logdir_of(root, 'cpu', 'tiny_bn', 2)
+    run2 = study.read_json(os.path.join(log2, 'run.json'))
+    assert run2['exit_code'] == 1 and 'pid' not in run2 and 'fake trainer crash' in open(os.path.join(log2, 'stdout.log')).read()
+    assert study.run_state(log2, study.record_dir(root, 'cpu', 'tiny_bn', 2), 2) == 'unfinished'
+    assert not os.path.exists(study.record_dir(root, 'cpu', 'tiny_bn', 2))
+    assert os.path.isfile(os.path.join(study.record_dir(root, 'cpu', 'tiny_bn', 3), 'run.json'))
+    assert '2 run(s) failed: tiny_bn seed 1, tiny_bn seed 2' in captured.err
+    assert 'git add results/runs/cpu/tiny_bn/seed3 results/tiny.md' in captured.out
+    assert not os.path.exists(study.logdir_of(root, 'cpu', 'tiny_gn', 1))    # --rows: tiny_bn only
+
+
+def test_a_killed_runner_leaves_the_run_resumable(tmp_path, fake_trainer, capsys):
+    import signal
+    import threading
+    root = make_root(tmp_path, TABLE.replace('cpu = 2', 'cpu = 1'), rows=('tiny_bn', 'tiny_gn'))
+    fake_trainer.setenv('FAKE_MODE_SEED1', 'hang')
+    log = study.logdir_of(root, 'cpu', 'tiny_bn', 1)
+
+    def kill_when_started():
+        for _ in range(600):
+            if os.path.isfile(os.path.join(log, 'run.json')):
+                break
+            threading.Event().wait(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=kill_when_started)
+    killer.start()
+    code = reproduce.main(['tiny', '--root', root, '--rows', 'tiny_bn'])
+    killer.join()
+    assert code == 130
+    assert 'left resumable' in capsys.readouterr().out
+    run = study.read_json(os.path.join(log, 'run.json'))
+    assert run['exit_code'] == 'interrupted' and 'pid' not in run
+    assert study.run_state(log, study.record_dir(root, 'cpu', 'tiny_bn', 1), 2) == 'unfinished'
+    assert not os.path.exists(os.path.join(root, 'results'))                   # nothing reported
+    assert signal.getsignal(signal.SIGTERM) is not reproduce._interrupt       # handler restored
+    fake_trainer.setenv('FAKE_MODE_SEED1', 'finish')                          # the same command again
+    assert reproduce.main(['tiny', '--root', root, '--rows', 'tiny_bn']) == 0
+    assert len(study.read_json(os.path.join(study.record_dir(root, 'cpu', 'tiny_bn', 1), 'run.json'))['attempts']) == 2
