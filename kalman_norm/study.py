@@ -585,17 +585,23 @@ def _cost_key(config):
 
 def minutes_per_epoch(root, profile, config):
     """(minutes, source): measured from this profile's records of the same model, depth and norm
-    (run.json wall_minutes / epochs), else the documented default model."""
+    (wall minutes / epochs), else the documented default model.  Minutes per epoch hardly depend on
+    the number of epochs; a config with --steps-per-epoch is scaled by its share of an epoch."""
     key = _cost_key(config)
     measured = []
     for run in glob.glob(os.path.join(root, 'results', 'runs', profile, '*', 'seed*', 'run.json')):
         d = os.path.dirname(run)
         rec = load_record(d)
         cfg = os.path.join(d, 'config.toml')
-        if not rec or not rec['stats'] or not _is_number(rec['run'].get('wall_minutes')) or not os.path.isfile(cfg):
+        if not rec or not rec['stats'] or not os.path.isfile(cfg):
             continue
-        if _cost_key(load_config(cfg)) == key:
-            measured.append(rec['run']['wall_minutes'] / rec['stats'][-1]['epoch_num'])
+        # run.json's minutes add up every attempt; a run launched by hand has only the trainer's
+        # own clock (the last process's minutes: right unless it was resumed)
+        minutes = rec['run'].get('wall_minutes')
+        if not _is_number(minutes):
+            minutes = rec['stats'][-1].get('wall_minutes')
+        if _is_number(minutes) and _cost_key(load_config(cfg)) == key:
+            measured.append(minutes / rec['stats'][-1]['epoch_num'])
     if measured:
         return sum(measured) / len(measured), 'measured (%d records)' % len(measured)
     model, depth, norm = key

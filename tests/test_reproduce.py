@@ -497,3 +497,35 @@ def test_a_killed_runner_leaves_the_run_resumable(tmp_path, fake_trainer, capsys
     fake_trainer.setenv('FAKE_MODE_SEED1', 'finish')                          # the same command again
     assert reproduce.main(['tiny', '--root', root, '--rows', 'tiny_bn']) == 0
     assert len(study.read_json(os.path.join(study.record_dir(root, 'cpu', 'tiny_bn', 1), 'run.json'))['attempts']) == 2
+
+
+def test_estimate_of_a_run_launched_by_hand_uses_the_trainers_clock(tmp_path):
+    root = make_root(tmp_path)
+    d = write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=5.0)
+    study.write_json(os.path.join(d, 'run.json'), {'note': 'launched outside reproduce.py'})
+    bn = study.load_config(os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_bn.toml'))
+    assert study.minutes_per_epoch(root, 'cpu', bn) == (2.5, 'measured (1 records)')
+
+
+def test_plot_curves_command_line(tmp_path, capsys):
+    plot_curves = _load_script('plot_curves')
+    root = make_root(tmp_path)
+    out = str(tmp_path / 'c.png')
+    for argv, message in (([], 'give --table or --rows'),
+                          (['--table', 'tiny', '--rows', 'tiny_bn'], 'give --table or --rows'),
+                          (['--rows', 'tiny_bn', '--labels', 'a,b'], '--labels has 2 entries for 1 rows'),
+                          (['--rows', 'tiny_bn', '--eval', 'best'], '--eval must be moving or batch'),
+                          (['--table', 'tiny'], 'no records in results/runs/cpu/ for tiny_bn, tiny_gn')):
+        with pytest.raises(SystemExit) as e:
+            plot_curves.main(argv + ['--root', root, '--out', out])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        plot_curves.main(['--rows', 'tiny_bn', '--root', root, '--out', str(tmp_path / 'c.jpg')])
+    assert '--out must be a .png path' in capsys.readouterr().err
+    write_record(root, 'tiny_bn', 1, [0.5, 0.3, 0.2], batch_errors=[0.6, 0.4, 0.3])
+    write_record(root, 'tiny_bn', 2, [0.5, 0.35, 0.25], batch_errors=[0.6, 0.5, 0.35])
+    write_record(root, 'tiny_bn', 3, [0.5, 0.1, float('nan')], batch_errors=[0.6, 0.1, 0.1])   # diverged: left out
+    assert plot_curves.curves(root, 'cpu', 'tiny_bn', which='batch') == {
+        1: ([1, 2, 3], pytest.approx([60.0, 40.0, 30.0])), 2: ([1, 2, 3], pytest.approx([60.0, 50.0, 35.0]))}
+    plot_curves.main(['--rows', 'tiny_bn', '--labels', 'BN', '--eval', 'batch', '--root', root, '--out', out])
+    assert cv2.imread(out).shape[:2] == (450, 700)
