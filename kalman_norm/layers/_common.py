@@ -1,4 +1,5 @@
 """Shared machinery of the normalization layers: layouts, micro-batch groups, EMA, affine."""
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.training import moving_averages
 from tensorpack.tfutils.tower import get_current_tower_context
@@ -70,9 +71,42 @@ class Layout(object):
         return grouped, axes
 
     def group_moments(self, x, group_size):
-        """Per-group, per-channel mean and (biased) variance, each [G, C]."""
+        """Per-group, per-channel mean and (biased) variance, each [G, C].
+
+        The values are those of ``tf.nn.moments`` on the grouped view [G, g, ...]; the gradient
+        is written out instead of being derived op by op.  With m values per statistic,
+            d mean / d x_i = 1/m,    d var / d x_i = 2 (x_i - mean) / m
+        (the term through the mean, -2/m² Σ_k (x_k - mean), is zero), so
+            dx = (d_mean + 2 d_var (x - mean)) / m
+        is one multiply-add over the features.  TensorFlow's derived gradient tiles both
+        upstream gradients to the full feature shape, divides each by m, differentiates the
+        squared difference and adds three full-size tensors: on a CPU that made the group
+        statistics' backward pass about as expensive as a convolution's at 64 groups of 2
+        (scripts/benchmark_speed.py).  Equality of values and gradients with tf.nn.moments:
+        tests/test_fast_group_stats.py.
+        """
         grouped, axes = self.group(x, group_size)
-        mean, var = tf.nn.moments(grouped, axes=axes)
+
+        @tf.custom_gradient
+        def moments(features):
+            mean = tf.reduce_mean(features, axes, keepdims=True)
+            centered = features - mean
+            var = tf.reduce_mean(tf.square(centered), axes, keepdims=True)
+            reduced = [features.shape[a] for a in axes]
+            if all(d is not None for d in reduced):
+                count = float(np.prod(reduced))
+            else:   # a dynamic batch (group_size=None) or spatial size
+                count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(features), axes)), features.dtype)
+
+            def grad(d_mean, d_var):
+                # tf.gradients hands zeros for an unused output; None is kept safe all the same
+                d_mean = tf.zeros_like(mean) if d_mean is None else tf.reshape(d_mean, tf.shape(mean))
+                d_var = tf.zeros_like(var) if d_var is None else tf.reshape(d_var, tf.shape(var))
+                return centered * (d_var * (2.0 / count)) + d_mean / count
+
+            return (tf.squeeze(mean, axes), tf.squeeze(var, axes)), grad
+
+        mean, var = moments(grouped)
         return grouped, mean, var
 
     def broadcast(self, stat, grouped_rank):
