@@ -70,7 +70,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tomllib
 
 PROFILES = ('cpu', 'paper')
@@ -571,9 +570,21 @@ def plan(root, table, profile, seeds=None, rows=None):
         epochs = load_config(config)['epochs']
         for s in planned_seeds(table, r, profile, seeds):
             logdir, record = logdir_of(root, profile, r['row'], s), record_dir(root, profile, r['row'], s)
+            state = run_state(logdir, record, epochs)
+            # a record is never overwritten, even when the config changed since: --dry-run says so
+            rec_note = 'made with an earlier config' if state == 'recorded' and record_is_stale(record, config) else ''
             out.append(dict(row=r['row'], seed=s, config=config, logdir=logdir, record=record, epochs=epochs,
-                            state=run_state(logdir, record, epochs)))
+                            state=state, note=rec_note))
     return out
+
+
+def record_is_stale(record, config):
+    """Whether the record's config.toml differs from the row's config file now."""
+    rec = load_record(record)
+    if not rec or rec['config_text'] is None:
+        return False
+    with open(config) as f:
+        return rec['config_text'] != f.read()
 
 
 def _cost_key(config):
@@ -643,8 +654,11 @@ def render_table(root, table, profile, command, figures=()):
         available = row_available(r, profile)
         recs = []
         seeds = planned_seeds(table, r, profile) if available else []
+        stale = 0
         if available:
             recs = [x for x in (load_record(record_dir(root, profile, name, s)) for s in seeds) if x]
+            config = find_config(root, profile, name)
+            stale = sum(record_is_stale(record_dir(root, profile, name, seed), config) for seed in seeds) if config else 0
         summaries[name] = s = summarize_row(recs)
         all_data.update(s['data'])
         all_machines.update(s['machine'])
@@ -664,6 +678,8 @@ def render_table(root, table, profile, command, figures=()):
         done = '%d / %d' % (s['n_done'], len(seeds))
         if s['n_diverged']:
             done += ' (+%d diverged)' % s['n_diverged']
+        if stale:
+            done += ' (%d made with an earlier version of the config: see its config.toml)' % stale
         rows.append([r['label'], paper, a, b, fmt_mean_std(s['train_error']) or waiting or 'not logged', done,
                      ', '.join(map(str, s['epochs'])) or waiting, ', '.join(s['data']) or waiting,
                      ', '.join(s['machine']) or waiting])

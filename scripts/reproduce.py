@@ -135,7 +135,7 @@ def dry_run(args, study, runs):
         todo = r['state'] in ('new', 'unfinished')
         minutes = per_epoch * r['epochs'] if todo else 0.0
         total += minutes
-        rows.append([r['row'], r['seed'], r['state'], r['epochs'], '%.2f' % per_epoch, source,
+        rows.append([r['row'], r['seed'], r['state'] + (' (%s)' % r['note'] if r.get('note') else ''), r['epochs'], '%.2f' % per_epoch, source,
                      '%.0f' % minutes if todo else '—'])
     print(tabulate(rows, headers=['row', 'seed', 'state', 'epochs', 'min/epoch', 'estimate from',
                                   'min to run'], tablefmt='github', disable_numparse=True))

@@ -4,11 +4,8 @@ end on a tiny generated image folder (two trainer runs: one fresh, one resumed a
 Nothing here reads /work/shared or the repository's results/: every root is a tmp_path.
 """
 import importlib.util
-import json
 import os
 import shutil
-import sys
-import textwrap
 
 import cv2
 import numpy as np
@@ -93,8 +90,12 @@ def make_root(tmp_path, table=TABLE, rows=('tiny_bn', 'tiny_gn')):
 
 
 def write_record(root, row, seed, errors, batch_errors=None, train_error=0.2, minutes=10.0, status=None,
-                 profile='cpu', config_text=CONFIG % 'bn'):
-    """A synthetic record: one stats entry per epoch with the given validation errors (fractions)."""
+                 profile='cpu', config_text=None):
+    """A synthetic record: one stats entry per epoch with the given validation errors (fractions);
+    its config.toml is the row's config under root (default), else ``config_text``."""
+    if config_text is None:
+        config = study.find_config(root, profile, row)
+        config_text = open(config).read() if config else CONFIG % 'bn'
     d = study.record_dir(root, profile, row, seed)
     os.makedirs(d)
     stats = []
@@ -167,7 +168,7 @@ def test_rendered_table_from_records_only(tmp_path):
     root = make_root(tmp_path)
     write_record(root, 'tiny_bn', 1, [0.5, 0.22], batch_errors=[0.5, 0.24])
     write_record(root, 'tiny_bn', 2, [0.5, 0.20], batch_errors=[0.5, 0.26])
-    write_record(root, 'tiny_gn', 1, [0.5, 0.25], config_text=CONFIG % 'gn')
+    write_record(root, 'tiny_gn', 1, [0.5, 0.25])
     table = study.load_table(os.path.join(root, 'configs', 'tables', 'tiny.toml'))
     text, summaries = study.render_table(root, table, 'cpu', 'python scripts/reproduce.py tiny',
                                          [('All rows', 'x/tiny.png')])
@@ -305,7 +306,7 @@ def test_estimates_measured_from_records_else_default(tmp_path):
     assert source == 'default estimate'
     # ResNet-8 (depth 1) at 2 of 390 steps an epoch, GN's relative cost
     assert minutes == pytest.approx(study.BASE_MINUTES_PER_EPOCH / 3 * study.NORM_COST['gn'] * 2 / (50000 / 8))
-    write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.0, config_text=CONFIG % 'bn')
+    write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.0)
     assert study.minutes_per_epoch(root, 'cpu', bn) == (1.5, 'measured (1 records)')
 
 
@@ -529,3 +530,17 @@ def test_plot_curves_command_line(tmp_path, capsys):
         1: ([1, 2, 3], pytest.approx([60.0, 40.0, 30.0])), 2: ([1, 2, 3], pytest.approx([60.0, 50.0, 35.0]))}
     plot_curves.main(['--rows', 'tiny_bn', '--labels', 'BN', '--eval', 'batch', '--root', root, '--out', out])
     assert cv2.imread(out).shape[:2] == (450, 700)
+
+
+def test_a_record_made_with_an_earlier_config_is_kept_and_flagged(tmp_path, capsys):
+    root = make_root(tmp_path)
+    write_record(root, 'tiny_bn', 1, [0.5, 0.2], batch_errors=[0.5, 0.2], config_text='norm = "bn"\nlr = 0.2\n')
+    table = study.load_table(os.path.join(root, 'configs', 'tables', 'tiny.toml'))
+    text, _ = study.render_table(root, table, 'cpu', 'cmd')
+    assert '1 / 2 (1 made with an earlier version of the config: see its config.toml)' in text
+    runs = study.plan(root, table, 'cpu')
+    assert [(r['row'], r['seed'], r['state'], r['note']) for r in runs][:2] == [
+        ('tiny_bn', 1, 'recorded', 'made with an earlier config'), ('tiny_bn', 2, 'new', '')]
+    assert reproduce.main(['tiny', '--root', root, '--dry-run']) == 0
+    assert 'recorded (made with an earlier config)' in capsys.readouterr().out
+    assert study.read_json(os.path.join(study.record_dir(root, 'cpu', 'tiny_bn', 1), 'stats.json'))[-1]['val-error-moving'] == 0.2
