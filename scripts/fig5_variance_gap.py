@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kalman_norm  # noqa: E402,F401
-from kalman_norm import datasets, probe  # noqa: E402
+from kalman_norm import data as datasets, probe  # noqa: E402
 
 
 def run_label(logdir, options):
