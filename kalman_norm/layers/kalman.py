@@ -11,6 +11,7 @@ the normalisation with the posterior ``(µ̂_{k|k}, Σ̂_{k|k})``.
 """
 import collections
 import math
+import numbers
 
 import tensorflow as tf
 from tensorpack.models import layer_register
@@ -107,6 +108,11 @@ class _ProcessNoise(object):
     def predict(self, prior_var):
         """Σ̂_{k|k-1} from the transition's A Σ̂ Aᵀ ([..., C])."""
         return prior_var * (1.0 + self.value) if self.relative else prior_var + self.value
+
+    @staticmethod
+    def update_args(noise):
+        """The keyword arguments of :func:`kalman_update` for ``noise`` (a _ProcessNoise or None)."""
+        return {} if noise is None else {'noise': noise.value, 'relative_noise': noise.relative}
 
 
 def _process_noise(channels, enabled, noise_param, noise_init):
@@ -241,14 +247,14 @@ def _validate_gain(gain, gain_init=None):
 
 
 def _validate_gain_init(gain_init):
-    ok = isinstance(gain_init, (int, float)) and not isinstance(gain_init, bool)
+    ok = isinstance(gain_init, numbers.Real) and not isinstance(gain_init, bool)
     if not ok or not _GAIN_INIT_MARGIN <= gain_init <= 1.0 - _GAIN_INIT_MARGIN:
         raise ValueError('gain_init must be in (0, 1), at least %g from either end, got %r'
                          % (_GAIN_INIT_MARGIN, gain_init))
 
 
 def _validate_guard_ratio(guard_ratio):
-    ok = guard_ratio is None or (isinstance(guard_ratio, (int, float)) and not isinstance(guard_ratio, bool))
+    ok = guard_ratio is None or (isinstance(guard_ratio, numbers.Real) and not isinstance(guard_ratio, bool))
     if not ok or (guard_ratio is not None and not guard_ratio > 1.0):
         raise ValueError('guard_ratio must be None (no guard) or a number > 1, got %r' % (guard_ratio,))
 
@@ -315,8 +321,7 @@ def _record_diagnostic(layout, x, prior, group_mean, group_var, trusted):
 @layer_register()
 def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1,
                     process_noise=True, noise_param='relative', noise_init=None, pooled_variance=True,
-                    guard_ratio=100.0,
-                    propagate='input', eval_stats='moving', momentum=0.9, epsilon=1e-5,
+                    guard_ratio=100.0, propagate='input', eval_stats='moving', momentum=0.9, epsilon=1e-5,
                     center=True, scale=True, gamma_init=1.0, training=None, ema_update='default',
                     data_format=None):
     """Batch Kalman Normalization, Eq. 7 of the paper, over micro-batch groups.
@@ -386,10 +391,9 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
         mean, var, trusted = batch_mean, batch_var, None
     else:
         prior = _match_groups(prior[0], prior[1], tf.shape(batch_mean)[0], batch_mean.shape[0])
-        mean, var, trusted = kalman_update(prior[0], prior[1], batch_mean, batch_var, gain_.q,
-                                           None if noise is None else noise.value, pooled_variance,
-                                           guard_ratio, epsilon, relative_noise=noise is not None and noise.relative,
-                                           p=gain_.p)
+        mean, var, trusted = kalman_update(prior[0], prior[1], batch_mean, batch_var, gain_.q, p=gain_.p,
+                                           pooled_variance=pooled_variance, guard_ratio=guard_ratio,
+                                           epsilon=epsilon, **_ProcessNoise.update_args(noise))
         _record_diagnostic(layout, x32, prior, batch_mean, batch_var, trusted)
     out = layout.normalize_grouped(x32, group_size, mean, var, gamma, beta, epsilon)
     out = ema.update(restore(out), mean, var, training)
@@ -419,9 +423,8 @@ def _per_sample(stat, group_size, batch):
 @layer_register()
 def GroupKalmanNorm(x, prior='auto', *, group_size=None, channel_groups=32, gain=0.1, gain_init=0.1,
                     process_noise=True, noise_param='relative', noise_init=None, pooled_variance=True,
-                    guard_ratio=100.0,
-                    propagate='input', epsilon=1e-5, center=True, scale=True, gamma_init=1.0,
-                    training=None, data_format=None):
+                    guard_ratio=100.0, propagate='input', epsilon=1e-5, center=True, scale=True,
+                    gamma_init=1.0, training=None, data_format=None):
     """Group Kalman Normalization (GKN, Sect. 3.3): Group Normalization's statistics updated by a prior.
 
     The paper defines GKN only as "Eq. 7 with GN's statistic sets S_i".  The design here:
@@ -484,16 +487,15 @@ def GroupKalmanNorm(x, prior='auto', *, group_size=None, channel_groups=32, gain
         pm, pv = _to_channel_groups(pm, pv, groups)
         pm, pv = _per_sample(pm, group_size, batch), _per_sample(pv, group_size, batch)
         sample_valid = _per_sample(tf.cast(valid, tf.float32), group_size, batch) > 0.5
-        mean, var, trusted = kalman_update(pm, pv, sample_mean, sample_var, gain_.q, None,
-                                           pooled_variance, guard_ratio, epsilon, p=gain_.p,
-                                           prior_valid=sample_valid)
+        mean, var, trusted = kalman_update(pm, pv, sample_mean, sample_var, gain_.q, p=gain_.p,
+                                           pooled_variance=pooled_variance, guard_ratio=guard_ratio,
+                                           epsilon=epsilon, prior_valid=sample_valid)
         out = group_norm_apply(layout, x32, groups, mean, var, gamma, beta, epsilon)
         out = tf.identity(restore(out), name='output')
         # 4: per-channel posterior for the next prediction step.
         post_mean, post_var, chan_trusted = kalman_update(
-            prior[0], prior[1], chan_mean, chan_var, gain_.q, None if noise is None else noise.value,
-            pooled_variance, guard_ratio, epsilon, relative_noise=noise is not None and noise.relative,
-            p=gain_.p)
+            prior[0], prior[1], chan_mean, chan_var, gain_.q, p=gain_.p, pooled_variance=pooled_variance,
+            guard_ratio=guard_ratio, epsilon=epsilon, **_ProcessNoise.update_args(noise))
         _record_diagnostic(layout, x32, prior, chan_mean, chan_var, chan_trusted)
     out.posterior = Estimate(post_mean, post_var)
     if propagate == 'input':
