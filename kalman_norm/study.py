@@ -79,7 +79,7 @@ RECORD_FILES = ('stats.json', 'options.json', 'run.json', 'status.json')
 #: the trainer's default depth (kalman_norm.cifar.DEFAULTS) and epochs per schedule, for configs
 #: that leave them out; the configs in this repository all state their epochs.
 DEFAULT_DEPTH = 5
-SCHEDULE_EPOCHS = {'short': 30, 'paper': 400, 'authors': 400}
+SCHEDULE_EPOCHS = {'short': 30, 'paper': 400}
 
 #: The run-time estimate of --dry-run when no record of the same model and norm exists yet:
 #: minutes per epoch of ResNet-20 with BN at 64 groups of 2 on this 2-core CPU, training and both
