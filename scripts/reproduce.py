@@ -133,9 +133,12 @@ def dry_run(args, study, runs):
         config = study.load_config(r['config'])
         per_epoch, source = study.minutes_per_epoch(args.root, args.profile, config)
         todo = r['state'] in ('new', 'unfinished')
-        minutes = per_epoch * r['epochs'] if todo else 0.0
+        stats = study.read_json(os.path.join(r['logdir'], 'stats.json'), []) if r['state'] == 'unfinished' else []
+        done = stats[-1].get('epoch_num', 0) if stats else 0        # a resumed run has only the rest to do
+        minutes = per_epoch * max(r['epochs'] - done, 0) if todo else 0.0
         total += minutes
-        rows.append([r['row'], r['seed'], r['state'] + (' (%s)' % r['note'] if r.get('note') else ''), r['epochs'], '%.2f' % per_epoch, source,
+        state = r['state'] + (' (%s)' % r['note'] if r.get('note') else '') + (' at epoch %d' % done if done else '')
+        rows.append([r['row'], r['seed'], state, r['epochs'], '%.2f' % per_epoch, source,
                      '%.0f' % minutes if todo else '—'])
     print(tabulate(rows, headers=['row', 'seed', 'state', 'epochs', 'min/epoch', 'estimate from',
                                   'min to run'], tablefmt='github', disable_numparse=True))

@@ -390,6 +390,9 @@ def test_reproduce_end_to_end(tmp_path, monkeypatch, capsys):
     run2.update(seed=2, exit_code=-9)
     study.write_json(os.path.join(log2, 'run.json'), run2)
     assert study.run_state(log2, study.record_dir(root, 'cpu', 'tiny_bn', 2), 2) == 'unfinished'
+    assert reproduce.main(args + ['--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert 'recorded' in out and 'unfinished at epoch 1' in out and '1 runs to start or resume' in out
 
     before = os.path.getmtime(os.path.join(rec1, 'stats.json'))
     assert reproduce.main(args) == 0
@@ -463,6 +466,9 @@ def test_failed_runs_are_reported_and_the_next_goes_on(tmp_path, fake_trainer, c
     run2 = study.read_json(os.path.join(log2, 'run.json'))
     assert run2['exit_code'] == 1 and 'pid' not in run2 and 'fake trainer crash' in open(os.path.join(log2, 'stdout.log')).read()
     assert study.run_state(log2, study.record_dir(root, 'cpu', 'tiny_bn', 2), 2) == 'unfinished'
+    assert reproduce.main(args + ['--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert 'recorded' in out and 'unfinished at epoch 1' in out and '1 runs to start or resume' in out
     assert not os.path.exists(study.record_dir(root, 'cpu', 'tiny_bn', 2))
     assert os.path.isfile(os.path.join(study.record_dir(root, 'cpu', 'tiny_bn', 3), 'run.json'))
     assert '2 run(s) failed: tiny_bn seed 1, tiny_bn seed 2' in captured.err
