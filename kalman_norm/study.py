@@ -143,14 +143,16 @@ def load_table(path):
     known = {'row', 'label', 'paper', 'paper_online', 'paper_source', 'metric', 'seeds', 'available', 'reason'}
     names = set()
     for r in rows:
-        _need(isinstance(r.get('row'), str) and r['row'], '%s: every [[rows]] entry needs row = "<config stem>"' % where)
+        _need(isinstance(r.get('row'), str) and r['row'],
+              '%s: every [[rows]] entry needs row = "<config stem>"' % where)
         w = '%s, row %s' % (where, r['row'])
         _need(r['row'] not in names, '%s: listed twice' % w)
         names.add(r['row'])
         unknown = sorted(set(r) - known)
         _need(not unknown, '%s: unknown key(s) %s; known: %s' % (w, ', '.join(unknown), ', '.join(sorted(known))))
         _need(isinstance(r.get('label'), str) and r['label'], '%s: needs label = "..."' % w)
-        _need(r.get('metric') in METRICS, '%s: metric must be one of %s, got %r' % (w, ', '.join(METRICS), r.get('metric')))
+        _need(r.get('metric') in METRICS,
+              '%s: metric must be one of %s, got %r' % (w, ', '.join(METRICS), r.get('metric')))
         for key in ('paper', 'paper_online'):
             _need(key not in r or (_is_number(r[key]) and 0 <= r[key] <= 100),
                   '%s: %s must be an accuracy in %% (0-100), got %r' % (w, key, r.get(key)))
@@ -179,7 +181,8 @@ def load_table(path):
     _need(isinstance(figures, list), '%s: figures must be [[figures]] entries' % where)
     for f in figures:
         _need(isinstance(f.get('name'), str) and f['name'].replace('_', '').isalnum(),
-              '%s: a [[figures]] entry needs name = "<letters, digits, _>" (the PNG is results/<table>_<name>.png)' % where)
+              '%s: a [[figures]] entry needs name = "<letters, digits, _>" (the PNG is results/<table>_<name>.png)'
+              % where)
         w = '%s, figure %s' % (where, f['name'])
         _need(isinstance(f.get('rows'), list) and f['rows'] and all(r in names for r in f['rows']),
               "%s: rows must be a list of the table's rows" % w)
@@ -361,7 +364,8 @@ def check_logdir_config(logdir, config_file):
     sha = file_sha256(config_file)
     if old.get('config_sha256') not in (None, sha):
         raise StudyError('%s was made with another config (sha256 %s, now %s): a log dir is never reused '
-                         'for another config; move it away or restore the config' % (logdir, old['config_sha256'][:12], sha[:12]))
+                         'for another config; move it away or restore the config'
+                         % (logdir, old['config_sha256'][:12], sha[:12]))
 
 
 def start_run_json(logdir, row, profile, config, seed, command, repo, config_file=None, started=None):
@@ -379,7 +383,8 @@ def start_run_json(logdir, row, profile, config, seed, command, repo, config_fil
     for key in ('finished', 'exit_code'):
         run.pop(key, None)
     run.setdefault('attempts', [])
-    run['attempts'].append({'started': started or utc_now(), 'git_commit': git_commit(repo) if old else run['git_commit']})
+    run['attempts'].append({'started': started or utc_now(),
+                            'git_commit': git_commit(repo) if old else run['git_commit']})
     run['command'] = command
     write_json(path, run)
     return run
@@ -524,7 +529,8 @@ def claim_verdict(claim, summaries):
     paper = claim.get('paper')
     paper_txt = 'paper: no number' if paper is None else 'paper: no gain' if paper == 0 else 'paper %+g' % paper
     if not a or not b:
-        return '%s: %s, ours: not measured yet (%d and %d seeds done)' % (claim['label'], paper_txt, len(a), len(b)), 'not measured'
+        text = '%s: %s, ours: not measured yet (%d and %d seeds done)' % (claim['label'], paper_txt, len(a), len(b))
+        return text, 'not measured'
     ma, sa, na = mean_std(a)
     mb, sb, nb = mean_std(b)
     d = ma - mb
@@ -559,7 +565,8 @@ def plan(root, table, profile, seeds=None, rows=None):
     names = [r['row'] for r in table['rows']]
     if rows:
         unknown = [r for r in rows if r not in names]
-        _need(not unknown, '--rows: %s not in table %s (rows: %s)' % (', '.join(unknown), table['name'], ', '.join(names)))
+        _need(not unknown, '--rows: %s not in table %s (rows: %s)'
+              % (', '.join(unknown), table['name'], ', '.join(names)))
     out = []
     for r in table['rows']:
         if (rows and r['row'] not in rows) or not row_available(r, profile):
@@ -658,7 +665,8 @@ def render_table(root, table, profile, command, figures=()):
         if available:
             recs = [x for x in (load_record(record_dir(root, profile, name, s)) for s in seeds) if x]
             config = find_config(root, profile, name)
-            stale = sum(record_is_stale(record_dir(root, profile, name, seed), config) for seed in seeds) if config else 0
+            if config:
+                stale = sum(record_is_stale(record_dir(root, profile, name, seed), config) for seed in seeds)
         summaries[name] = s = summarize_row(recs)
         all_data.update(s['data'])
         all_machines.update(s['machine'])

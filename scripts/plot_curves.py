@@ -60,7 +60,8 @@ def plot_rows(root, profile, rows, out, title='', seeds=None, which='moving'):
         n = min(len(e) for e, _ in by_seed.values())
         epochs = np.asarray(next(iter(by_seed.values()))[0][:n])
         errors = np.asarray([err[:n] for _, err in by_seed.values()])
-        line, = ax.plot(epochs, errors.mean(0), label='%s (%d seed%s)' % (label, len(by_seed), 's' * (len(by_seed) > 1)))
+        n = len(by_seed)
+        line, = ax.plot(epochs, errors.mean(0), label='%s (%d seed%s)' % (label, n, 's' * (n > 1)))
         if len(by_seed) > 1:
             ax.fill_between(epochs, errors.min(0), errors.max(0), color=line.get_color(), alpha=0.2, lw=0)
         top = max(top, float(np.median(errors.mean(0))))
@@ -110,7 +111,8 @@ def main(argv=None):
         except study.StudyError as e:
             fail(str(e))
         rows = [(r['row'], r['label']) for r in t['rows'] if study.row_available(r, args.profile)]
-        seeds = {r['row']: study.planned_seeds(t, r, args.profile) for r in t['rows'] if study.row_available(r, args.profile)}
+        seeds = {r['row']: study.planned_seeds(t, r, args.profile)
+                 for r in t['rows'] if study.row_available(r, args.profile)}
         title = args.title or t['title']
     else:
         names = [r.strip() for r in args.rows.split(',') if r.strip()]

@@ -35,7 +35,8 @@ TRAINER = os.path.join(REPO, 'scripts', 'cifar_resnet.py')
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n\n', 1)[1])
     p.add_argument('tables', nargs='+', metavar='TABLE', help='table name (configs/tables/<TABLE>.toml) or path')
     p.add_argument('--profile', default='cpu', help='cpu (this machine\'s budget) or paper (the authors\' recipe)')
     p.add_argument('--seeds', type=int, help='run seeds 1..N of every row (default: the table\'s seeds)')
@@ -90,9 +91,10 @@ def check_args(args, study):
 
 
 def command_line(args, tables):
-    parts = ['python', 'scripts/reproduce.py'] + [t['name'] if os.path.abspath(t['path']) ==
-                                                   os.path.abspath(os.path.join(args.root, 'configs', 'tables', t['name'] + '.toml'))
-                                                   else t['path'] for t in tables]
+    def by_name(t):
+        return os.path.abspath(t['path']) == os.path.abspath(os.path.join(args.root, 'configs', 'tables', t['name'] + '.toml'))
+
+    parts = ['python', 'scripts/reproduce.py'] + [t['name'] if by_name(t) else t['path'] for t in tables]
     parts += ['--profile', args.profile]
     parts += ['--data', args.data or '<CIFAR-10 dir or .tar.gz>']
     if os.path.abspath(args.root) != REPO:

