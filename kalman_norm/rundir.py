@@ -31,6 +31,8 @@ __all__ = ['RunDir', 'identity_hash', 'atomic_write_json', 'last_complete_epoch'
 OPTIONS_FILE = 'options.json'
 STATUS_FILE = 'status.json'
 LOCK_FILE = '.lock'
+#: files a launcher (scripts/reproduce.py) may write into a log directory before the trainer
+LAUNCHER_FILES = ('run.json', 'stdout.log')
 
 
 class RunDiverged(RuntimeError):
@@ -135,7 +137,7 @@ class RunDir(object):
             return
         recorded = self.recorded_options()
         if recorded is None or 'identity' not in recorded:
-            entries = [f for f in os.listdir(self.path) if f != LOCK_FILE]
+            entries = [f for f in os.listdir(self.path) if f != LOCK_FILE and f not in LAUNCHER_FILES]
             if entries:
                 raise OptionError('--logdir %s already holds files (%s) but no %s from this trainer; '
                                   'pass an empty or new --logdir' % (self.path, ', '.join(sorted(entries)[:4]),

@@ -38,7 +38,6 @@ from tensorpack.utils import logger
 
 from .distributed import ClusterError, horovod_trainer, make_distributed_trainer, parse_cluster, \
     run_parameter_server
-from .layers.kalman import _validate_gain as validate_gain
 from .options import Opt, OptionError, resolve
 from .rundir import RunDir, RunDiverged, atomic_write_json, default_logdir, last_complete_epoch
 from .spec import NORMS, NormSpec
@@ -65,7 +64,7 @@ COMMON_OPTIONS = [
     Opt('lr', None, 'float', 'peak learning rate (default: the schedule\'s)', above=0.0, nullable=True),
     Opt('weight_decay', None, 'float', 'L2 on conv/FC kernels (default: the schedule\'s)', minimum=0.0,
         nullable=True),
-    Opt('momentum', 0.9, 'float', 'SGD momentum', minimum=0.0, maximum=0.999),
+    Opt('momentum', 0.9, 'float', 'SGD momentum, in [0, 1)', minimum=0.0),
     Opt('nesterov', None, 'bool', 'Nesterov momentum (default: the schedule\'s)', nullable=True),
     Opt('gain', 'auto', 'any', "KN gain q: a number in [0, 1], 'learned', or 'auto' (0.1 if batch <= 16 "
         "else 0.95, the authors' values)"),
@@ -159,6 +158,9 @@ def parse_options(task, argv=None):
         cluster = parse_cluster(o['cluster'], o['task'])
     except ClusterError as e:
         raise OptionError(str(e))
+    # TOML has no null: a norm option written "none" means None (e.g. guard_ratio = "none")
+    o['norm_options'] = {k: (None if isinstance(v, str) and v.strip().lower() in ('none', 'null') else v)
+                         for k, v in o['norm_options'].items()}
     o['job'] = cluster.job if cluster else None
     o['workers'] = cluster.cluster.num_tasks('worker') if cluster else 1
     o['worker_index'] = cluster.index if cluster and cluster.job == 'worker' else 0
@@ -224,10 +226,6 @@ def make_spec(o):
     if o['norm'] in KALMAN_NORMS:
         options.setdefault('gain', o['gain'])
         kw = dict(prior_method=o['prior'], prior_samples=o['prior_samples'])
-        try:
-            validate_gain(options['gain'], options.get('gain_init', 0.1))
-        except ValueError as e:
-            raise OptionError(str(e))
     if o['norm'] == 'brn':
         # Ioffe's warm-up (5k -> 40k/25k steps) is for ImageNet-length runs; scale it to this run.
         steps = o['epochs'] * o['steps_per_epoch_estimate']
