@@ -55,6 +55,7 @@ class ImageNetTask(trainer.Task):
     description = ('Train ResNet-50/101 or Inception-v2 on ILSVRC-12 with any normalization, on one '
                    'machine or a cluster.\nExit codes: 0 trained (or already done), 2 bad input '
                    '(nothing written), 3 diverged.')
+    dry_build = False
     options = [
         Opt('arch', 'resnet50', 'choice', 'architecture', choices=ARCHS),
         Opt('image_size', 224, 'int', 'side of the square training and validation crops', minimum=32),

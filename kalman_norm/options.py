@@ -178,10 +178,14 @@ def resolve(argv, opts, prog, description):
     values = {o.key: (type(o.default)(o.default) if isinstance(o.default, (dict, list)) else o.default)
               for o in opts}
     if 'config' in args:
-        conf = load_config(args.pop('config'), opts)
+        path = args.pop('config')
+        conf = load_config(path, opts)
         for k, v in conf.items():
             if by_key[k].kind == 'table':
-                values[k].update(by_key[k].check(v))
+                try:
+                    values[k].update(by_key[k].check(v))
+                except OptionError as e:
+                    raise OptionError('%s: %s' % (path, e))
             else:
                 values[k] = v
     for k, v in args.items():

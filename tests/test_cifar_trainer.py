@@ -415,9 +415,8 @@ BAD_OPTIONS = [
     (['--norm', 'bkn', '--norm-option', 'gain=2'], r'gain must be in \[0, 1\], got 2'),
     (['--epochs', '0'], '--epochs must be >= 1'),
     (['--lr', 'inf'], '--lr must be a finite number'),
-    (['--momentum', '5'], '--momentum must be <= 0.999'),
+    (['--momentum', '5'], '--momentum must be < 1'),
     (['--model-option', 'width=2'], '--model-option width does not apply to --model resnet'),
-    (['--model', 'inception', '--model-option', 'width=-1'], 'the model cannot be built'),
     (['--lr', '-1'], '--lr must be > 0'),
     (['--steps-per-epoch', '0'], '--steps-per-epoch must be >= 1'),
     (['--num-proc', '-1'], '--num-proc must be >= 0'),
@@ -434,6 +433,16 @@ def test_bad_option_raises_option_error_and_exits_2(argv, match, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and len(err.strip().splitlines()) == 1
+
+
+def test_model_that_cannot_be_built_fails_before_the_data(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cifar.main(['--model', 'inception', '--model-option', 'width=-1', '--data', str(tmp_path / 'none'),
+                    '--logdir', str(tmp_path / 'log')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'the model cannot be built with these options' in err and 'width must be > 0' in err
+    assert 'does not exist' not in err and not (tmp_path / 'log').exists()
 
 
 @pytest.mark.parametrize('argv,match', [
