@@ -104,3 +104,26 @@ def test_learning_rate_scales_with_the_total_batch():
     assert (o['epochs'], o['weight_decay'], o['gain'], o['tower_batch']) == (90, 1e-4, 0.1, 32)
     with pytest.raises(OptionError, match='not divisible by --gpus 3'):
         imagenet.parse_options(['--fake-data', 'true', '--gpus', '3'])
+
+
+IMAGENET_CONFIGS = sorted(os.listdir(os.path.join(REPO, 'configs', 'paper', 'imagenet')))
+
+
+@pytest.mark.parametrize('name', IMAGENET_CONFIGS)
+def test_paper_configs_parse_and_state_the_papers_number(name):
+    path = os.path.join(REPO, 'configs', 'paper', 'imagenet', name)
+    text = open(path).read()
+    assert '# Paper (Table' in text or '# Paper: top-1' in text
+    o = imagenet.parse_options(['--config', path, '--data', 'unused'])
+    assert o['gpus'] == 8 and o['tower_batch'] == o['batch']          # one normalisation group per GPU
+    table = name.split('_')[0]
+    assert o['batch'] == {'table1': 32, 'table4': 4, 'table5': 1}[table]
+
+
+def test_tables_1_4_5_have_every_row():
+    rows = {n[:-len('.toml')] for n in IMAGENET_CONFIGS}
+    assert {'table1_inception_v2_bn_b32', 'table1_inception_v2_bkn_b32', 'table1_resnet50_bn_b32',
+            'table1_resnet50_gn_b32', 'table1_resnet50_bkn_b32', 'table1_resnet101_bn_b32',
+            'table1_resnet101_bkn_b32', 'table4_resnet50_bn_b4', 'table4_resnet50_brn_b4',
+            'table4_resnet50_gn_b4', 'table4_resnet50_bkn_b4', 'table5_inception_v2_bn_b1',
+            'table5_inception_v2_brn_b1', 'table5_inception_v2_bkn_b1'} == rows
