@@ -34,7 +34,8 @@ def test_layout():
     assert CPU and PAPER and TABLES
     assert not glob.glob(os.path.join(CONFIGS, '*.toml')), 'configs live in configs/<profile>/<table>/'
     for name in os.listdir(CONFIGS):
-        assert name in ('cpu', 'paper', 'tables'), name
+        # imagenet/: the ImageNet trainer's configs (GPU scale; not rows of the CIFAR runner)
+        assert name in ('cpu', 'paper', 'tables', 'imagenet'), name
     for t in REPRO_TABLES:
         assert os.path.isfile(os.path.join(CONFIGS, 'tables', t + '.toml'))
     assert os.path.isfile(os.path.join(CONFIGS, 'tables', 'kn_study.toml'))

@@ -106,12 +106,12 @@ def test_learning_rate_scales_with_the_total_batch():
         imagenet.parse_options(['--fake-data', 'true', '--gpus', '3'])
 
 
-IMAGENET_CONFIGS = sorted(os.listdir(os.path.join(REPO, 'configs', 'paper', 'imagenet')))
+IMAGENET_CONFIGS = sorted(os.listdir(os.path.join(REPO, 'configs', 'imagenet')))
 
 
 @pytest.mark.parametrize('name', IMAGENET_CONFIGS)
 def test_paper_configs_parse_and_state_the_papers_number(name):
-    path = os.path.join(REPO, 'configs', 'paper', 'imagenet', name)
+    path = os.path.join(REPO, 'configs', 'imagenet', name)
     text = open(path).read()
     assert '# Paper (Table' in text or '# Paper: top-1' in text
     o = imagenet.parse_options(['--config', path, '--data', 'unused'])
