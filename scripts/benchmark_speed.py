@@ -72,6 +72,8 @@ SETTINGS = {
                     dict(env={'TF_XLA_FLAGS': '--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit'},
                          group_stats='reference')),
     'nchw': ('data_format NCHW, otherwise before', dict(data_format='NCHW', group_stats='reference')),
+    'nchw_onednn': ('data_format NCHW with TF_ENABLE_ONEDNN_OPTS=1, otherwise before',
+                    dict(data_format='NCHW', env={'TF_ENABLE_ONEDNN_OPTS': '1'}, group_stats='reference')),
     'fast_stats': ('group statistics of kalman_norm.layers._common now, otherwise before',
                    dict(group_stats='library')),
     'onednn_fast_stats': ('TF_ENABLE_ONEDNN_OPTS=1 and the library group stats, otherwise before',
