@@ -30,7 +30,7 @@ from tensorpack import ModelDesc, QueueInput, SimpleTrainer, SyncMultiGPUTrainer
 from tensorpack import launch_train_with_config
 from tensorpack.callbacks import (Callback, ClassificationError, EstimatedTimeLeft, InferenceRunner,
                                   ModelSaver, ScheduledHyperParamSetter)
-from tensorpack.tfutils.common import get_default_sess_config, get_global_step_var
+from tensorpack.tfutils.common import get_global_step_var
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.tfutils.tower import TowerContext, get_current_tower_context
@@ -38,6 +38,7 @@ from tensorpack.utils import logger
 
 from .distributed import ClusterError, horovod_trainer, make_distributed_trainer, parse_cluster, \
     run_parameter_server
+from . import runtime
 from .options import Opt, OptionError, resolve
 from .rundir import RunDir, RunDiverged, atomic_write_json, default_logdir, last_complete_epoch
 from .spec import NORMS, NormSpec
@@ -394,16 +395,6 @@ def gpu_count():
     return len(tf.config.list_physical_devices('GPU'))
 
 
-def session_config():
-    """tensorpack's default session config, but with every core for each op on CPU-only machines:
-    tensorpack sets intra_op_parallelism_threads=1, right when the GPU does the math, and a 2x to
-    3x slowdown of convolutions when the CPU does."""
-    conf = get_default_sess_config()
-    if not gpu_count():
-        conf.intra_op_parallelism_threads = 0
-    return conf
-
-
 def describe_devices(o):
     n = gpu_count()
     if n == 0:
@@ -464,7 +455,7 @@ def make_config(task, o, data, rundir):
         kwargs['session_init'] = SaverRestore(os.path.join(o['logdir'], 'model-%d' % (done * steps)))
         logger.info('Resuming after epoch %d (the last epoch with both statistics and a checkpoint)' % done)
     config = TrainConfig(model=model, data=QueueInput(data.train), callbacks=callbacks, steps_per_epoch=steps,
-                         max_epoch=o['epochs'], starting_epoch=done + 1, session_config=session_config(),
+                         max_epoch=o['epochs'], starting_epoch=done + 1, session_config=runtime.session_config(),
                          **kwargs)
     return config
 

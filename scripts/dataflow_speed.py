@@ -85,7 +85,7 @@ def measure_training(df, ds, batch, steps, warmup=5):
     import numpy as np
     import tensorflow as tf
     from tensorpack.tfutils.tower import TowerContext
-    from kalman_norm.cifar import session_config
+    from kalman_norm.runtime import session_config
     from kalman_norm.models.resnet_cifar import resnet_cifar
     graph = tf.Graph()
     with graph.as_default():
