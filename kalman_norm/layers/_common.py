@@ -80,10 +80,8 @@ class Layout(object):
             dx = (d_mean + 2 d_var (x - mean)) / m
         is one multiply-add over the features.  TensorFlow's derived gradient tiles both
         upstream gradients to the full feature shape, divides each by m, differentiates the
-        squared difference and adds three full-size tensors.  In a ResNet-20 training step on
-        the project's 2-core CPU this cut the op time outside the convolutions by about a
-        quarter (results/speed_cifar.md).  Equality of values and gradients with
-        tf.nn.moments: tests/test_fast_group_stats.py.
+        squared difference and adds three full-size tensors (timings: results/speed_cifar.md).
+        Equality of values and gradients with tf.nn.moments: tests/test_fast_group_stats.py.
         """
         grouped, axes = self.group(x, group_size)
 
