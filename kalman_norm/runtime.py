@@ -5,16 +5,20 @@ Measured on the project's 2-core AMD EPYC machine (ResNet-20, 128 samples per st
 
 * **oneDNN** (``TF_ENABLE_ONEDNN_OPTS=1``): TensorFlow turns its oneDNN kernels on by default
   only on CPUs it recognises (recent Intel); on this AMD CPU the default is off and convolutions
-  run on Eigen kernels.  Turning it on made a training step ~1.7x faster.  TensorFlow reads the
+  run on Eigen kernels.  Turning it on made a training step 1.3-2.6x faster (single-factor
+  runs; with the group-statistics change, 1.99x for BN and 1.72x for BKN at 64 groups of 2)
+  and does not change the results (tests/test_runtime.py).  TensorFlow reads the
   variable once, when it is imported, so it must be in the environment before that:
   :func:`configure_environment` sets it (unless the user chose a value) and says whether it was
   in time.
 * **threads**: every core for intra-op work (tensorpack's default config uses one intra-op
-  thread, right when a GPU does the math, ~1.5x slower on this CPU); ``inter_op=0``.
+  thread, right when a GPU does the math: 0.66-0.84x on this CPU); ``inter_op=0``.
 * **XLA** auto-clustering (session ``global_jit_level`` or ``TF_XLA_FLAGS=--tf_xla_auto_jit=2``)
   made the step *slower* (0.8-0.9x): not used.
+* **data format**: NHWC (models choose it; NCHW has no Eigen CPU conv gradient, and with oneDNN
+  it ran at 0.48x NHWC).
 
-Use (the trainer does)::
+Use::
 
     from kalman_norm import runtime
     runtime.configure_environment()        # best before anything imports tensorflow

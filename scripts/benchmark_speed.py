@@ -385,7 +385,7 @@ def write_report(args, table, profile, failed, minutes):
         f.write('\n' + table + '\n')
         if profile:
             f.write('\nWhere the time goes: op run times from TensorFlow\'s step trace (RunMetadata, '
-                    '%d traced steps per setting after the timing), summed per op type; ops on '
+                    '%d traced step(s) per setting after the timing), summed per op type; ops on '
                     'parallel threads overlap, so the sums exceed the wall time per step.\n\n'
                     % args.profile + profile + '\n')
         for model, setting, error in failed:
