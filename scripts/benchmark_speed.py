@@ -54,7 +54,8 @@ MODELS = {
 #:   runtime: use kalman_norm.runtime's session_config() / configure_environment()
 SETTINGS = {
     'before': ('trainer before this study: tensorpack config, intra_op=0 (all cores), inter_op=0, '
-               'reference group stats, NHWC', dict(intra=0, inter=0, group_stats='reference')),
+               'oneDNN off (TensorFlow\'s default on this CPU), reference group stats, NHWC',
+               dict(intra=0, inter=0, group_stats='reference')),
     'threads_1_1': ('intra_op=1, inter_op=1', dict(intra=1, inter=1, group_stats='reference')),
     'threads_2_1': ('intra_op=2, inter_op=1', dict(intra=2, inter=1, group_stats='reference')),
     'threads_1_2': ('intra_op=1, inter_op=2', dict(intra=1, inter=2, group_stats='reference')),
@@ -196,12 +197,16 @@ class Worker(object):
     def __init__(self, model, setting):
         self.model, self.setting = model, setting
         env = dict(os.environ)
-        for key in ('TF_ENABLE_ONEDNN_OPTS', 'TF_XLA_FLAGS', 'OMP_NUM_THREADS'):
-            env.pop(key, None)      # TensorFlow's defaults unless the setting says otherwise
+        for key in ('TF_XLA_FLAGS', 'OMP_NUM_THREADS'):
+            env.pop(key, None)
+        # oneDNN off unless the setting says otherwise: TensorFlow's own default on this AMD CPU,
+        # stated explicitly because importing kalman_norm now turns it on where it is not set
+        env['TF_ENABLE_ONEDNN_OPTS'] = '0'
         env.update(SETTINGS[setting][1].get('env', {}))
         if SETTINGS[setting][1].get('runtime'):
             # what a trainer calling runtime.configure_environment() before TensorFlow starts gets
             from kalman_norm import runtime
+            env.pop('TF_ENABLE_ONEDNN_OPTS')
             runtime.configure_environment(env)
         env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
         spec = json.dumps(dict(model=model, setting=setting))
