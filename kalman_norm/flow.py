@@ -12,9 +12,10 @@ KN layer finds its prior without the model passing it by hand::
 Estimates are propagated through: ReLU (lazily; closed form or sampled), conv2d and
 fully_connected (the layer's own kernel, gradients flow into it), average and global average
 pooling, strided subsampling, channel zero-padding, addition (independent branches: moments
-add, as the authors do for residual blocks) and channel concatenation.  Max pooling has no
-closed form: it ends the chain (the next KN layer has no prior and uses batch statistics).
-An op whose inputs do not all carry an estimate produces none.
+add, as the authors do for residual blocks), channel concatenation and max pooling (the
+moments of the max of independent taps, :func:`kalman_norm.transition.max_pool_estimate`).
+An op whose inputs do not all carry an estimate produces none, and any op outside this module
+ends the chain (the next KN layer has no prior and uses batch statistics).
 """
 import contextlib
 
@@ -26,7 +27,8 @@ from .data_format import canonical_data_format, data_format_scope, default_data_
 from .estimate import Estimate, get_estimate, set_estimate
 from .layers import weight_normalize
 from .spec import current_norm
-from .transition import avg_pool_estimate, conv_estimate, dense_estimate, global_avg_pool_estimate
+from .transition import (avg_pool_estimate, conv_estimate, dense_estimate, global_avg_pool_estimate,
+                         max_pool_estimate)
 
 __all__ = ['conv2d', 'fully_connected', 'norm', 'relu', 'add', 'avg_pool', 'max_pool',
            'global_avg_pool', 'concat', 'pad_channels', 'subsample', 'layout', 'default_data_format']
@@ -163,14 +165,6 @@ def avg_pool(x, pool_size, strides=None, padding='VALID', data_format=None, name
     return y
 
 
-def max_pool(x, pool_size, strides=None, padding='VALID', data_format=None, name=None):
-    """Max pooling.  No closed form for the moments of a max: the KN chain restarts after it."""
-    data_format = _fmt(data_format)
-    strides = pool_size if strides is None else strides
-    return tf.nn.max_pool2d(x, _pair(pool_size), _pair(strides), padding.upper(), data_format=data_format,
-                            name=name)
-
-
 def global_avg_pool(x, data_format=None, name=None):
     """Mean over positions: [N, H, W, C] or [N, C, H, W] → [N, C]."""
     data_format = _fmt(data_format)
@@ -188,8 +182,15 @@ def concat(xs, data_format=None, name=None):
     y = tf.concat(list(xs), axis=_channel_axis(xs[0], data_format), name=name)
     ests = [get_estimate(x) for x in xs]
     if all(e is not None for e in ests):
-        moments = [e.moments() for e in ests]
-        set_estimate(y, Estimate(tf.concat([m for m, _ in moments], 1), tf.concat([v for _, v in moments], 1)))
+        if all(e.rectified for e in ests):
+            # every branch ends in a ReLU (Inception modules): keep the ReLU pending, so that a max
+            # pool or a Monte-Carlo conv after the concat sees the rectified Gaussian itself
+            set_estimate(y, Estimate(tf.concat([e.mean for e in ests], 1), tf.concat([e.var for e in ests], 1),
+                                     rectified=True))
+        else:
+            moments = [e.moments() for e in ests]
+            set_estimate(y, Estimate(tf.concat([m for m, _ in moments], 1),
+                                     tf.concat([v for _, v in moments], 1)))
     return y
 
 
@@ -219,4 +220,21 @@ def subsample(x, stride, data_format=None, name=None):
     est = get_estimate(x)
     if est is not None:
         set_estimate(y, est)
+    return y
+
+
+def max_pool(x, pool_size, strides=None, padding='VALID', data_format=None, name=None):
+    """Max pooling (TensorFlow's: padded positions never win).  The estimate is carried through
+    it: the moments of the max of the window's taps, taken as independent draws of the channel's
+    distribution (exactly for 'analytic', by sampling for the spec's ``prior_method='mc'``; see
+    :func:`kalman_norm.transition.max_pool_estimate` for what this assumes)."""
+    data_format = _fmt(data_format)
+    strides = pool_size if strides is None else strides
+    y = tf.nn.max_pool2d(x, _pair(pool_size), _pair(strides), padding.upper(), data_format=data_format,
+                         name=name)
+    est = get_estimate(x)
+    if est is not None:
+        method, samples = _prior_method()
+        set_estimate(y, max_pool_estimate(est, _hw(x, data_format), pool_size, strides, padding,
+                                          method=method, num_samples=samples))
     return y
