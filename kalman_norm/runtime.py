@@ -6,7 +6,7 @@ Measured on the project's 2-core AMD EPYC machine (ResNet-20, 128 samples per st
 * **oneDNN** (``TF_ENABLE_ONEDNN_OPTS=1``): TensorFlow turns its oneDNN kernels on by default
   only on CPUs it recognises (recent Intel); on this AMD CPU the default is off and convolutions
   run on Eigen kernels.  Turning it on made a training step 1.3-2.6x faster (single-factor
-  runs; with the group-statistics change, 1.99x for BN and 1.72x for BKN at 64 groups of 2)
+  runs; with the group-statistics change, 1.68x for BN and 1.50x for BKN at 64 groups of 2)
   and does not change the results (tests/test_runtime.py).  TensorFlow reads the
   variable once, when it is imported, so it must be in the environment before that:
   :func:`configure_environment` sets it (unless the user chose a value) and says whether it was
