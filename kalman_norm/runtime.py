@@ -25,11 +25,9 @@ Use::
     ...
     TrainConfig(..., session_config=runtime.session_config())
 
-Importing this module does not import TensorFlow, so a script can call
-:func:`configure_environment` first.  (Importing it through the package does: ``kalman_norm``'s
-``__init__`` imports TensorFlow.  Set the variables before ``import kalman_norm``, e.g. by
-calling this module's function from a script that has not imported the package, or export them
-in the shell.)
+Importing this module does not import TensorFlow (tests/test_runtime.py checks it): the package's
+``_stack.prepare_environment()`` calls :func:`configure_environment` on ``import kalman_norm``,
+before TensorFlow loads, so every script that imports kalman_norm first gets oneDNN.
 """
 import os
 import sys
