@@ -144,14 +144,14 @@ def _check_prior_values(run):
         assert np.all(var >= 0), layer
 
 
-def test_inception_max_pool_ends_the_prior_chain_in_the_pool_branch():
-    """With pool='max' the pool-branch norms (inceptionK/pool_proj/bn) normalise with batch
-    statistics only: max pooling has no closed-form moments.  Every other layer keeps its prior."""
+def test_inception_max_pool_carries_the_prior_into_the_pool_branch():
+    """With pool='max' the pool-branch norms (inceptionK/pool_proj/bn) get their prior through
+    the max pooling's moment transition, like every other layer but the stem's."""
     run = train_run('inception', 'bkn', steps=0, pool='max')
     layers = _kn_layers(run['graph'])
-    lost = {'inception%d/pool_proj/bn' % (i + 1) for i in range(len(INCEPTION_BLOCKS))}
-    assert lost <= layers
-    assert set(run['priors']) == layers - {'bn0'} - lost
+    pool_branch = {'inception%d/pool_proj/bn' % (i + 1) for i in range(len(INCEPTION_BLOCKS))}
+    assert pool_branch <= layers
+    assert set(run['priors']) == layers - {'bn0'}
     _check_prior_values(run)
 
 

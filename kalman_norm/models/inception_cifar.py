@@ -24,16 +24,15 @@ Choices the paper leaves open, and what this module does:
   table gives its 32 filters but no kernel size ("1×1" in the extracted text is the header of the
   next column).  We use one **3×3 conv with stride 2** (32 filters, SAME): a 1×1 conv with stride
   2 would throw away three pixels in four, and a full-resolution conv followed by 2×2 pooling
-  costs 4× the stem compute for no gain at this depth and (with max pooling) would end KN's prior
-  chain before the first inception block.  The stride-2 conv keeps "every conv → norm → ReLU" and
-  the prior chain intact: only the stem's norm (``bn0``) has no prior.
-* **The pool branch.**  Inception-v1/v2 uses 3×3 *max* pooling, stride 1, then a 1×1 conv.  Max
-  pooling has no closed-form moments, so it ends KN's prior chain (:func:`kalman_norm.flow.max_pool`):
-  with ``pool='max'`` the norm after each pool-branch 1×1 conv (``inceptionK/pool_proj/bn``)
-  normalises with batch statistics only.  The default is ``pool='avg'`` — 3×3 average pooling,
-  stride 1, SAME (padding excluded from the average, as in TensorFlow) — through which the prior
-  is predicted exactly, so every KN layer but the stem's has a prior.  Inception-v3 and later use
-  average pooling in this branch too; with ``pool='max'`` the net is the literal Inception-v2 block.
+  costs 4× the stem compute for no gain at this depth.  The stride-2 conv keeps "every conv →
+  norm → ReLU": only the stem's norm (``bn0``) has no prior.
+* **The pool branch.**  Inception-v1/v2 uses 3×3 *max* pooling, stride 1, then a 1×1 conv.  The
+  default here is ``pool='avg'`` — 3×3 average pooling, stride 1, SAME (padding excluded from the
+  average, as in TensorFlow) — through which the prior is predicted exactly; Inception-v3 and
+  later use average pooling in this branch too.  With ``pool='max'`` the net is the literal
+  Inception-v2 block, and the prior passes the max pooling through its moment transition
+  (:func:`kalman_norm.flow.max_pool`: exact for independent Gaussian taps).  Either way every KN
+  layer but the stem's has a prior.
 * **The "fully connected layer with 1,000 output channels".**  The paper says it is omitted from
   the table.  Inception-v1/v2 have no hidden FC layer after the global pool: their only FC layer
   is the 1000-way ImageNet classifier, so we read the omitted layer as the classifier carried over
