@@ -32,7 +32,7 @@ def prepare_environment():
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     # TensorFlow's C++ INFO/WARNING logs bury the training output on CPU machines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Measured speed settings TensorFlow reads at start-up (oneDNN kernels: ~1.7x on CPUs where
+    # Measured speed settings TensorFlow reads at start-up (oneDNN kernels: 1.3-2.6x here, on CPUs where
     # TensorFlow leaves them off); an explicit choice of the user's is kept.
     runtime.configure_environment()
 
