@@ -12,7 +12,6 @@ step time over the rounds and its ratio to BN with the same grouping.
 """
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -24,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
+from kalman_norm import runtime  # noqa: E402
 from kalman_norm.models.resnet_cifar import resnet_cifar  # noqa: E402
 
 # ---- configuration ------------------------------------------------------------------------
@@ -69,15 +69,7 @@ class Run(object):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            names = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
-        cpu = '%s × %d' % (names[0], len(names)) if names else cpu
-    except OSError:
-        pass
-    return '%s; %s; Python %s; TensorFlow %s (CPU)' % (cpu, platform.platform(), platform.python_version(),
-                                                       tf.__version__)
+    return runtime.describe_machine()
 
 
 def main():

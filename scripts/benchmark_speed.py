@@ -24,7 +24,6 @@ statistics, NHWC).
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -249,16 +248,8 @@ class Worker(object):
 
 
 def machine():
-    import tensorflow as tf
-    cpu = platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            names = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
-        cpu = '%s × %d' % (names[0], len(names)) if names else cpu
-    except OSError:
-        pass
-    return '%s; %s; Python %s; TensorFlow %s (CPU)' % (cpu, platform.platform(), platform.python_version(),
-                                                       tf.__version__)
+    from kalman_norm import runtime   # here, not at the top: workers set TensorFlow's environment first
+    return runtime.describe_machine()
 
 
 def parse_args(argv=None):
@@ -367,7 +358,6 @@ def profile_table(workers):
 
 
 def write_report(args, table, profile, failed, minutes):
-    import tensorflow as tf  # noqa: F401  (version in machine())
     argv = ' '.join(['python scripts/benchmark_speed.py',
                      '--models', ','.join(args.models), '--settings', ','.join(args.settings),
                      '--rounds', str(args.rounds), '--steps', str(args.steps)]
