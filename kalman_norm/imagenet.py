@@ -136,7 +136,8 @@ class ImageNetTask(trainer.Task):
 
         def test(batch_size, whole_groups_of):
             remainder = (len(data.val) % batch_size) % whole_groups_of == 0
-            return get_imagenet_dataflow(data, 'val', batch_size, size, num_proc=0, remainder=remainder)
+            # strict multi-process decoding: exactly one pass over the validation files
+            return get_imagenet_dataflow(data, 'val', batch_size, size, num_proc=o['num_proc'], remainder=remainder)
 
         return trainer.Data(train, len(data.train), test, data.num_classes, IMAGENET_MEAN, IMAGENET_STD,
                             (size, size, 3), describe_imagenet(data))
