@@ -13,6 +13,7 @@ per table with this module's :func:`plot_rows`.
 import argparse
 import os
 import sys
+import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -71,7 +72,8 @@ def plot_rows(root, profile, rows, out, title='', seeds=None, which='moving'):
     ax.set_ylim(0, min(100.0, max(10.0, 2.0 * top)))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title + '\nmean over seeds, band: min-max', fontsize=9)
+    # long table titles wrap instead of running off the figure
+    ax.set_title(textwrap.fill(title, 90) + '\nmean over seeds, band: min-max', fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
