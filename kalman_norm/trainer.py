@@ -91,8 +91,9 @@ COMMON_OPTIONS = [
         nullable=True, identity=False),
 ]
 
-#: What a task's data loader returns.  ``train`` is a batched dataflow of one tower's batches;
-#: ``evals`` maps an eval tag suffix ('' for one set) to a function (batch size, remainder) -> dataflow.
+#: What a task's data loader returns.  ``train``: a dataflow of one tower's training batches;
+#: ``train_size``: images per epoch; ``test(batch_size, whole_groups_of)``: a fresh dataflow of the
+#: test set in batches of ``batch_size`` (a partial last batch only if it holds whole groups).
 Data = namedtuple('Data', ['train', 'train_size', 'test', 'num_classes', 'channel_mean', 'channel_std',
                            'image_shape', 'description'])
 
@@ -141,6 +142,10 @@ class Task(object):
         raise NotImplementedError
 
     def image_shape(self, o):
+        raise NotImplementedError
+
+    def num_classes(self, o):
+        """Classes before the data is loaded (for the dry build; the data's own count is used later)."""
         raise NotImplementedError
 
     def dataset_name(self, o):
@@ -240,11 +245,9 @@ def make_spec(o):
         raise OptionError('--norm-option: %s' % e)
 
 
-#: options that do not change what a run computes (where things are, how fast they load)
-NOT_IDENTITY = ('identity', 'spec', 'steps_per_epoch_estimate', 'job', 'worker_index')
-
-
 def identity(task, o):
+    """The options that change what a run computes (``Opt.identity``), plus the program and the
+    number of workers; where things are and how fast they load are not part of it."""
     keys = [opt.key for opt in task.all_options() if opt.identity]
     ident = {k: o[k] for k in keys}
     ident['program'] = task.prog
