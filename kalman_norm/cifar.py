@@ -11,8 +11,6 @@ Terms, as in the paper:
   So ``--batch 2 --total-batch 128 --gpus 1`` is the paper's CIFAR protocol: one device, 128
   samples per step, normalised as 64 micro-batches of 2.
 """
-import inspect
-
 import numpy as np
 
 from . import trainer
@@ -71,19 +69,15 @@ class CifarTask(trainer.Task):
         Opt('cache_dir', None, 'path', 'where decoded image folders are cached', nullable=True, identity=False),
     ]
 
+    schedule_recipes = SCHEDULE_RECIPES
+
     def check(self, o):
-        recipe = SCHEDULE_RECIPES[o['schedule']]
-        for key in ('epochs', 'lr', 'weight_decay', 'nesterov'):
-            if o[key] is None:
-                o[key] = recipe[key]
+        super().check(o)
         # (replaced by the real count once the data is loaded, see trainer.prepare)
         o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or TRAIN_SIZES.get(o['dataset'], 50000) // o['total_batch']
-        fn = _MODEL_FUNCTIONS[o['model']]
-        accepted = set(inspect.signature(fn).parameters) - {'image', 'n', 'num_classes'}
-        unknown = sorted(set(o['model_options']) - accepted)
-        if unknown:
-            raise OptionError('--model-option %s does not apply to --model %s; it accepts: %s'
-                              % (', '.join(unknown), o['model'], ', '.join(sorted(accepted))))
+
+    def model_function(self, o):
+        return _MODEL_FUNCTIONS[o['model']], '--model %s' % o['model'], ('image', 'n', 'num_classes')
 
     def model_name(self, o):
         return 'resnet%d' % (6 * o['depth'] + 2) if o['model'] == 'resnet' else 'inception'

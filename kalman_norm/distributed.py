@@ -67,11 +67,11 @@ import os
 import re
 
 import kalman_norm  # noqa: F401  (sets up the TF/tensorpack stack first)
+from kalman_norm import runtime
 import tensorflow as tf
 from tensorpack.graph_builder.training import DataParallelBuilder
 from tensorpack.graph_builder.utils import allreduce_grads_naive, split_grad_list
 from tensorpack.input_source import FeedfreeInput
-from tensorpack.tfutils.common import get_default_sess_config
 from tensorpack.tfutils.sesscreate import NewSessionCreator
 from tensorpack.train.tower import SingleCostTrainer
 from tensorpack.callbacks import RunOp
@@ -264,11 +264,8 @@ def _check_task(cluster, job, index):
 # processes
 
 def default_server_config():
-    """tensorpack's session defaults (soft placement, GPU memory growth), every core per op on CPU."""
-    config = get_default_sess_config()
-    if not tf.config.list_physical_devices('GPU'):
-        config.intra_op_parallelism_threads = 0
-    return config
+    """The trainers' session config (tensorpack's defaults, every core per op on CPU-only machines)."""
+    return runtime.session_config()
 
 
 def start_server(cluster, job, index, config=None):

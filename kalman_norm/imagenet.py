@@ -9,8 +9,6 @@ or 1); ``--total-batch`` the samples of one SGD step over every GPU (and every w
 cluster); gradients are averaged.  The learning rate scales with the total batch: ``--lr`` is
 the rate for 256 samples per step (Goyal et al. 2017).
 """
-import inspect
-
 from . import trainer
 from .data import DataError
 from .data.imagenet import (IMAGENET_MEAN, IMAGENET_STD, describe_imagenet, fake_imagenet_dataflow,
@@ -67,22 +65,18 @@ class ImageNetTask(trainer.Task):
             nullable=True, identity=False),
     ]
 
+    schedule_recipes = SCHEDULE_RECIPES
+
     def check(self, o):
-        recipe = SCHEDULE_RECIPES[o['schedule']]
-        for key in ('epochs', 'lr', 'weight_decay', 'nesterov'):
-            if o[key] is None:
-                o[key] = recipe[key]
+        super().check(o)
         if o['fake_data'] == (o['data'] is not None):
             raise OptionError('give either --data DIR (ILSVRC-12) or --fake-data true')
         if o['num_classes'] is not None and not o['fake_data']:
             raise OptionError('--num-classes applies to --fake-data only (real data has its classes)')
         o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or TRAIN_SIZE // o['total_batch']
-        fn = _ARCH_FUNCTIONS[o['arch']]
-        accepted = set(inspect.signature(fn).parameters) - {'image', 'depth', 'num_classes'}
-        unknown = sorted(set(o['model_options']) - accepted)
-        if unknown:
-            raise OptionError('--model-option %s does not apply to --arch %s; it accepts: %s'
-                              % (', '.join(unknown), o['arch'], ', '.join(sorted(accepted)) or 'none'))
+
+    def model_function(self, o):
+        return _ARCH_FUNCTIONS[o['arch']], '--arch %s' % o['arch'], ('image', 'depth', 'num_classes')
 
     def model_name(self, o):
         return o['arch']

@@ -16,6 +16,7 @@ A trainer is a :class:`Task` (its data, models, schedules and extra options) run
 * divergence: the first non-finite loss stops the run, the status says so, and the summary
   never reports it as a result.
 """
+import inspect
 import json
 import math
 import os
@@ -116,8 +117,26 @@ class Task(object):
     def all_options(self):
         return COMMON_OPTIONS + list(self.options)
 
+    #: schedule name -> its defaults for epochs, lr, weight_decay, nesterov
+    schedule_recipes = {}
+
     def check(self, o):
-        """Task-specific checks and defaults (schedule values); raise OptionError."""
+        """Task-specific checks and defaults; raise OptionError.  Subclasses extend it."""
+        recipe = self.schedule_recipes[o['schedule']]
+        for key in ('epochs', 'lr', 'weight_decay', 'nesterov'):
+            if o[key] is None:
+                o[key] = recipe[key]
+        fn, choice, passed = self.model_function(o)
+        accepted = set(inspect.signature(fn).parameters) - set(passed)
+        unknown = sorted(set(o['model_options']) - accepted)
+        if unknown:
+            raise OptionError('--model-option %s does not apply to %s; it accepts: %s'
+                              % (', '.join(unknown), choice, ', '.join(sorted(accepted)) or 'none'))
+
+    def model_function(self, o):
+        """(the model's function, the flag that chose it, the arguments the task passes itself):
+        every other argument of the function may come from --model-option."""
+        raise NotImplementedError
 
     def name_parts(self, o):
         """Readable parts of the default log directory name."""
