@@ -21,7 +21,6 @@ all of them alike, and the median step time of each is reported.
 import argparse
 import collections
 import os
-import platform
 import sys
 import time
 
@@ -34,6 +33,7 @@ from tabulate import tabulate  # noqa: E402
 from tensorpack.models.registry import disable_layer_logging  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
+from kalman_norm import runtime  # noqa: E402
 from kalman_norm.models.inception_v2 import inception_v2  # noqa: E402
 from kalman_norm.models.resnet_imagenet import resnet_imagenet  # noqa: E402
 
@@ -104,18 +104,6 @@ class Config(object):
             per_step.append(totals)
         keys = set().union(*per_step)
         return {k: float(np.median([t.get(k, 0) for t in per_step])) for k in keys}
-
-
-def machine():
-    cpu = platform.processor() or 'unknown CPU'
-    try:
-        with open('/proc/cpuinfo') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
-    return '%s, %d logical cores, %s' % (cpu, os.cpu_count() or 0, platform.platform())
 
 
 def load():
@@ -235,7 +223,7 @@ def main(argv=None):
             '',
             'Made by `%s` in %.0f s.' % (command, time.time() - started),
             '',
-            '* Machine: %s; Python %s, TensorFlow %s, CPU only.' % (machine(), platform.python_version(), tf.__version__),
+            '* Machine: %s, %d logical cores.' % (runtime.describe_machine(), os.cpu_count() or 0),
             '* Load average (1/5/15 min) before: %s, after: %s. The machine is shared with other '
             'processes; the configurations are interleaved round-robin in one process, so such load '
             'slows all of them alike and the ratios stay comparable, while the absolute examples/s '
