@@ -24,7 +24,9 @@ What one synchronous step does (:class:`SyncDistributedTrainer`):
      take exactly the SGD step of one machine with W·T towers.
 The moving averages of the normalisation statistics (EMA, for inference) live on the parameter
 server and are updated by the chief's first tower only, as tensorpack's one-machine trainers
-update them from the first tower only.  Checkpoints (saved by the chief) hold the shared
+update them from the first tower only.  A non-chief's step starts only after the chief applied
+the previous step's update (BRN reads them in training); the chief's first tower applies the
+current step's update without waiting for the others, so a non-chief may already see it.  Checkpoints (saved by the chief) hold the shared
 variables under the names a one-machine run gives them.
 
 What the user must keep equal on every worker: the towers per worker (``gpus_per_worker``) and
