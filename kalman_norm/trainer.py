@@ -566,9 +566,14 @@ def train(task, o, data, session_creator=None):
             if session_creator is not None:
                 config.session_creator = session_creator
             steps_done = config.starting_epoch - 1
-            if config.starting_epoch > o['epochs']:
+            if config.starting_epoch > o['epochs'] and o['job'] is None:
                 logger.info('%s already trained %d epochs; nothing to do' % (o['logdir'], steps_done))
             else:
+                if config.starting_epoch > o['epochs']:
+                    # The other workers wait for the chief's plan: join the cluster with no step
+                    # left, so that every worker learns there is nothing to do and exits.
+                    logger.info('%s already trained %d epochs; joining the cluster with nothing to do'
+                                % (o['logdir'], steps_done))
                 rundir.set_status('running', epochs_done=steps_done, epochs=o['epochs'], pid=os.getpid())
                 try:
                     launch_train_with_config(config, make_trainer(o))

@@ -437,3 +437,94 @@ def test_real_cluster_worker_follows_the_chiefs_starting_epoch(cluster_runs):
     log = (cluster_runs['out']['replicated'] / 'worker1.log').read_text()
     assert 'the chief starts at epoch 1 (step 0); following it instead of starting at epoch 2' in log
     assert 'sync_step%d' % STEPS in cluster_runs['replicated'][1]
+
+
+# ----------------------------------------------------------------------------------------------
+# the CIFAR trainer itself on a real local cluster (scripts/cifar_resnet.py --cluster/--task)
+
+CIFAR_SCRIPT = os.path.join(os.path.dirname(HERE), 'scripts', 'cifar_resnet.py')
+_cifar_spec = importlib.util.spec_from_file_location('_cifar_trainer_tests', os.path.join(HERE, 'test_cifar_trainer.py'))
+cifar_tests = importlib.util.module_from_spec(_cifar_spec)
+_cifar_spec.loader.exec_module(cifar_tests)
+TRAINER_ROUND_SECONDS = 300    # one round: a ps and two workers, ResNet-8, 2 steps; ~90 s on 2 busy cores
+
+
+def _run_trainer_cluster(out, data, logdir, env):
+    """A ps and two workers of the CIFAR trainer until both workers exit -> {task: (code, log text)}."""
+    ps, w0, w1 = ['127.0.0.1:%d' % p for p in _free_ports(3)]
+    common = ['--cluster', 'ps=' + ps, '--cluster', 'worker=%s,%s' % (w0, w1), '--norm', 'bkn', '--batch', '2',
+              '--total-batch', '8', '--depth', '1', '--steps-per-epoch', '2', '--epochs', '1', '--num-proc', '0',
+              '--seed', '1', '--partial-data', 'true', '--data', data, '--logdir', str(logdir)]
+    procs = {}
+    try:
+        for task in ('ps:0', 'worker:0', 'worker:1'):
+            with open(out / ('%s.log' % task.replace(':', '')), 'w') as log:
+                procs[task] = subprocess.Popen([sys.executable, CIFAR_SCRIPT] + common + ['--task', task], stdout=log,
+                                               stderr=subprocess.STDOUT, env=env, cwd=str(out), start_new_session=True)
+        deadline = time.time() + TRAINER_ROUND_SECONDS
+        workers = [t for t in procs if t.startswith('worker')]
+        while any(procs[t].poll() is None for t in workers):
+            if procs['ps:0'].poll() is not None:
+                pytest.fail('the ps exited with %s:\n%s' % (procs['ps:0'].returncode, _log_tail(out / 'ps0.log')))
+            if time.time() > deadline:
+                pytest.fail('the workers did not finish in %d s:\n%s' % (TRAINER_ROUND_SECONDS, '\n'.join(
+                    '%s:\n%s' % (t, _log_tail(out / ('%s.log' % t.replace(':', ''))))
+                    for t in workers)))
+            time.sleep(0.5)
+        return {t: (procs[t].returncode, (out / ('%s.log' % t.replace(':', ''))).read_text()) for t in workers}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+
+
+@pytest.fixture(scope='module')
+def trainer_cluster(tmp_path_factory):
+    """Two rounds of the same cluster command (the whole cluster restarted, as the module
+    docstring of kalman_norm.distributed asks): the first trains, the second has nothing to do."""
+    base = tmp_path_factory.mktemp('trainer_cluster')
+    data = cifar_tests.write_folder(base / 'data', n_train=2)       # 20 train, 10 test images
+    env = cifar_tests._env(base)
+    env['CUDA_VISIBLE_DEVICES'] = ''
+    env.pop('TF_CONFIG', None)
+    logdir = base / 'log'
+    rounds = []
+    for k in (1, 2):
+        out = base / ('round%d' % k)
+        out.mkdir()
+        rounds.append(_run_trainer_cluster(out, data, logdir, env))
+        rounds[-1]['stats'] = (logdir / 'stats.json').read_text() if (logdir / 'stats.json').exists() else None
+        rounds[-1]['files'] = sorted(os.listdir(logdir))
+    return dict(rounds=rounds, logdir=logdir)
+
+
+def test_cluster_trainer_trains_and_only_the_chief_records(trainer_cluster):
+    first = trainer_cluster['rounds'][0]
+    for task in ('worker:0', 'worker:1'):
+        code, log = first[task]
+        assert code == 0, '%s:\n%s' % (task, log[-3000:])
+    chief_log = first['worker:0'][1]
+    assert 'worker 0 of 2 in the cluster' in chief_log
+    final = [line for line in cifar_tests.output_lines(chief_log) if line.startswith('FINAL cifar10 ')]
+    assert final and 'norm=bkn batch=2' in final[-1], chief_log[-3000:]
+    stats = json.loads(first['stats'])
+    assert [s['epoch_num'] for s in stats] == [1] and 0.0 <= stats[0]['val-error-moving'] <= 1.0
+    assert 'model-2.index' in first['files'], first['files']
+    # the other worker logs beside the chief's directory and holds no checkpoint of its own
+    other = str(trainer_cluster['logdir']) + '.worker1'
+    assert os.path.isdir(other) and not any(f.startswith('model-') for f in os.listdir(other))
+
+
+def test_cluster_trainer_rerun_of_a_finished_run_ends_on_every_worker(trainer_cluster):
+    """The chief has nothing to do; it still joins the cluster, so the other worker (which
+    waits for the chief's plan) learns it too and exits instead of waiting forever."""
+    first, second = trainer_cluster['rounds']
+    for task in ('worker:0', 'worker:1'):
+        code, log = second[task]
+        assert code == 0, '%s:\n%s' % (task, log[-3000:])
+    assert 'already trained 1 epochs; joining the cluster with nothing to do' in second['worker:0'][1]
+    assert 'the chief starts at epoch 2 (step 2)' in second['worker:1'][1]
+    assert second['stats'] == first['stats']
+    checkpoints = [[f for f in r['files'] if f.startswith('model-') or f == 'checkpoint'] for r in (first, second)]
+    assert checkpoints[0] == checkpoints[1] and 'model-2.index' in checkpoints[1]
