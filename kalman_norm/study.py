@@ -20,6 +20,9 @@ The table file (see ``configs/tables/fig4.toml``)::
 
     title = "Fig. 4: ..."                  # the table's heading
     claim = "BKN beats BN by 1.5 points"   # the paper's claim, one sentence
+    trainer = "cifar"                      # optional: which trainer runs the rows' configs:
+                                           # "cifar" (scripts/cifar_resnet.py, default) or
+                                           # "imagenet" (scripts/imagenet.py)
     [seeds]                                # seeds planned per profile (seeds 1..N)
     cpu = 3
     paper = 3
@@ -44,6 +47,11 @@ The table file (see ``configs/tables/fig4.toml``)::
     title = "BN vs GN vs BKN at batch 2"
     rows = ["resnet32_bn_b2", "resnet32_gn_b2", "resnet32_bkn_b2"]
     eval = "moving"                        # optional, as in claims
+
+Both trainers share one core (kalman_norm/trainer.py): the same stats.json, options.json and
+status.json, so states, records and numbers do not depend on the trainer; the config defaults, the
+model's name, the budget line and the run-time estimate do.  One command runs one trainer's tables
+(one --data serves one trainer), so a row never runs under two trainers.
 
 Numbers: a run's accuracy is 100 × (1 − the validation error of its *last* epoch) (not the best
 epoch: choosing the best epoch on the test set flatters every row).  "moving" (option A) is
@@ -72,7 +80,11 @@ import shutil
 import subprocess
 import tomllib
 
+from . import imagenet
+
 PROFILES = ('cpu', 'paper')
+#: the trainers a table's rows can run with (scripts/reproduce.py maps each to its script)
+TRAINERS = ('cifar', 'imagenet')
 METRICS = ('accuracy',)
 EVALS = ('moving', 'batch')
 RECORD_FILES = ('stats.json', 'options.json', 'run.json', 'status.json')
@@ -80,6 +92,15 @@ RECORD_FILES = ('stats.json', 'options.json', 'run.json', 'status.json')
 #: that leave them out; the configs in this repository all state their epochs.
 DEFAULT_DEPTH = 5
 SCHEDULE_EPOCHS = {'short': 30, 'paper': 400}
+#: the ImageNet trainer's defaults of what the study reads (its epochs come from the schedule's
+#: recipe, imagenet.SCHEDULE_RECIPES), taken from the trainer itself
+IMAGENET_DEFAULTS = {opt.key: opt.default for opt in imagenet.TASK.all_options()
+                     if opt.key in ('norm', 'arch', 'image_size', 'schedule', 'gpus', 'total_batch')}
+IMAGENET_ARCH_NAMES = {'resnet50': 'ResNet-50', 'resnet101': 'ResNet-101', 'inception_v2': 'Inception-v2'}
+#: what a rendered table says per trainer: the split its accuracy is measured on, and the paper's
+#: budget (a CPU schedule falls short of it)
+EVAL_SET = {'cifar': 'test set', 'imagenet': 'validation set'}
+PAPER_BUDGET = {'cifar': '~400 epochs on GPUs', 'imagenet': '90+ epochs on 8 GPUs at 224 px'}
 
 #: The run-time estimate of --dry-run when no record of the same model and norm exists yet:
 #: minutes per epoch of ResNet-20 with BN at 64 groups of 2 on this 2-core CPU, training and both
@@ -187,6 +208,9 @@ def load_table(path):
         _need(isinstance(f.get('rows'), list) and f['rows'] and all(r in names for r in f['rows']),
               "%s: rows must be a list of the table's rows" % w)
         _need(f.get('eval', 'moving') in EVALS, '%s: eval must be moving or batch' % w)
+    t.setdefault('trainer', 'cifar')
+    _need(t['trainer'] in TRAINERS,
+          '%s: trainer must be one of %s, got %r' % (where, ', '.join(TRAINERS), t['trainer']))
     t['name'] = name
     t['path'] = path
     t.setdefault('claims', [])
@@ -220,10 +244,29 @@ def find_config(root, profile, row):
     return found[0] if found else None
 
 
-def load_config(path):
-    """The trainer config as a dict, with model/depth/epochs filled from the trainer's defaults."""
+def check_one_trainer(tables):
+    """StudyError if ``tables`` name two trainers: one command passes one --data, which cannot be
+    both a CIFAR archive and an ILSVRC-12 folder (and a row shared by such tables would run twice
+    into one log dir)."""
+    first = tables[0]
+    for t in tables[1:]:
+        _need(t['trainer'] == first['trainer'],
+              'tables %s (trainer %s) and %s (trainer %s) in one command: one --data cannot serve two '
+              'trainers; run them in separate commands' % (first['name'], first['trainer'], t['name'], t['trainer']))
+
+
+def load_config(path, trainer='cifar'):
+    """The trainer config as a dict, with what the study reads (model, schedule, epochs, ...)
+    filled from ``trainer``'s defaults; ``dataset`` is "imagenet" for the ImageNet trainer (which
+    has no such option: its data is an ILSVRC-12 style folder)."""
+    _need(trainer in TRAINERS, 'trainer must be one of %s, got %r' % (', '.join(TRAINERS), trainer))
     c = _load_toml(path)
     c = {k.replace('-', '_'): v for k, v in c.items()}
+    if trainer == 'imagenet':
+        c = dict(IMAGENET_DEFAULTS, **c)
+        c['dataset'] = 'imagenet'
+        c.setdefault('epochs', imagenet.SCHEDULE_RECIPES.get(c['schedule'], {}).get('epochs'))
+        return c
     c.setdefault('model', 'resnet')
     c.setdefault('depth', DEFAULT_DEPTH)
     c.setdefault('schedule', 'short')
@@ -234,7 +277,16 @@ def load_config(path):
     return c
 
 
+def is_imagenet(config):
+    """Whether a config of :func:`load_config` is the ImageNet trainer's."""
+    return config.get('dataset') == 'imagenet'
+
+
 def model_name(config):
+    if is_imagenet(config):
+        name = IMAGENET_ARCH_NAMES.get(config['arch'], config['arch'])
+        size = config.get('image_size', IMAGENET_DEFAULTS['image_size'])
+        return name if size == IMAGENET_DEFAULTS['image_size'] else '%s at %d px' % (name, size)
     if config.get('model', 'resnet') == 'resnet':
         return 'ResNet-%d' % (6 * config.get('depth', DEFAULT_DEPTH) + 2)
     return 'Inception (Sect. 4.3.2)'
@@ -560,7 +612,7 @@ def claim_verdict(claim, summaries):
 # planning and estimates
 
 def plan(root, table, profile, seeds=None, rows=None):
-    """[{row, seed, config, logdir, record, state, epochs}] of the table's available rows."""
+    """[{row, seed, config, trainer, logdir, record, state, epochs}] of the table's available rows."""
     _need(profile in PROFILES, 'profile must be one of %s, got %r' % (', '.join(PROFILES), profile))
     names = [r['row'] for r in table['rows']]
     if rows:
@@ -574,14 +626,14 @@ def plan(root, table, profile, seeds=None, rows=None):
         config = find_config(root, profile, r['row'])
         _need(config is not None, 'table %s, row %s: no config configs/%s/*/%s.toml'
               % (table['name'], r['row'], profile, r['row']))
-        epochs = load_config(config)['epochs']
+        epochs = load_config(config, table['trainer'])['epochs']
         for s in planned_seeds(table, r, profile, seeds):
             logdir, record = logdir_of(root, profile, r['row'], s), record_dir(root, profile, r['row'], s)
             state = run_state(logdir, record, epochs)
             # a record is never overwritten, even when the config changed since: --dry-run says so
             rec_note = 'made with an earlier config' if state == 'recorded' and record_is_stale(record, config) else ''
-            out.append(dict(row=r['row'], seed=s, config=config, logdir=logdir, record=record, epochs=epochs,
-                            state=state, note=rec_note))
+            out.append(dict(row=r['row'], seed=s, config=config, trainer=table['trainer'], logdir=logdir,
+                            record=record, epochs=epochs, state=state, note=rec_note))
     return out
 
 
@@ -594,17 +646,30 @@ def record_is_stale(record, config):
         return rec['config_text'] != f.read()
 
 
+def record_trainer(rec):
+    """The trainer that made a record, from its options.json: only the ImageNet trainer has --arch."""
+    return 'imagenet' if 'arch' in rec['options'] else 'cifar'
+
+
 def _cost_key(config):
+    """What sets the minutes of an epoch, trainer first (a CIFAR record never estimates an ImageNet
+    run): CIFAR: model, depth, norm.  ImageNet: the architecture at its image size, and the steps
+    and samples per step, which only a step cap fixes (an epoch is the --data folder, unknown here)."""
     norm = config.get('norm', 'bn')
     if norm in ('bkn', 'gkn') and config.get('prior') == 'mc':
         norm += '-mc'
-    return (config.get('model', 'resnet'), config.get('depth', DEFAULT_DEPTH), norm)
+    if is_imagenet(config):
+        return ('imagenet', config['arch'], config['image_size'], config.get('steps_per_epoch'),
+                config['total_batch'], norm)
+    return ('cifar', config.get('model', 'resnet'), config.get('depth', DEFAULT_DEPTH), norm)
 
 
 def minutes_per_epoch(root, profile, config):
-    """(minutes, source): measured from this profile's records of the same model, depth and norm
-    (wall minutes / epochs), else the documented default model.  Minutes per epoch hardly depend on
-    the number of epochs; a config with --steps-per-epoch is scaled by its share of an epoch."""
+    """(minutes, source): measured from this profile's records of the same trainer, model and norm
+    (wall minutes / epochs, see :func:`_cost_key`), else, for CIFAR, the documented default model.
+    Minutes per epoch hardly depend on the number of epochs; a CIFAR config with --steps-per-epoch
+    is scaled by its share of an epoch.  An ImageNet config has no measured base: without a record
+    of its model, minutes is None."""
     key = _cost_key(config)
     measured = []
     for run in glob.glob(os.path.join(root, 'results', 'runs', profile, '*', 'seed*', 'run.json')):
@@ -618,11 +683,13 @@ def minutes_per_epoch(root, profile, config):
         minutes = rec['run'].get('wall_minutes')
         if not _is_number(minutes):
             minutes = rec['stats'][-1].get('wall_minutes')
-        if _is_number(minutes) and _cost_key(load_config(cfg)) == key:
+        if _is_number(minutes) and _cost_key(load_config(cfg, record_trainer(rec))) == key:
             measured.append(minutes / rec['stats'][-1]['epoch_num'])
     if measured:
         return sum(measured) / len(measured), 'measured (%d records)' % len(measured)
-    model, depth, norm = key
+    if is_imagenet(config):
+        return None, 'no estimate (no record of this model yet)'
+    _, model, depth, norm = key
     base = BASE_MINUTES_PER_EPOCH * (INCEPTION_COST if model == 'inception' else depth / 3.0)
     batch_scale = 1.0
     steps = config.get('steps_per_epoch')
@@ -638,6 +705,18 @@ def results_stem(root, table_name, profile):
     return os.path.join(root, 'results', table_name + ('' if profile == 'cpu' else '-' + profile))
 
 
+def budget_line(c):
+    """One config's budget, e.g. 'ResNet-20, 10 epochs (schedule short), 128 samples per step,
+    CIFAR10'; an ImageNet config adds its step cap and towers, which set its cost on a CPU."""
+    if not is_imagenet(c):
+        return '%s, %s epochs (schedule %s), %s samples per step, %s' % (
+            model_name(c), c['epochs'], c['schedule'], c.get('total_batch', 128), c['dataset'].upper())
+    steps = ' of %d steps' % c['steps_per_epoch'] if c.get('steps_per_epoch') else ''
+    towers = '%d tower%s of %d' % (c['gpus'], 's' if c['gpus'] > 1 else '', c['total_batch'] // c['gpus'])
+    return '%s, %s epochs%s (schedule %s), %s samples per step on %s, %s-style folder' % (
+        model_name(c), c['epochs'], steps, c['schedule'], c['total_batch'], towers, c['dataset'].upper())
+
+
 def _budget(root, table, profile):
     parts = set()
     for r in table['rows']:
@@ -645,9 +724,7 @@ def _budget(root, table, profile):
             continue
         path = find_config(root, profile, r['row'])
         if path:
-            c = load_config(path)
-            parts.add('%s, %s epochs (schedule %s), %s samples per step, %s'
-                      % (model_name(c), c['epochs'], c['schedule'], c.get('total_batch', 128), c['dataset'].upper()))
+            parts.add(budget_line(load_config(path, table['trainer'])))
     return sorted(parts)
 
 
@@ -699,11 +776,11 @@ def render_table(root, table, profile, command, figures=()):
                  ', '.join(sorted(all_machines)) or 'no run recorded yet'), '']
     if profile == 'cpu':
         lines += ['**A short CPU schedule does not reach the paper\'s absolute numbers** (the paper trains '
-                  '~400 epochs on GPUs). The claims under test here are the orderings and the gaps between '
-                  'rows, each judged against the spread over seeds.', '']
-    lines += ['Accuracy (%) of the last epoch on the test set, mean ± sample std over seeds. A: moving '
+                  '%s). The claims under test here are the orderings and the gaps between '
+                  'rows, each judged against the spread over seeds.' % PAPER_BUDGET[table['trainer']], '']
+    lines += ['Accuracy (%%) of the last epoch on the %s, mean ± sample std over seeds. A: moving '
               'statistics (for norms without moving averages, their one evaluation); B: online batch '
-              'statistics.', '']
+              'statistics.' % EVAL_SET[table['trainer']], '']
     headers = ['row', 'paper', 'ours A (moving)', 'ours B (online)', 'train error (%)', 'seeds done / planned',
                'epochs', 'data', 'machine']
     lines.append(tabulate(rows, headers=headers, tablefmt='github', disable_numparse=True))

@@ -4,15 +4,18 @@
     python scripts/reproduce.py fig4 --profile cpu --data ../shared/data/cifar10-jpeg.tar.gz
     python scripts/reproduce.py kn_study --dry-run            # what would run, and for how long
     python scripts/reproduce.py fig4 table8 --report-only     # rewrite results/<table>.md from records
+    python scripts/reproduce.py imagenet_check --data /tmp/cifar_ilsvrc   # an ImageNet-trainer table
 
 A table (configs/tables/<table>.toml) is a list of rows, each a trainer config
-(configs/<profile>/<table>/<row>.toml), run with seeds 1..N.  For each (row, seed), one at a time:
-a record in results/runs/ -> skipped; a finished log dir in train_log/ -> recorded; a killed or
-failed one -> the same command again (the trainer resumes from its checkpoint); none -> run.  Each
-run's output goes to <logdir>/stdout.log; a failed run is reported and the next one goes on.
-Ctrl-C (or a kill) leaves everything resumable: run the same command again.  Then results/<table>.md
-and its curves are written from the records only (profile paper: results/<table>-paper.md).  The
-records are committed by you: the script prints the `git add` line.
+(configs/<profile>/<table>/<row>.toml), run with seeds 1..N by the table's trainer
+(scripts/cifar_resnet.py, or scripts/imagenet.py for trainer = "imagenet"; one trainer per
+command).  For each (row, seed), one at a time: a record in results/runs/ -> skipped; a finished
+log dir in train_log/ -> recorded; a killed or failed one -> the same command again (the trainer
+resumes from its checkpoint); none -> run.  Each run's output goes to <logdir>/stdout.log; a
+failed run is reported and the next one goes on.  Ctrl-C (or a kill) leaves everything resumable:
+run the same command again.  Then results/<table>.md and its curves are written from the records
+only (profile paper: results/<table>-paper.md).  The records are committed by you: the script
+prints the `git add` line.
 
 The logic (states, records, numbers, the Markdown) is in kalman_norm/study.py.
 """
@@ -30,7 +33,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-TRAINER = os.path.join(REPO, 'scripts', 'cifar_resnet.py')
+#: a table's trainer (its ``trainer`` key, kalman_norm.study.TRAINERS) -> the script that runs its rows
+TRAINERS = {'cifar': os.path.join(REPO, 'scripts', 'cifar_resnet.py'),
+            'imagenet': os.path.join(REPO, 'scripts', 'imagenet.py')}
+#: what --data is, per trainer, in the report's command line when no --data was given
+DATA_PLACEHOLDER = {'cifar': '<CIFAR-10 dir or .tar.gz>', 'imagenet': '<ILSVRC-12 style dir>'}
 
 
 def parse_args(argv=None):
@@ -42,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument('--seeds', type=int, help='run seeds 1..N of every row (default: the table\'s seeds)')
     p.add_argument('--rows', help='comma-separated rows to run (default: all); the report covers all')
     p.add_argument('--dry-run', action='store_true', help='list the runs, their state and estimated time; run nothing')
-    p.add_argument('--data', help='dataset passed to the trainer (dir or .tar.gz); default: the trainer\'s')
+    p.add_argument('--data', help='dataset passed to the trainer (CIFAR: dir or .tar.gz; ImageNet: an ILSVRC-12 '
+                   'style dir); default: the trainer\'s')
     p.add_argument('--report-only', action='store_true', help='run nothing; rewrite the tables from the records')
     p.add_argument('--root', default=REPO, help='directory holding configs/, train_log/, results/ (default: the repo)')
     args = p.parse_args(argv)
@@ -76,6 +84,7 @@ def check_args(args, study):
             fail('table %s: no such file %s' % (name, path))
         t = study.load_table(path)
         tables.append(t)
+    study.check_one_trainer(tables)
     if rows:
         known = {r['row'] for t in tables for r in t['rows']}
         unknown = [r for r in rows if r not in known]
@@ -96,7 +105,7 @@ def command_line(args, tables):
 
     parts = ['python', 'scripts/reproduce.py'] + [t['name'] if by_name(t) else t['path'] for t in tables]
     parts += ['--profile', args.profile]
-    parts += ['--data', args.data or '<CIFAR-10 dir or .tar.gz>']
+    parts += ['--data', args.data or DATA_PLACEHOLDER[tables[0]['trainer']]]    # one trainer per command
     if os.path.abspath(args.root) != REPO:
         parts += ['--root', args.root]
     return ' '.join(shlex.quote(p) if not p.startswith('<') else p for p in parts)
@@ -109,9 +118,9 @@ def _rel(path, root):
 
 
 def trainer_command(run, data, root):
-    """The trainer's command line, run from ``root``."""
-    cmd = [sys.executable, _rel(TRAINER, root), '--config', _rel(run['config'], root), '--seed', str(run['seed']),
-           '--logdir', _rel(run['logdir'], root)]
+    """The command line of the run's trainer (its table's), run from ``root``."""
+    cmd = [sys.executable, _rel(TRAINERS[run['trainer']], root), '--config', _rel(run['config'], root),
+           '--seed', str(run['seed']), '--logdir', _rel(run['logdir'], root)]
     if data:
         cmd += ['--data', os.path.abspath(data)]
     return cmd
@@ -129,23 +138,29 @@ def unique_runs(plans):
 
 
 def dry_run(args, study, runs):
+    """The runs, their state and estimated minutes; a run without an estimate (an ImageNet model
+    with no record yet) shows '?' and is left out of the total, which says so."""
     from tabulate import tabulate
-    rows, total = [], 0.0
+    rows, total, unknown = [], 0.0, 0
     for r in runs:
-        config = study.load_config(r['config'])
+        config = study.load_config(r['config'], r['trainer'])
         per_epoch, source = study.minutes_per_epoch(args.root, args.profile, config)
         todo = r['state'] in ('new', 'unfinished')
         stats = study.read_json(os.path.join(r['logdir'], 'stats.json'), []) if r['state'] == 'unfinished' else []
         done = stats[-1].get('epoch_num', 0) if stats else 0        # a resumed run has only the rest to do
-        minutes = per_epoch * max(r['epochs'] - done, 0) if todo else 0.0
-        total += minutes
         state = r['state'] + (' (%s)' % r['note'] if r.get('note') else '') + (' at epoch %d' % done if done else '')
-        rows.append([r['row'], r['seed'], state, r['epochs'], '%.2f' % per_epoch, source,
-                     '%.0f' % minutes if todo else '—'])
+        minutes = None if per_epoch is None else per_epoch * max(r['epochs'] - done, 0)
+        if todo:
+            unknown += minutes is None
+            total += minutes or 0.0
+        rows.append([r['row'], r['seed'], state, r['epochs'], '?' if per_epoch is None else '%.2f' % per_epoch,
+                     source, '—' if not todo else '?' if minutes is None else '%.0f' % minutes])
     print(tabulate(rows, headers=['row', 'seed', 'state', 'epochs', 'min/epoch', 'estimate from',
                                   'min to run'], tablefmt='github', disable_numparse=True))
-    print('\n%d runs to start or resume; estimated %.0f CPU minutes (%.1f h) on this machine, one at a time. '
-          'Nothing was run (--dry-run).' % (sum(r['state'] in ('new', 'unfinished') for r in runs), total, total / 60))
+    todo = sum(r['state'] in ('new', 'unfinished') for r in runs)
+    print('\n%d runs to start or resume; estimated %.0f CPU minutes (%.1f h) on this machine, one at a time%s. '
+          'Nothing was run (--dry-run).' % (todo, total, total / 60, ', not counting the %d without an estimate (?)'
+                                           % unknown if unknown else ''))
 
 
 def execute(args, study, run):

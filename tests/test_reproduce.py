@@ -76,7 +76,23 @@ num_proc = 0
 ''' % TINY_DATASET
 
 
-def make_root(tmp_path, table=TABLE, rows=('tiny_bn', 'tiny_gn')):
+#: the same table run by the ImageNet trainer, and a tiny config of it (ResNet-50 at 32 px, 2 towers)
+IMAGENET_TABLE = TABLE.replace('[seeds]', 'trainer = "imagenet"\n[seeds]')
+IMAGENET_CONFIG = '''arch = "resnet50"
+image_size = 32
+norm = "%s"
+batch = 2
+gpus = 2
+total_batch = 8
+schedule = "short"
+epochs = 2
+steps_per_epoch = 3
+num_proc = 0
+'''
+IMAGENET_OPTIONS = {'arch': 'resnet50', 'data': '/x/cifar_ilsvrc'}     # what an ImageNet record's options.json has
+
+
+def make_root(tmp_path, table=TABLE, rows=('tiny_bn', 'tiny_gn'), config=CONFIG):
     root = tmp_path / 'root'
     (root / 'configs' / 'tables').mkdir(parents=True)
     (root / 'configs' / 'tables' / 'tiny.toml').write_text(table)
@@ -85,14 +101,15 @@ def make_root(tmp_path, table=TABLE, rows=('tiny_bn', 'tiny_gn')):
     for row in rows:
         norm = row.split('_')[1]
         extra = 'eval_stats = "both"\n' if norm == 'bn' else ''
-        (d / (row + '.toml')).write_text(CONFIG % norm + extra)
+        (d / (row + '.toml')).write_text(config % norm + extra)
     return str(root)
 
 
 def write_record(root, row, seed, errors, batch_errors=None, train_error=0.2, minutes=10.0, status=None,
-                 profile='cpu', config_text=None):
+                 profile='cpu', config_text=None, options=None):
     """A synthetic record: one stats entry per epoch with the given validation errors (fractions);
-    its config.toml is the row's config under root (default), else ``config_text``."""
+    its config.toml is the row's config under root (default), else ``config_text``; ``options``
+    are added to its options.json."""
     if config_text is None:
         config = study.find_config(root, profile, row)
         config_text = open(config).read() if config else CONFIG % 'bn'
@@ -107,7 +124,8 @@ def write_record(root, row, seed, errors, batch_errors=None, train_error=0.2, mi
             s['val-error-moving'], s['val-error-batch'] = e, batch_errors[i]
         stats.append(s)
     study.write_json(os.path.join(d, 'stats.json'), stats)
-    study.write_json(os.path.join(d, 'options.json'), {'data': '/x/cifar10-jpeg.tar.gz', 'epochs': len(errors)})
+    study.write_json(os.path.join(d, 'options.json'),
+                     dict({'data': '/x/cifar10-jpeg.tar.gz', 'epochs': len(errors)}, **(options or {})))
     study.write_json(os.path.join(d, 'run.json'), {'row': row, 'seed': seed, 'wall_minutes': minutes,
                                                    'machine': {'cores': 2, 'gpu': 'none'}})
     if status:
@@ -214,6 +232,8 @@ def test_unrun_rows_say_why(tmp_path):
     (lambda t: t + 'x = [', 'is not valid TOML'),
     (lambda t: t + '[[figures]]\nname = "f"\nrows = ["tiny_ln"]\n', "rows must be a list of the table's rows"),
     (lambda t: t + '[[figures]]\nname = "a b"\nrows = ["tiny_bn"]\n', 'needs name = "<letters, digits, _>"'),
+    (lambda t: t.replace('[seeds]', 'trainer = "mnist"\n[seeds]'),
+     "trainer must be one of cifar, imagenet, got 'mnist'"),
 ])
 def test_bad_table_files_are_refused(tmp_path, edit, message):
     path = tmp_path / 't.toml'
@@ -451,7 +471,7 @@ sys.exit(0 if mode == 'finish' else 1)
 def fake_trainer(tmp_path, monkeypatch):
     path = tmp_path / 'fake_trainer.py'
     path.write_text(FAKE_TRAINER)
-    monkeypatch.setattr(reproduce, 'TRAINER', str(path))
+    monkeypatch.setitem(reproduce.TRAINERS, 'cifar', str(path))
     return monkeypatch
 
 
@@ -551,3 +571,103 @@ def test_a_record_made_with_an_earlier_config_is_kept_and_flagged(tmp_path, caps
     assert 'recorded (made with an earlier config)' in capsys.readouterr().out
     stats = study.read_json(os.path.join(study.record_dir(root, 'cpu', 'tiny_bn', 1), 'stats.json'))
     assert stats[-1]['val-error-moving'] == 0.2                                # kept as recorded
+
+
+# ----------------------------------------------------------------------------------------------
+# tables of the ImageNet trainer: the same records and states; its own script, defaults, wording,
+# and no run-time estimate before a record of the model exists.  (No end-to-end run here: one tiny
+# ImageNet training run alone takes over a minute on this machine.)
+
+def _row_cells(text, first):
+    """The cells of the Markdown (or dry-run) table line starting with ``first``."""
+    line = [x for x in text.splitlines() if x.startswith('| %s ' % first)][0]
+    return [c.strip() for c in line.split('|')[1:-1]]
+
+
+def test_a_table_names_its_trainer(tmp_path):
+    root = make_root(tmp_path)
+    assert study.load_table(os.path.join(root, 'configs', 'tables', 'tiny.toml'))['trainer'] == 'cifar'
+    path = tmp_path / 'inet.toml'
+    path.write_text(IMAGENET_TABLE)
+    assert study.load_table(str(path))['trainer'] == 'imagenet'
+    assert set(reproduce.TRAINERS) == set(study.TRAINERS) == set(reproduce.DATA_PLACEHOLDER)
+
+
+def test_config_defaults_per_trainer(tmp_path):
+    from kalman_norm.imagenet import SCHEDULE_RECIPES
+    path = tmp_path / 'c.toml'
+    path.write_text('norm = "bkn"\n')
+    c = study.load_config(str(path), 'imagenet')
+    assert {k: c[k] for k in ('arch', 'schedule', 'epochs', 'dataset', 'image_size', 'gpus', 'norm')} == {
+        'arch': 'resnet50', 'schedule': 'paper', 'epochs': SCHEDULE_RECIPES['paper']['epochs'],
+        'dataset': 'imagenet', 'image_size': 224, 'gpus': 1, 'norm': 'bkn'}
+    assert 'model' not in c and 'depth' not in c and study.model_name(c) == 'ResNet-50'
+    c = study.load_config(str(path))                                              # the CIFAR trainer's, as before
+    assert {k: c[k] for k in ('model', 'depth', 'schedule', 'epochs', 'dataset')} == {
+        'model': 'resnet', 'depth': 5, 'schedule': 'short', 'epochs': 30, 'dataset': 'cifar10'}
+    assert 'arch' not in c and study.model_name(c) == 'ResNet-32'
+    path.write_text('arch = "inception_v2"\nschedule = "short"\nimage_size = 128\n')
+    c = study.load_config(str(path), 'imagenet')
+    assert c['epochs'] == SCHEDULE_RECIPES['short']['epochs'] and study.model_name(c) == 'Inception-v2 at 128 px'
+    with pytest.raises(study.StudyError, match='trainer must be one of cifar, imagenet'):
+        study.load_config(str(path), 'mnist')
+
+
+def test_an_imagenet_table_runs_the_imagenet_trainer(tmp_path):
+    root = make_root(tmp_path, IMAGENET_TABLE, config=IMAGENET_CONFIG)
+    table = study.load_table(os.path.join(root, 'configs', 'tables', 'tiny.toml'))
+    runs = study.plan(root, table, 'cpu')
+    assert {r['trainer'] for r in runs} == {'imagenet'} and runs[0]['epochs'] == 2
+    config = os.path.join('configs', 'cpu', 'tiny', 'tiny_bn.toml')
+    logdir = os.path.join('train_log', 'cpu', 'tiny_bn', 'seed1')
+    assert reproduce.trainer_command(runs[0], None, root)[1:] == [
+        os.path.join(REPO, 'scripts', 'imagenet.py'), '--config', config, '--seed', '1', '--logdir', logdir]
+    args = reproduce.parse_args(['tiny', '--root', root])
+    assert '--data <ILSVRC-12 style dir>' in reproduce.command_line(args, [table])
+    cifar = dict(table, trainer='cifar')
+    assert '--data <CIFAR-10 dir or .tar.gz>' in reproduce.command_line(args, [cifar])
+
+
+def test_tables_of_two_trainers_are_refused_in_one_command(tmp_path, capsys):
+    root = make_root(tmp_path)
+    with open(os.path.join(root, 'configs', 'tables', 'inet.toml'), 'w') as f:
+        f.write(IMAGENET_TABLE)                                    # shares the rows tiny_bn and tiny_gn
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(['tiny', 'inet', '--root', root, '--dry-run'])
+    assert e.value.code == 2
+    assert 'tables tiny (trainer cifar) and inet (trainer imagenet) in one command' in capsys.readouterr().err
+
+
+def test_dry_run_of_an_imagenet_table_estimates_from_its_own_records_only(tmp_path, capsys):
+    root = make_root(tmp_path, IMAGENET_TABLE, config=IMAGENET_CONFIG)
+    assert reproduce.main(['tiny', '--root', root, '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert _row_cells(out, 'tiny_bn | 1') == ['tiny_bn', '1', 'new', '2', '?',
+                                              'no estimate (no record of this model yet)', '?']
+    assert ('5 runs to start or resume; estimated 0 CPU minutes (0.0 h) on this machine, one at a time, '
+            'not counting the 5 without an estimate (?). Nothing was run') in out
+    inet_bn = study.load_config(study.find_config(root, 'cpu', 'tiny_bn'), 'imagenet')
+    cifar_path = tmp_path / 'cifar_bn.toml'
+    cifar_path.write_text(CONFIG % 'bn')
+    cifar_bn = study.load_config(str(cifar_path))
+    write_record(root, 'cifar_bn', 1, [0.5, 0.4], minutes=4.0, config_text=CONFIG % 'bn')
+    assert study.minutes_per_epoch(root, 'cpu', inet_bn) == (None, 'no estimate (no record of this model yet)')
+    write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.0, options=IMAGENET_OPTIONS)
+    assert study.minutes_per_epoch(root, 'cpu', inet_bn) == (1.5, 'measured (1 records)')
+    assert study.minutes_per_epoch(root, 'cpu', cifar_bn) == (2.0, 'measured (1 records)')
+    assert reproduce.main(['tiny', '--root', root, '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert _row_cells(out, 'tiny_bn | 2')[4:] == ['1.50', 'measured (1 records)', '3']
+    assert 'estimated 3 CPU minutes (0.1 h) on this machine, one at a time, not counting the 3 without' in out
+
+
+def test_rendered_imagenet_table_says_validation_set_and_its_budget(tmp_path):
+    root = make_root(tmp_path, IMAGENET_TABLE, config=IMAGENET_CONFIG)
+    write_record(root, 'tiny_bn', 1, [0.5, 0.3], batch_errors=[0.5, 0.35], options=IMAGENET_OPTIONS, status='finished')
+    table = study.load_table(os.path.join(root, 'configs', 'tables', 'tiny.toml'))
+    text, _ = study.render_table(root, table, 'cpu', 'cmd')
+    assert 'Accuracy (%) of the last epoch on the validation set' in text and 'test set' not in text
+    assert '(the paper trains 90+ epochs on 8 GPUs at 224 px)' in text and '~400 epochs' not in text
+    assert ('Budget: ResNet-50 at 32 px, 2 epochs of 3 steps (schedule short), 8 samples per step on 2 towers of 4, '
+            'IMAGENET-style folder. Data: cifar_ilsvrc.') in text
+    assert _row_cells(text, 'BN (bs=2)')[2:7] == ['70.00 (1 seed)', '65.00 (1 seed)', '20.00 (1 seed)', '1 / 2', '2']
