@@ -1,8 +1,9 @@
 """The committed configs and table files: layout, parsing, and what the tables promise.
 
 configs/<profile>/<table>/<row>.toml holds one trainer config per row; configs/tables/<table>.toml
-lists the rows.  Every config parses into valid trainer options; the paper profile is the
-authors' recipe (the trainer's schedule "paper"), the cpu profile a budget of this machine.
+lists the rows and names the trainer that runs them.  Every config parses into valid options of
+its table's trainer; the paper profile is the authors' recipe (the trainer's schedule "paper"),
+the cpu profile a budget of this machine.
 """
 import glob
 import os
@@ -10,7 +11,7 @@ import tomllib
 
 import pytest
 
-from kalman_norm import cifar, study
+from kalman_norm import cifar, imagenet, study
 from kalman_norm.cifar import DEFAULTS, parse_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,11 +31,24 @@ def _toml(path):
         return tomllib.load(f)
 
 
+def _trainer_options(path):
+    """The options of the config at configs/<profile>/<table>/<row>.toml, parsed by the trainer of
+    the table listing its row (the ImageNet trainer needs a --data; its existence is not checked)."""
+    profile, _, name = os.path.relpath(path, CONFIGS).split(os.sep)
+    row = os.path.splitext(name)[0]
+    trainers = {t['trainer'] for t in map(study.load_table, TABLES) for r in t['rows'] if r['row'] == row
+                and profile in t['seeds']}
+    assert len(trainers) == 1, '%s: run by %s' % (_ids(path), trainers or 'no table')
+    if trainers == {'imagenet'}:
+        return imagenet.parse_options(['--config', path, '--data', 'unused'])
+    return parse_options(['--config', path])
+
+
 def test_layout():
     assert CPU and PAPER and TABLES
     assert not glob.glob(os.path.join(CONFIGS, '*.toml')), 'configs live in configs/<profile>/<table>/'
     for name in os.listdir(CONFIGS):
-        # imagenet/: the ImageNet trainer's configs (GPU scale; not rows of the CIFAR runner)
+        # imagenet/: the ImageNet trainer's configs of the paper's Tables 1, 4, 5 (GPU scale; no table)
         assert name in ('cpu', 'paper', 'tables', 'imagenet'), name
     for t in REPRO_TABLES:
         assert os.path.isfile(os.path.join(CONFIGS, 'tables', t + '.toml'))
@@ -43,7 +57,7 @@ def test_layout():
 
 @pytest.mark.parametrize('path', CPU, ids=_ids)
 def test_cpu_config_parses(path):
-    o = parse_options(['--config', path])
+    o = _trainer_options(path)
     assert o['spec'].kind == o['norm']
     assert o['total_batch'] % (o['batch'] * o['gpus']) == 0
     assert _toml(path).get('epochs') == o['epochs'], 'cpu configs state their epochs'
@@ -140,3 +154,28 @@ def test_kn_study_rows_share_one_budget():
     assert seen['bkn_authors']['prior'] == 'mc' and seen['bkn_authors']['prior_samples'] == 1
     assert seen['bkn_qlearned']['gain'] == 'learned' and seen['bkn_r']['norm_options']['process_noise'] is True
     assert (t['rows'][0]['row'], t['rows'][0].get('seeds')) == ('bn_b2', 3)
+
+
+def test_a_row_is_run_by_one_trainer():
+    """A row names one log dir and one record: tables of two trainers never share it."""
+    trainer = {}
+    for t in map(study.load_table, TABLES):
+        for r in t['rows']:
+            assert trainer.setdefault(r['row'], t['trainer']) == t['trainer'], r['row']
+
+
+def test_imagenet_check_rows_share_one_budget():
+    """BN vs BKN on the ImageNet path: the norm is the only difference; the peak lr is 0.1."""
+    t = study.load_table(os.path.join(CONFIGS, 'tables', 'imagenet_check.toml'))
+    assert t['trainer'] == 'imagenet' and set(t['seeds']) == {'cpu'}
+    paths = {r['row']: study.find_config(ROOT, 'cpu', r['row']) for r in t['rows']}
+    configs = {row: study.load_config(path, 'imagenet') for row, path in paths.items()}
+    assert {study.budget_line(c) for c in configs.values()} == {
+        'ResNet-50 at 32 px, 4 epochs of 300 steps (schedule short), 32 samples per step on 2 towers of 16, '
+        'IMAGENET-style folder'}
+    bn, bkn = (_toml(paths[row]) for row in ('r50_bn_b4', 'r50_bkn_b4'))
+    assert (bn.pop('norm'), bkn.pop('norm')) == ('bn', 'bkn') and bn == bkn
+    for path in paths.values():
+        o = _trainer_options(path)
+        points, _ = imagenet.lr_schedule(o['schedule'], o['lr'], o['epochs'], o['total_batch'])
+        assert max(lr for _, lr in points) == 0.1 and o['tower_batch'] == 16 and o['batch'] == 4
