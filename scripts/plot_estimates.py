@@ -8,9 +8,13 @@ One figure, six panels; several runs overlay (one colour per run, one line style
   * the gain q and the process noise (R, or r for a relative R; see kalman_norm.probe.noise_param),
     averaged over layers;
   * per layer, at each run's last measured checkpoint, the variance error of each estimate.
-Run ``scripts/estimate_quality.py RUN_DIR`` first.
+Run ``scripts/estimate_quality.py RUN_DIR`` first.  ``--markdown`` also writes the numbers behind
+the figure (per run: per checkpoint the layer averages, and per layer the last checkpoint; the
+tables of :func:`kalman_norm.probe.format_summary`) with a link to the PNG and this command.
 
     python scripts/plot_estimates.py train_log/bn-b2 train_log/bkn-b2 --out results/estimates.png
+    python scripts/plot_estimates.py results/runs/cpu/bn_b2/seed2 results/runs/cpu/bkn_output/seed2 \
+        --out results/kn_study_estimates.png --markdown results/kn_study_estimates.md
 """
 import argparse
 import json
@@ -42,10 +46,16 @@ def load(run):
     return result
 
 
+def run_name(result):
+    """The run directory's last two parts: '<row>/seed<S>' for the study's runs."""
+    parts = os.path.normpath(result.get('logdir', '')).split(os.sep)
+    return '/'.join(parts[-2:])
+
+
 def label(result):
-    """'<norm>@<group size> <run directory> (<N> img)'."""
+    """'<norm>@<group size> <row>/<seed> (<N> img)'."""
     run = result.get('run', {})
-    name = os.path.basename(os.path.normpath(result.get('logdir', '')))
+    name = run_name(result)
     return '%s@%s %s (%s img)' % (run.get('norm', '?'), run.get('batch', '?'), name,
                                   result.get('settings', {}).get('images', '?'))
 
@@ -109,22 +119,50 @@ def plot(results, out, stat='mean'):
     plt.close(fig)
 
 
+def markdown(results, figure, command):
+    """The numbers behind the figure, one section per run, with the command that wrote them."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+    from kalman_norm.probe import format_summary     # TensorFlow: only when the Markdown is asked for
+    counts = sorted({str(r.get('settings', {}).get('images', '?')) for r in results})
+    lines = ['# How well each layer estimates its statistics over training', '',
+             'Per normalisation layer, the error of each estimate against the statistics of the same layer '
+             'over all %s training images (same weights, no augmentation): (a) `group`: the statistics of '
+             'the micro-batch group the layer normalises with; (b) `prior`: KN\'s prediction from the '
+             'layers below; (c) `posterior`: KN\'s Eq. 7 mix of both; (d) `moving`: the moving averages '
+             'used at inference. Mean error in reference standard deviations and |log(v / v_ref)|, '
+             'means over groups and channels, then over layers; guard trips: the fraction of groups '
+             'whose prior the guard rejected. Measured by `scripts/estimate_quality.py` on every kept '
+             'checkpoint of each run.' % ' / '.join(counts), '',
+             '![estimates](%s)' % os.path.basename(figure), '']
+    for r in results:
+        lines += ['## %s' % label(r), '', format_summary(r), '']
+    lines += ['Written by:', '', '```', command, '```', '']
+    return '\n'.join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('runs', nargs='+', metavar='RUN_DIR', help='run directories (or estimate_quality.json files)')
     p.add_argument('--out', required=True, help='PNG to write')
+    p.add_argument('--markdown', help='also write the numbers behind the figure to this Markdown file')
     p.add_argument('--stat', choices=['mean', 'median'], default='mean',
                    help='summary of the errors over groups and channels')
     args = p.parse_args(argv)
     try:
         results = [load(run) for run in args.runs]
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise ValueError('--out %s: its directory does not exist' % args.out)
+        for path in filter(None, (args.out, args.markdown)):
+            if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise ValueError('%s: its directory does not exist' % path)
     except ValueError as e:
         print('error: %s' % e, file=sys.stderr)
         raise SystemExit(2)
     plot(results, args.out, args.stat)
     print('wrote %s' % args.out)
+    if args.markdown:
+        command = ' '.join(['python scripts/plot_estimates.py'] + list(argv if argv is not None else sys.argv[1:]))
+        with open(args.markdown, 'w') as f:
+            f.write(markdown(results, args.out, command))
+        print('wrote %s' % args.markdown)
 
 
 if __name__ == '__main__':

@@ -308,8 +308,13 @@ def test_fig5_bad_input_fails_before_any_work(kn_run, tmp_path):
 def test_plot_estimates_writes_one_figure_for_several_runs(kn_run, bn_run, measured, tmp_path):
     plot = _load_script('plot_estimates')
     out = str(tmp_path / 'est.png')
-    plot.main([kn_run[0], bn_run[0], '--out', out])
+    md = str(tmp_path / 'est.md')
+    plot.main([kn_run[0], bn_run[0], '--out', out, '--markdown', md])
     assert os.path.getsize(out) > 10000
+    text = open(md).read()
+    assert '![estimates](est.png)' in text and text.count('\n## ') == 2
+    assert text.count('mean err: group') == 4          # per run: the checkpoints' and the layers' table
+    assert 'python scripts/plot_estimates.py %s %s --out %s --markdown %s' % (kn_run[0], bn_run[0], out, md) in text
     with pytest.raises(SystemExit):
         plot.main([str(tmp_path), '--out', str(tmp_path / 'x.png')])       # no estimate_quality.json
     assert not os.path.exists(str(tmp_path / 'x.png'))
