@@ -215,6 +215,9 @@ def load_table(path):
     t['path'] = path
     t.setdefault('claims', [])
     t.setdefault('figures', [])
+    # prose under the claims (what the runs mean, links to measurements); numbers belong in the
+    # rows and claims, which the records fill in, not here
+    _need(isinstance(t.get('discussion', ''), str), '%s: discussion must be a string (Markdown)' % where)
     return t
 
 
@@ -790,6 +793,8 @@ def render_table(root, table, profile, command, figures=()):
         for c in table['claims']:
             lines.append('* ' + claim_verdict(c, summaries)[0])
         lines.append('')
+    if table.get('discussion', '').strip():
+        lines += ['## Discussion', '', table['discussion'].strip(), '']
     for title, fig in figures:
         lines += ['%s:' % title, '', '![%s](%s)' % (title, os.path.basename(fig)), '']
     lines += ['Reproduce (runs what is missing, resumes what was cut short, then rewrites this file):', '',

@@ -207,6 +207,18 @@ def test_rendered_table_from_records_only(tmp_path):
     assert 'does not reach' not in paper_text and 'not run yet' in paper_text
 
 
+def test_discussion_is_rendered_under_the_claims(tmp_path):
+    root = make_root(tmp_path)
+    path = os.path.join(root, 'configs', 'tables', 'tiny.toml')
+    with open(path) as f:
+        text = f.read()
+    with open(path, 'w') as f:
+        f.write(text.replace('[seeds]', 'discussion = """\nWhy: see [the probe](p.md).\n"""\n[seeds]'))
+    rendered, _ = study.render_table(root, study.load_table(path), 'cpu', 'cmd')
+    assert '## Claims' in rendered and '## Discussion\n\nWhy: see [the probe](p.md).\n' in rendered
+    assert rendered.index('## Claims') < rendered.index('## Discussion') < rendered.index('Reproduce')
+
+
 def test_unrun_rows_say_why(tmp_path):
     root = make_root(tmp_path)
     table = study.load_table(os.path.join(root, 'configs', 'tables', 'tiny.toml'))
@@ -234,6 +246,7 @@ def test_unrun_rows_say_why(tmp_path):
     (lambda t: t + '[[figures]]\nname = "a b"\nrows = ["tiny_bn"]\n', 'needs name = "<letters, digits, _>"'),
     (lambda t: t.replace('[seeds]', 'trainer = "mnist"\n[seeds]'),
      "trainer must be one of cifar, imagenet, got 'mnist'"),
+    (lambda t: t.replace('[seeds]', 'discussion = 3\n[seeds]'), 'discussion must be a string'),
 ])
 def test_bad_table_files_are_refused(tmp_path, edit, message):
     path = tmp_path / 't.toml'
