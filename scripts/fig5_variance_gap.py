@@ -33,7 +33,9 @@ from kalman_norm import data as datasets, probe  # noqa: E402
 
 
 def run_label(logdir, options):
-    return '%s@%s (%s)' % (options['norm'], options['batch'], os.path.basename(os.path.normpath(logdir)))
+    """'<norm>@<group size> (<row>/<seed>)': the run directory's last two parts."""
+    name = '/'.join(os.path.normpath(logdir).split(os.sep)[-2:])
+    return '%s@%s (%s)' % (options['norm'], options['batch'], name)
 
 
 def summary_line(name, gap):
@@ -73,6 +75,7 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--logdir', action='append', required=True, help='a trained run (repeat for each model)')
     p.add_argument('--out', required=True, help='PNG to write')
+    p.add_argument('--markdown', help='also write the summary numbers, the PNG link and this command here')
     p.add_argument('--layer', help='normalisation layer, e.g. res3.4/bn2 (default: the last of the model)')
     p.add_argument('--batches', type=int, default=50, help='test batches (columns), each one group of the run')
     p.add_argument('--seed', type=int, default=1234, help='order of the test set (1234: the trainer\'s)')
@@ -82,8 +85,9 @@ def main(argv=None):
     try:
         if args.batches < 1:
             raise probe.ProbeError('--batches must be >= 1, got %d' % args.batches)
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise probe.ProbeError('--out %s: its directory does not exist' % args.out)
+        for path in filter(None, (args.out, args.markdown)):
+            if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise probe.ProbeError('%s: its directory does not exist' % path)
         runs = []
         for logdir in args.logdir:
             options, spec = probe.load_run(logdir)
@@ -110,9 +114,26 @@ def main(argv=None):
     except (probe.ProbeError, datasets.DataError) as e:
         print('error: %s' % e, file=sys.stderr)
         raise SystemExit(2)
-    for line in plot_variance_gaps(gaps, args.out):
+    lines = plot_variance_gaps(gaps, args.out)
+    for line in lines:
         print(line)
     print('wrote %s' % args.out)
+    if args.markdown:
+        command = ' '.join(['python scripts/fig5_variance_gap.py'] + list(argv if argv is not None else sys.argv[1:]))
+        with open(args.markdown, 'w') as f:
+            f.write(markdown(lines, args.out, args.batches, command))
+        print('wrote %s' % args.markdown)
+
+
+def markdown(lines, figure, batches, command):
+    return '\n'.join([
+        "# The paper's Fig. 5: batch variance vs moving variance at test time", '',
+        'Per channel (rows) and test batch (columns, %d batches of one group each), |the variance the '
+        'layer normalises with online (option B) - its moving variance (option A)|: the gap between '
+        'what the network sees in training and at inference with moving statistics. For KN the online '
+        'variance is the posterior of Eq. 7; the raw group variance is given too.' % batches, '',
+        '![Fig. 5](%s)' % os.path.basename(figure), ''] + ['* ' + line for line in lines] + [
+        '', 'Written by:', '', '```', command, '```', ''])
 
 
 if __name__ == '__main__':

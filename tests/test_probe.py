@@ -290,6 +290,9 @@ def test_variance_gap_and_fig5_plot(kn_run, bn_run, tmp_path):
     assert os.path.getsize(out) > 10000
     assert len(lines) == 2 and 'bkn@2' in lines[1] and 'raw group variance' in lines[1]
     assert 'raw group' not in lines[0] and '%.4g' % gaps[0][1]['mean_gap'] in lines[0]
+    text = fig5.markdown(lines, out, 5, 'python scripts/fig5_variance_gap.py ARGS')
+    assert '![Fig. 5](fig5.png)' in text and '* ' + lines[1] in text and '5 batches' in text
+    assert '```\npython scripts/fig5_variance_gap.py ARGS\n```' in text
 
 
 def test_fig5_bad_input_fails_before_any_work(kn_run, tmp_path):
