@@ -12,6 +12,9 @@ Quick use inside a tensorpack model::
         x = F.relu(F.norm('bn1', x))
         x = F.conv2d('conv2', x, 16, 3)     # its prior is predicted from bn1's estimate
         x = F.relu(F.norm('bn2', x))
+
+KN's defaults are this package's recipe; the paper's and the authors' are one keyword away:
+``kn.norm_scope('bkn', group_size=2, **kn.KN_RECIPES['paper'])`` (see :data:`KN_RECIPES`).
 """
 from ._stack import StackError, check_stack, prepare_environment
 
@@ -22,7 +25,7 @@ from . import compat  # noqa: E402
 
 compat.apply_all()
 
-from .spec import NORMS, NormSpec, current_norm, norm_scope  # noqa: E402,F401
+from .spec import KN_RECIPES, NORMS, NormSpec, current_norm, norm_scope  # noqa: E402,F401
 from .estimate import Estimate, get_estimate, set_estimate  # noqa: E402,F401
 from . import flow  # noqa: E402,F401
 

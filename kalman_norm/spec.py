@@ -6,9 +6,14 @@
 A :class:`NormSpec` names the method and its options and validates them up front.  Inside its
 scope, :func:`kalman_norm.flow.norm` builds that layer, :func:`kalman_norm.flow.conv2d` applies
 weight normalization for ``'wn'``, and the flow ops propagate KN's prior for ``'bkn'``/``'gkn'``.
+:data:`KN_RECIPES` names KN's recipes (this package's defaults, the authors' code, the paper)::
+
+    with kn.norm_scope('bkn', group_size=2, **kn.KN_RECIPES['paper']):
+        logits = model(image)
 """
 import inspect
 import threading
+from types import MappingProxyType
 
 from .layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm, LayerNormalization,
                      MicroBatchNorm, MicroBatchRenorm, check_batch_kalman_norm_options,
@@ -17,7 +22,7 @@ from .layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm, Laye
                      check_micro_batch_renorm_options)
 from .transition import METHODS
 
-__all__ = ['NORMS', 'NormSpec', 'norm_scope', 'current_norm']
+__all__ = ['NORMS', 'KN_RECIPES', 'NormSpec', 'norm_scope', 'current_norm']
 
 #: name -> (layer, takes group_size, one-line description, option checker)
 _KINDS = {
@@ -33,6 +38,24 @@ _KINDS = {
 }
 NORMS = tuple(_KINDS)
 _PROPAGATING = ('bkn', 'gkn')
+
+#: KN's recipes by name, each the keyword arguments of :class:`NormSpec` for 'bkn' or 'gkn': the
+#: prior method, and the options of Eq. 7 that the paper, the authors' code and this package set
+#: differently (read-only; ``dict(KN_RECIPES[name])`` for a copy).  The trainer's ``--kn-recipe``
+#: takes its values from here.
+#:
+#: * 'library': the defaults; they beat BN at 2 samples per normalisation (results/kn_study.md).
+#: * 'authors': the authors' public CIFAR code (configs/cpu/kn_study/bkn_authors.toml).
+#: * 'paper': the paper's text: MC prior, learned q and R, Eq. 7's variance as written, no guard.
+KN_RECIPES = MappingProxyType({
+    'library': MappingProxyType(dict(prior_method='analytic', prior_samples=1, gain=0.1, process_noise=False,
+                                     pooled_variance=True, guard_ratio=100.0, propagate='output')),
+    'authors': MappingProxyType(dict(prior_method='mc', prior_samples=1, gain=0.1, process_noise=False,
+                                     pooled_variance=True, guard_ratio=100.0, propagate='input')),
+    'paper': MappingProxyType(dict(prior_method='mc', prior_samples=1, gain='learned', process_noise=True,
+                                   pooled_variance=False, guard_ratio=None, propagate='input')),
+})
+
 _state = threading.local()
 
 
@@ -50,12 +73,16 @@ class NormSpec(object):
         group_size: samples per normalization (micro-batch group) for the batch-statistics
             norms ('bn', 'bkn', 'gkn', 'brn'); None = the whole tower batch.  Ignored (allowed, so
             that one command line serves every norm) by the batch-independent ones.
-        prior_method: 'bkn'/'gkn' only: how the prior is predicted, 'analytic' (default) or 'mc'
-            (see :mod:`kalman_norm.transition`).
+        prior_method: 'bkn'/'gkn' only: how the prior is predicted, 'analytic' (default: the
+            many-samples limit of 'mc', with no sampling noise) or 'mc' (the paper's Monte-Carlo
+            prediction; see :mod:`kalman_norm.transition`).
         prior_samples: 'mc' only: sampled feature maps per group (the authors use 1).
         **options: keyword arguments of the layer (see its docstring), checked here: unknown
             names against the layer's signature, values by the layer's ``check_*_options``
             function (so a bad value fails now, with one line, not while a model is built).
+
+    A KN recipe of :data:`KN_RECIPES` is a set of these keywords:
+    ``NormSpec('bkn', group_size=2, **KN_RECIPES['authors'])``.
     """
 
     def __init__(self, kind, group_size=None, prior_method='analytic', prior_samples=1, **options):

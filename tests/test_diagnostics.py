@@ -58,7 +58,7 @@ def test_records_carry_the_layers_gain_and_process_noise(kind):
     graph = tf.Graph()
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [4, 6, 6, 3])
-        opts = dict(gain='learned', gain_init=0.3, noise_init=0.02)
+        opts = dict(gain='learned', gain_init=0.3, process_noise=True, noise_init=0.02)
         if kind == 'gkn':
             opts['channel_groups'] = 2
         with TowerContext('', is_training=True), kn.norm_scope(kind, group_size=2, **opts):

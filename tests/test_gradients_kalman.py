@@ -122,10 +122,12 @@ LAYERS = {
     'bn': (lambda x, rng: MicroBatchNorm('norm', x, group_size=2), ['gamma', 'beta']),
     'bn-tower': (lambda x, rng: MicroBatchNorm('norm', x), ['gamma', 'beta']),
     'bkn-pooled': (lambda x, rng: BatchKalmanNorm('norm', x, _prior(rng), group_size=2, gain='learned',
-                                                  gain_init=0.3, noise_init=0.5, pooled_variance=True),
+                                                  gain_init=0.3, process_noise=True, noise_init=0.5,
+                                                  pooled_variance=True),
                    ['gamma', 'beta', 'gain_logit', 'noise_rho', 'prior_mean', 'prior_var']),
     'bkn-unpooled': (lambda x, rng: BatchKalmanNorm('norm', x, _prior(rng), group_size=2, gain='learned',
-                                                    gain_init=0.6, noise_init=0.5, pooled_variance=False),
+                                                    gain_init=0.6, process_noise=True, noise_init=0.5,
+                                                    pooled_variance=False),
                      ['gamma', 'beta', 'gain_logit', 'noise_rho', 'prior_mean', 'prior_var']),
     'bkn-fixed-gain-one-prior-row': (
         lambda x, rng: BatchKalmanNorm('norm', x, (get_var('prior_mean', f32(rng.standard_normal(4))),
@@ -134,11 +136,12 @@ LAYERS = {
         ['gamma', 'beta', 'prior_mean', 'prior_var']),
     'gn': (lambda x, rng: GroupNorm('norm', x, channel_groups=2), ['gamma', 'beta']),
     'gkn': (lambda x, rng: GroupKalmanNorm('norm', x, _prior(rng), group_size=2, channel_groups=2,
-                                           gain='learned', gain_init=0.3, noise_init=0.5),
+                                           gain='learned', gain_init=0.3, process_noise=True, noise_init=0.5,
+                                           propagate='input'),
             ['gamma', 'beta', 'gain_logit', 'noise_rho', 'prior_mean', 'prior_var']),
     'gkn-output': (lambda x, rng: GroupKalmanNorm('norm', x, _prior(rng), group_size=2, channel_groups=2,
-                                                  gain=0.5, noise_init=0.5, pooled_variance=False,
-                                                  propagate='output'),
+                                                  gain=0.5, process_noise=True, noise_init=0.5,
+                                                  pooled_variance=False, propagate='output'),
                    ['gamma', 'beta', 'noise_rho', 'prior_mean', 'prior_var']),
     'brn': (lambda x, rng: MicroBatchRenorm('norm', x, group_size=2), ['gamma', 'beta']),
     'ln': (lambda x, rng: LayerNormalization('norm', x), ['gamma', 'beta']),
@@ -252,7 +255,8 @@ def test_bkn_layer_is_eq7(pooled, noise_param):
 
     def build():
         out = BatchKalmanNorm('bkn', tf.constant(x, tf.float32), (pm, pv), group_size=2, gain=q,
-                              noise_param=noise_param, noise_init=noise, pooled_variance=pooled)
+                              process_noise=True, noise_param=noise_param, noise_init=noise,
+                              pooled_variance=pooled)
         diag = kn_diagnostics()
         assert len(diag) == 1 and diag[0].layer == 'bkn'
         return out, out.posterior.mean, out.posterior.var, diag[0].trusted
@@ -294,7 +298,8 @@ def _train(loss_fn, optimizer, steps, fetch):
     with g.as_default(), TowerContext('', is_training=True):
         x = tf.constant(np.random.default_rng(0).standard_normal(SHAPE), tf.float32)
         prior = (tf.zeros([2, 4]), tf.ones([2, 4]))
-        out = BatchKalmanNorm('bkn', x, prior, group_size=2, gain='learned', gain_init=0.5, noise_init=0.1)
+        out = BatchKalmanNorm('bkn', x, prior, group_size=2, gain='learned', gain_init=0.5, process_noise=True,
+                              noise_init=0.1)
         loss = loss_fn(g, out)
         train = optimizer.minimize(loss)
         fetches = [g.get_tensor_by_name(name) if ':' in name else _var(name) for name in fetch]
@@ -410,7 +415,7 @@ def test_non_finite_prior_falls_back_to_batch_statistics():
         xt = tf.constant(x, tf.float32)
         pm = get_var('pm', np.array([[np.nan, 0, 0, 0], [0, 0, 0, 0]], np.float32))
         pv = get_var('pv', np.array([[1, 1, 1, 1], [1, np.inf, 1, 1]], np.float32))
-        out = BatchKalmanNorm('bkn', xt, (pm, pv), group_size=2, gain='learned')
+        out = BatchKalmanNorm('bkn', xt, (pm, pv), group_size=2, gain='learned', process_noise=True)
         bn = MicroBatchNorm('bn', xt, group_size=2)
         loss = tf.reduce_sum(out * tf.constant(rng.standard_normal(SHAPE), tf.float32))
         grads = tf.gradients(loss, [xt, pm, pv, _var('bkn/gain_logit'), _var('bkn/noise_rho')])
@@ -433,16 +438,20 @@ def test_no_prior_is_exactly_micro_batch_norm(prior):
     def build():
         xt = tf.constant(x, tf.float32)
         bkn = BatchKalmanNorm('bkn', xt, prior, group_size=2, gain='learned')
+        bkn_in = BatchKalmanNorm('bkn_in', xt, prior, group_size=2, gain='learned', propagate='input')
         bn = MicroBatchNorm('bn', xt, group_size=2)
         assert kn_diagnostics() == []
-        return bkn, bn, bkn.posterior.mean, bkn.posterior.var, get_estimate(bkn).mean
+        return (bkn, bn, bkn.posterior.mean, bkn.posterior.var, get_estimate(bkn).mean,
+                get_estimate(bkn_in).mean)
 
-    bkn, bn, mean, var, handed_on = run(build)
+    bkn, bn, mean, var, handed_on, handed_on_input = run(build)
     np.testing.assert_array_equal(bkn, bn)
     bm, bv = np_batch_moments(x, 2)
     np.testing.assert_allclose(mean, bm, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(var, bv, rtol=1e-5)
-    np.testing.assert_array_equal(handed_on, mean)
+    # the chain starts here: the output's distribution (centred on β = 0), or with 'input' the batch moments
+    np.testing.assert_allclose(handed_on, np.zeros_like(mean), atol=1e-6)
+    np.testing.assert_array_equal(handed_on_input, mean)
 
 
 def test_gain_one_is_bn_and_gain_zero_uses_the_prior():
@@ -453,10 +462,11 @@ def test_gain_one_is_bn_and_gain_zero_uses_the_prior():
 
     def build():
         xt = tf.constant(x, tf.float32)
-        one = BatchKalmanNorm('one', xt, (pm, pv), group_size=2, gain=1.0, noise_init=0.3)
+        one = BatchKalmanNorm('one', xt, (pm, pv), group_size=2, gain=1.0, process_noise=True, noise_init=0.3)
         bn = MicroBatchNorm('bn', xt, group_size=2)
         zero = BatchKalmanNorm('zero', xt, (pm, pv), group_size=2, gain=0.0, process_noise=False)
-        zero_r = BatchKalmanNorm('zero_r', xt, (pm, pv), group_size=2, gain=0.0, noise_init=0.3)
+        zero_r = BatchKalmanNorm('zero_r', xt, (pm, pv), group_size=2, gain=0.0, process_noise=True,
+                                 noise_init=0.3)
         return one, bn, zero, zero.posterior.mean, zero.posterior.var, zero_r.posterior.var
 
     one, bn, zero, mean0, var0, var0_r = run(build)
@@ -484,7 +494,8 @@ def _two_layer_net(kind, **options):
 
 @pytest.mark.parametrize('kind, channel_groups', [('bkn', None), ('gkn', 2)])
 def test_flow_hands_the_posterior_through_relu_and_conv(kind, channel_groups):
-    options = {} if channel_groups is None else {'channel_groups': channel_groups}
+    """propagate='input' (the paper's) hands on the posterior of the layer's input."""
+    options = dict(propagate='input', **({} if channel_groups is None else {'channel_groups': channel_groups}))
 
     def build():
         n1, n2, kernel = _two_layer_net(kind, **options)

@@ -53,15 +53,16 @@ def _session(graph):
 
 
 @functools.lru_cache(maxsize=None)
-def forward_graph(arch, norm):
-    """Build the training-mode forward graph of ``arch`` under ``norm`` (groups of 2 for the batch
-    norms, GN's 32 channel groups; nothing runs).  Returns the trainable variables' shapes, the
-    norm layers and their widths, and the KN layers that recorded a prior."""
+def forward_graph(arch, norm, **options):
+    """Build the training-mode forward graph of ``arch`` under ``norm`` with the norm's defaults, or
+    ``options`` (groups of 2 for the batch norms, GN's 32 channel groups; nothing runs).  Returns
+    the trainable variables' shapes, the norm layers and their widths, and the KN layers that
+    recorded a prior."""
     disable_layer_logging()
     graph = tf.Graph()
     with graph.as_default():
         image = tf.zeros([BATCH, SIZE, SIZE, 3])
-        opts = {'group_size': 2} if norm in BATCH_NORMS else {}
+        opts = dict({'group_size': 2} if norm in BATCH_NORMS else {}, **options)
         with TowerContext('', is_training=True), kalman_norm.norm_scope(norm, **opts):
             logits = ARCHS[arch](image, num_classes=CLASSES)
         trainable = {v.op.name: v.shape.as_list() for v in tf1.trainable_variables()}
@@ -172,7 +173,7 @@ def test_table2_parameter_counts_match_the_paper(arch):
     script = load_script('count_params')
     for column, (norm, options) in script.NORMS.items():
         assert norm != 'gn' or options == {'channel_groups': 32}     # GN's default, as built here
-        count = num_parameters(forward_graph(arch, norm))
+        count = num_parameters(forward_graph(arch, norm, **options))
         assert script.matches(count, script.PAPER_TABLE2[arch][column]), (arch, column, count)
 
 
@@ -181,13 +182,17 @@ def test_table2_exact_counts():
     assert num_parameters(forward_graph('ResNet-50', 'bn')) == 25557032          # torchvision's ResNet-50
     assert num_parameters(forward_graph('ResNet-101', 'bn')) == 44549160
     assert num_parameters(forward_graph('Inception-v2', 'bn')) == 11285224
-    # KN: one noise_rho per channel of each norm layer with a prior, no gain variable
+    # KN as the paper counts it (count_params.py: R on): one noise_rho per channel of each norm
+    # layer with a prior, no gain variable; the library's default KN (no R) has BN's parameters
+    paper_kn = load_script('count_params').NORMS['KN']
+    assert paper_kn == ('bkn', {'process_noise': True})
     for arch in ARCHS:
-        bkn, bn = forward_graph(arch, 'bkn'), forward_graph(arch, 'bn')
+        bkn, bn = forward_graph(arch, 'bkn', process_noise=True), forward_graph(arch, 'bn')
         rho = {name: shape for name, shape in bkn['trainable'].items() if name.endswith('/noise_rho')}
         assert len(rho) == len(bkn['prior_layers'])
         assert num_parameters(bkn) - num_parameters(bn) == sum(s[0] for s in rho.values())
         assert not any(name.endswith('gain_logit') for name in bkn['trainable'])
+        assert forward_graph(arch, 'bkn')['trainable'].keys() == bn['trainable'].keys()
 
 
 # ------------------------------------------------------------------ structure

@@ -314,9 +314,10 @@ def test_batch_kalman_norm_without_prior_is_bn(layout):
 
 
 def _bkn_prior_layers(x, layout, gs_values, priors, eval_stats='moving'):
-    """'P': gain 0.1, R on, pooled variance, guard 100 (defaults); 'U': learned gain, R off,
-    no pooled term, no guard.  For group_size=4 the prior is one [C] row shared by all groups.
-    2-D groups of 2 samples can have tiny variances that would trip the guard: no guard there."""
+    """'P': gain 0.1, pooled variance, guard 100 (defaults), R on and the input hand-on (the
+    paper's); 'U': learned gain, R off, no pooled term, no guard.  For group_size=4 the prior is
+    one [C] row shared by all groups.  2-D groups of 2 samples can have tiny variances that would
+    trip the guard: no guard there."""
     df = fmt(layout)
     guard = None if layout == '2D' else 100.0
     outs = {}
@@ -325,7 +326,7 @@ def _bkn_prior_layers(x, layout, gs_values, priors, eval_stats='moving'):
         if gs == 4:
             pm, pv = pm[0], pv[0]
         p = BatchKalmanNorm('P%s' % gs, x, prior=(pm, pv), group_size=gs, guard_ratio=guard, eval_stats=eval_stats,
-                            data_format=df)
+                            process_noise=True, propagate='input', data_format=df)
         u = BatchKalmanNorm('U%s' % gs, x, prior=(pm, pv), group_size=gs, gain='learned', process_noise=False,
                             pooled_variance=False, guard_ratio=None, eval_stats=eval_stats, data_format=df)
         outs[('P', gs)], outs[('U', gs)] = p, u
@@ -415,7 +416,7 @@ def test_group_kalman_norm_forward(layout):
             outs[('none', gs)] = GroupKalmanNorm('N%s' % gs, x, prior=None, group_size=gs, channel_groups=groups,
                                                  data_format=df)
             outs[('P', gs)] = GroupKalmanNorm('P%s' % gs, x, prior=(pm, pv), group_size=gs, guard_ratio=guard,
-                                              channel_groups=groups, data_format=df)
+                                              channel_groups=groups, process_noise=True, data_format=df)
             outs[('U', gs)] = GroupKalmanNorm('U%s' % gs, x, prior=(pm, pv), group_size=gs,
                                               channel_groups=groups, gain='learned', process_noise=False,
                                               pooled_variance=False, guard_ratio=None, data_format=df)
@@ -512,7 +513,7 @@ def test_dynamic_batch_matches_static():
         xt = tf1.placeholder(tf.float32, [None, HW, HW, C])
         with TowerContext('', is_training=True):
             bn = MicroBatchNorm('B', xt, group_size=2)
-            bkn = BatchKalmanNorm('K', xt, prior=(pm, pv), group_size=2)
+            bkn = BatchKalmanNorm('K', xt, prior=(pm, pv), group_size=2, process_noise=True)
         v = init_vars(sess, 15)
         y_bn, y_bkn = sess.run([bn, bkn], {xt: x})
     xc = to_nc(x, 'NHWC')
@@ -521,6 +522,34 @@ def test_dynamic_batch_matches_static():
     mean, var = ref_eq7(pm.astype(np.float64), pv.astype(np.float64), bm, bv, 0.1,
                         ref_R(v['K/noise_rho'], pv.astype(np.float64)))
     assert_close(y_bkn, ref_normalize_grouped(xc, 2, mean, var, v['K/gamma'], v['K/beta']), 'NHWC')
+
+
+def test_kn_defaults_have_no_process_noise_and_hand_on_the_output():
+    """The defaults (KN_RECIPES['library'], the KN study's winner): no R variable, Eq. 7 with R = 0,
+    and the estimate handed on is the normalised output's, N(β, γ²Σ̂/(Σ̂ + ε)) for BKN (its
+    normalising statistics are the posterior), not the posterior of the input."""
+    x = make_x('NHWC', seed=17)
+    pm, pv = make_prior(4, seed=18)
+    with graph_session() as sess:
+        xt = tf1.placeholder(tf.float32, x.shape)
+        with TowerContext('', is_training=True):
+            bkn = BatchKalmanNorm('K', xt, prior=(pm, pv), group_size=2)
+            gkn = GroupKalmanNorm('G', xt, prior=(pm, pv), group_size=2, channel_groups=2)
+        names = {v.op.name for v in tf1.global_variables()}
+        assert names == {'K/gamma', 'K/beta', 'K/mean/EMA', 'K/variance/EMA', 'G/gamma', 'G/beta'}
+        v = init_vars(sess, 17)
+        y, (est_m, est_v), (post_m, post_v), (g_est_m, g_est_v), (g_post_m, g_post_v) = sess.run(
+            [bkn, kn.get_estimate(bkn).moments(), (bkn.posterior.mean, bkn.posterior.var),
+             kn.get_estimate(gkn).moments(), (gkn.posterior.mean, gkn.posterior.var)], {xt: x})
+    xc = to_nc(x, 'NHWC')
+    bm, bv = ref_group_moments(xc, 2)
+    mean, var = ref_eq7(pm.astype(np.float64), pv.astype(np.float64), bm, bv, 0.1, None)
+    assert_close(y, ref_normalize_grouped(xc, 2, mean, var, v['K/gamma'], v['K/beta']), 'NHWC')
+    np.testing.assert_allclose(post_m, mean, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(est_m, np.broadcast_to(v['K/beta'], est_m.shape), atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(est_v, v['K/gamma'] ** 2 * var / (var + EPS), atol=ATOL, rtol=RTOL)
+    # GKN hands on its output's distribution too, not its per-channel posterior
+    assert not np.allclose(g_est_m, g_post_m, atol=1e-2) and not np.allclose(g_est_v, g_post_v, atol=1e-2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -888,7 +917,7 @@ def test_nonfinite_prior_bkn_falls_back_to_bn(layout):
     with graph_session() as sess:
         xt = tf1.placeholder(tf.float32, x.shape)
         with TowerContext('', is_training=True):
-            y = BatchKalmanNorm('L', xt, prior=(pm, pv), group_size=2)
+            y = BatchKalmanNorm('L', xt, prior=(pm, pv), group_size=2, process_noise=True)
         diag = kn_diagnostics()
         assert len(diag) == 1
         v = init_vars(sess, 61)
@@ -916,7 +945,7 @@ def test_nonfinite_prior_gkn_falls_back_to_gn():
     with graph_session() as sess:
         xt = tf1.placeholder(tf.float32, x.shape)
         with TowerContext('', is_training=True):
-            y = GroupKalmanNorm('L', xt, prior=(pm, pv), group_size=2, channel_groups=2)
+            y = GroupKalmanNorm('L', xt, prior=(pm, pv), group_size=2, channel_groups=2, process_noise=True)
         v = init_vars(sess, 63)
         out = sess.run(y, {xt: x})
     assert np.isfinite(out).all()
@@ -941,7 +970,7 @@ def test_negative_prior_variance_bkn_falls_back_to_bn(bad):
     with graph_session() as sess:
         xt = tf1.placeholder(tf.float32, x.shape)
         with TowerContext('', is_training=True):
-            y = BatchKalmanNorm('L', xt, prior=(pm, pv), group_size=2)
+            y = BatchKalmanNorm('L', xt, prior=(pm, pv), group_size=2, process_noise=True)
             bn = MicroBatchNorm('B', xt, group_size=2)
         diag = kn_diagnostics()
         v = init_vars(sess, 65)
@@ -969,7 +998,7 @@ def test_negative_prior_variance_gkn_falls_back_to_gn():
     with graph_session() as sess:
         xt = tf1.placeholder(tf.float32, x.shape)
         with TowerContext('', is_training=True):
-            y = GroupKalmanNorm('L', xt, prior=(pm, pv), group_size=2, channel_groups=2)
+            y = GroupKalmanNorm('L', xt, prior=(pm, pv), group_size=2, channel_groups=2, process_noise=True)
         v = init_vars(sess, 67)
         out, post_var = sess.run([y, y.posterior.var], {xt: x})
     assert np.isfinite(out).all() and (post_var >= 0).all()

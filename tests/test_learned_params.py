@@ -27,14 +27,16 @@ def _problem(scale, seed=0):
 
 
 def _build(prior_factor, layer='bkn', scale=1.0, **options):
-    """Graph of the synthetic problem with features ``scale`` times larger; returns
+    """Graph of the synthetic problem with features ``scale`` times larger, R learned (the
+    paper's; the layers' default has none) unless ``options`` say otherwise; returns
     (graph, loss, output, {name: variable})."""
     x = _problem(scale)
     graph = tf.Graph()
     with graph.as_default(), TowerContext('', is_training=True):
         prior_var = SIGMA2 * scale ** 2 * prior_factor
         prior = (np.zeros((4, 4), np.float32), np.tile(prior_var, (4, 1)).astype(np.float32))
-        kwargs = dict(group_size=2, center=False, scale=False, guard_ratio=None, **options)
+        kwargs = dict(group_size=2, center=False, scale=False, guard_ratio=None, process_noise=True)
+        kwargs.update(options)
         if layer == 'bkn':
             out = BatchKalmanNorm('kn', tf.constant(x), prior=prior, **kwargs)
         else:
@@ -63,7 +65,7 @@ def _tensor(graph, name):
 
 @pytest.mark.parametrize('layer', ['bkn', 'gkn'])
 def test_relative_noise_grows_when_the_prior_variance_is_too_small(layer):
-    graph, loss, _, _ = _build(0.25, layer=layer)          # default: relative R, r0 = 0.1, q = 0.1
+    graph, loss, _, _ = _build(0.25, layer=layer)          # relative R (default), r0 = 0.1, q = 0.1
     r0, r1, losses = _train(graph, loss, _tensor(graph, 'process_noise'), steps=40, lr=0.5)
     np.testing.assert_allclose(r0, 0.1, rtol=1e-6)
     assert (r1 > 1.5 * r0).all(), r1                       # every channel's r grew by half at least

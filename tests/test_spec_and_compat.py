@@ -1,6 +1,7 @@
 """Tests of kalman_norm.spec (NormSpec / norm_scope / F.norm dispatch), kalman_norm.compat
 (NumPy 2 aliases for tensorpack 0.11) and kalman_norm._stack (the stack check)."""
 import importlib.metadata
+import inspect
 import itertools
 import os
 import types
@@ -12,7 +13,7 @@ import kalman_norm
 import tensorflow as tf
 from tensorpack.tfutils.tower import TowerContext
 
-from kalman_norm import NORMS, NormSpec, compat, current_norm, norm_scope
+from kalman_norm import KN_RECIPES, NORMS, NormSpec, compat, current_norm, norm_scope
 from kalman_norm import _stack
 from kalman_norm import flow as F
 from kalman_norm.layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm, LayerNormalization,
@@ -241,12 +242,12 @@ def _layer_vars(variables, layer):
     return {name[len(layer) + 1:] for name in variables if name.startswith(layer + '/')}
 
 
-#: second layer's variables (it has a prior under the KN norms)
+#: second layer's variables (it has a prior under the KN norms; by default no R, no learned q)
 EXPECTED_VARS = {
     'bn': {'gamma', 'beta', 'mean/EMA', 'variance/EMA'},
-    'bkn': {'gamma', 'beta', 'mean/EMA', 'variance/EMA', 'noise_rho'},
+    'bkn': {'gamma', 'beta', 'mean/EMA', 'variance/EMA'},
     'gn': {'gamma', 'beta'},
-    'gkn': {'gamma', 'beta', 'noise_rho'},
+    'gkn': {'gamma', 'beta'},
     'brn': {'gamma', 'beta', 'mean/EMA', 'variance/EMA'},
     'ln': {'gamma', 'beta'},
     'wn': {'beta'},
@@ -302,8 +303,10 @@ def test_bn_group_size_reaches_the_layer():
 def test_spec_options_reach_the_layer():
     _, variables, _ = _two_layers('bkn', group_size=2, gain='learned')
     assert 'gain_logit' in _layer_vars(variables, 'n2')
-    _, variables, _ = _two_layers('bkn', group_size=2, process_noise=False)
-    assert 'noise_rho' not in _layer_vars(variables, 'n2')
+    _, variables, _ = _two_layers('bkn', group_size=2, process_noise=True)
+    assert 'noise_rho' in _layer_vars(variables, 'n2') and 'noise_rho' not in _layer_vars(variables, 'n1')
+    _, variables, _ = _two_layers('gkn', group_size=2, process_noise=True, channel_groups=4)
+    assert 'noise_rho' in _layer_vars(variables, 'n2')
     _, variables, _ = _two_layers('gkn', group_size=2, gain='learned', channel_groups=4)
     assert 'gain_logit' in _layer_vars(variables, 'n2')
     with pytest.raises(ValueError, match='channel_groups'):
@@ -478,3 +481,54 @@ def test_sctypes_cover_tensorpack_scalar_check():
     """PrintData's scalar test: a NumPy scalar's type is in the chained sctypes."""
     types_ = list(itertools.chain(*np.sctypes.values()))
     assert type(np.float32(1)) in types_ and type(np.int8(1)) in types_
+
+
+# =================================================================== KN recipes
+
+def test_kn_recipes_are_the_documented_three():
+    assert list(KN_RECIPES) == ['library', 'authors', 'paper']
+    assert dict(KN_RECIPES['library']) == dict(
+        prior_method='analytic', prior_samples=1, gain=0.1, process_noise=False, pooled_variance=True,
+        guard_ratio=100.0, propagate='output')
+    # the authors' public CIFAR code: what tests/test_authors_recipe.py checks
+    assert dict(KN_RECIPES['authors']) == dict(
+        prior_method='mc', prior_samples=1, gain=0.1, process_noise=False, pooled_variance=True,
+        guard_ratio=100.0, propagate='input')
+    # the paper's text: MC prior, learned q and R, Eq. 7's variance as written, no guard
+    assert dict(KN_RECIPES['paper']) == dict(
+        prior_method='mc', prior_samples=1, gain='learned', process_noise=True, pooled_variance=False,
+        guard_ratio=None, propagate='input')
+    with pytest.raises(TypeError):
+        KN_RECIPES['paper']['gain'] = 0.5            # read-only: no run changes another's recipe
+
+
+@pytest.mark.parametrize('layer', [BatchKalmanNorm, GroupKalmanNorm])
+def test_library_recipe_is_the_defaults(layer):
+    """KN_RECIPES['library'] states the defaults of NormSpec and of both KN layers: one source each,
+    held equal here."""
+    library = dict(KN_RECIPES['library'])
+    spec = inspect.signature(NormSpec).parameters
+    assert (spec['prior_method'].default, spec['prior_samples'].default) == (
+        library.pop('prior_method'), library.pop('prior_samples'))
+    params = inspect.signature(layer).parameters
+    assert {k: params[k].default for k in library} == library
+
+
+#: the second layer's KN variables under each recipe (it has a prior)
+RECIPE_VARS = {'library': set(), 'authors': set(), 'paper': {'gain_logit', 'noise_rho'}}
+
+
+@pytest.mark.parametrize('kind', ['bkn', 'gkn'])
+@pytest.mark.parametrize('recipe', list(KN_RECIPES))
+def test_a_recipe_is_one_keyword_away(kind, recipe):
+    """``norm_scope(kind, group_size=2, **KN_RECIPES[name])`` takes the prior method into the spec,
+    the rest into the layers."""
+    extra = {'channel_groups': 4} if kind == 'gkn' else {}
+    spec = norm_scope(kind, group_size=2, **KN_RECIPES[recipe], **extra)
+    assert (spec.prior_method, spec.prior_samples) == (KN_RECIPES[recipe]['prior_method'], 1)
+    assert 'prior_method' not in spec.options and spec.options['gain'] == KN_RECIPES[recipe]['gain']
+    _, variables, _ = _two_layers(kind, group_size=2, **KN_RECIPES[recipe], **extra)
+    kn_vars = _layer_vars(variables, 'n2') - {'gamma', 'beta', 'mean/EMA', 'variance/EMA'}
+    assert kn_vars == RECIPE_VARS[recipe]
+    # a keyword given beside the recipe's wins over it (the spec's replace)
+    assert norm_scope(spec, gain=0.3).options['gain'] == 0.3

@@ -25,7 +25,9 @@ not change the parameter count.
 ``zero_init_residual`` (default True) starts every block's last gamma (``bn3``) at 0, so that
 each residual block starts as the identity (Goyal et al. 2017; tensorpack's ImageNet ResNet does
 the same).  It has no effect under 'wn' and 'none', whose feature-side layer has no gamma.
-KN's prior does not depend on gamma with the default ``propagate='input'``.
+With KN's default output hand-on (``propagate='output'``) a zero gamma hands on a point mass at
+beta for the residual branch, so the next prior is the shortcut's moments (plus beta); with the
+paper's ``propagate='input'`` KN's prior does not depend on gamma.
 
 KN's prior chain: the stem's norm (``bn0``) sees the image and has no prior; its estimate goes
 through ReLU, the max pool (:func:`kalman_norm.flow.max_pool`), and from there through every
