@@ -1,4 +1,4 @@
-"""Typed trainer options: defaults < TOML config < command line, all checked before any heavy work.
+"""Typed trainer options: defaults < presets < TOML config < command line, checked before any heavy work.
 
 Each trainer declares its options once as a list of :class:`Opt`; from that list come the
 command line (argparse), the keys a TOML config may hold, the type and range checks, and which
@@ -6,6 +6,10 @@ options define a run's identity (see :mod:`kalman_norm.rundir`).  Values from a 
 arrive with TOML's types and values from the command line with argparse's; both go through the
 same checks, so ``--norm-option process_noise=False`` and ``process_noise = false`` mean the same
 boolean on every Python the package supports.
+
+A *preset* is a set of values that one option's choice gives other options (the trainer's
+``--kn-recipe paper`` sets the gain, the prior and KN's norm options): it replaces their defaults
+and yields to anything the config file or the command line gives (see :func:`resolve`).
 """
 import argparse
 import math
@@ -169,14 +173,20 @@ def _key_values(items, what):
     return table
 
 
-def resolve(argv, opts, prog, description):
-    """Defaults, overridden by the --config file, overridden by the command line; each value
+def resolve(argv, opts, prog, description, presets=None):
+    """Defaults, overridden by presets, by the --config file, then by the command line; each value
     type- and range-checked by its :class:`Opt`.  Returns a plain dict (cross-option checks are
-    the trainer's)."""
+    the trainer's).
+
+    ``presets``: None, or a function of the checked values -> {key: value} for options that nobody
+    gave (a recipe chosen by another option).  A table's preset is merged under the entries the
+    config or the command line gave, entry by entry.
+    """
     args = vars(build_parser(prog, description, opts).parse_args(argv))
     by_key = {o.key: o for o in opts}
     values = {o.key: (type(o.default)(o.default) if isinstance(o.default, (dict, list)) else o.default)
               for o in opts}
+    given = {}          # key -> True, or for a table the set of its entries given
     if 'config' in args:
         path = args.pop('config')
         conf = load_config(path, opts)
@@ -186,14 +196,30 @@ def resolve(argv, opts, prog, description):
                     values[k].update(by_key[k].check(v))
                 except OptionError as e:
                     raise OptionError('%s: %s' % (path, e))
+                given.setdefault(k, set()).update(v)
             else:
                 values[k] = v
+                given[k] = True
     for k, v in args.items():
         if by_key[k].kind == 'table':
-            values[k].update(_key_values(v, flag(k).rstrip('s')))
+            entries = _key_values(v, flag(k).rstrip('s'))
+            values[k].update(entries)
+            given.setdefault(k, set()).update(entries)
         else:
             # strings from the command line for 'any' options are typed like TOML scalars
             values[k] = parse_scalar(v) if by_key[k].kind == 'any' and isinstance(v, str) else v
+            given[k] = True
+    _check_all(values, opts)
+    if presets is not None:
+        for k, v in presets(dict(values)).items():
+            if by_key[k].kind == 'table':
+                values[k].update({e: x for e, x in v.items() if e not in given.get(k, ())})
+            elif k not in given:
+                values[k] = v
+        _check_all(values, opts)
+    return values
+
+
+def _check_all(values, opts):
     for o in opts:
         values[o.key] = o.check(values[o.key]) if o.kind != 'any' else values[o.key]
-    return values

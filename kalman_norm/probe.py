@@ -67,6 +67,12 @@ class ProbeError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # the run: options, checkpoints, epochs
 
+#: The KN layers' defaults before this package's recipes (``--kn-recipe``): a KN run recorded then
+#: (options.json without 'kn_recipe') lists only the norm options it was given, and the layers
+#: filled in these (R learned, the input hand-on).  Later runs record every KN option.
+PRE_RECIPE_KN_DEFAULTS = {'process_noise': True, 'propagate': 'input'}
+
+
 def load_run(logdir):
     """The run's options (``LOGDIR/options.json`` over the trainer's defaults) and its NormSpec."""
     from . import cifar
@@ -87,6 +93,8 @@ def load_run(logdir):
     o.update({k: v for k, v in raw.items() if k != 'spec'})   # 'spec' is a repr; rebuilt below
     o['norm_options'] = dict(o.get('norm_options') or {})
     o['model_options'] = dict(o.get('model_options') or {})
+    if o['norm'] in ('bkn', 'gkn') and 'kn_recipe' not in raw:
+        o['norm_options'] = dict(PRE_RECIPE_KN_DEFAULTS, **o['norm_options'])
     if o['norm'] in ('bkn', 'gkn') and o['gain'] in ('auto', None) and 'gain' not in o['norm_options']:
         raise ProbeError("%s: a KN run's options must hold the gain it trained with (a number or "
                          "'learned'; the trainer records the resolved value), got %r" % (path, o['gain']))

@@ -3,9 +3,10 @@
 A trainer is a :class:`Task` (its data, models, schedules and extra options) run by
 :func:`main`.  The core owns what every run needs and must get right:
 
-* options: the shared ones (:data:`COMMON_OPTIONS`), command line over TOML over defaults, typed
-  and range-checked, then the cross-option checks, then a dry build of the model graph, all
-  before the data is loaded or the log directory touched (:func:`prepare`);
+* options: the shared ones (:data:`COMMON_OPTIONS`), command line over TOML over the KN recipe
+  (``--kn-recipe``) over defaults, typed and range-checked, then the cross-option checks, then a
+  dry build of the model graph, all before the data is loaded or the log directory touched
+  (:func:`prepare`);
 * the log directory (:mod:`kalman_norm.rundir`): one configuration per directory, a lock, a
   status file, resume from the last complete epoch after a kill at any point;
 * the tensorpack model (:class:`ClassifierModel`): normalised images -> the task's model under
@@ -42,7 +43,7 @@ from .distributed import ClusterError, horovod_trainer, make_distributed_trainer
 from . import runtime
 from .options import Opt, OptionError, resolve
 from .rundir import RunDir, RunDiverged, atomic_write_json, default_logdir, last_complete_epoch
-from .spec import NORMS, NormSpec
+from .spec import KN_RECIPES, NORMS, NormSpec
 from .transition import METHODS as PRIOR_METHODS
 
 __all__ = ['Task', 'Data', 'COMMON_OPTIONS', 'ClassifierModel', 'prepare', 'train', 'main',
@@ -68,10 +69,15 @@ COMMON_OPTIONS = [
         nullable=True),
     Opt('momentum', 0.9, 'float', 'SGD momentum, in [0, 1)', minimum=0.0),
     Opt('nesterov', None, 'bool', 'Nesterov momentum (default: the schedule\'s)', nullable=True),
+    Opt('kn_recipe', 'library', 'choice', "KN recipe: library (this package's defaults: analytic prior, "
+        "output hand-on, no R), authors (the authors' CIFAR code: MC prior, input hand-on, no R) or paper "
+        "(MC prior, learned q and R, Eq. 7's variance, no guard, input hand-on); it sets --prior, "
+        "--prior-samples, --gain and the KN norm options that the config and command line leave out "
+        "(kalman_norm.KN_RECIPES)", choices=tuple(KN_RECIPES), identity=False),
     Opt('gain', 'auto', 'any', "KN gain q: a number in [0, 1], 'learned', or 'auto' (0.1 if batch <= 16 "
-        "else 0.95, the authors' values)"),
-    Opt('prior', 'analytic', 'choice', 'KN prior: analytic, or mc (the paper\'s Monte-Carlo)',
-        choices=PRIOR_METHODS),
+        "else 0.95, the authors' values; --kn-recipe paper: learned)"),
+    Opt('prior', 'analytic', 'choice', 'KN prior: analytic, or mc (the paper\'s Monte-Carlo; '
+        '--kn-recipe authors and paper)', choices=PRIOR_METHODS),
     Opt('prior_samples', 1, 'int', 'sampled feature maps per group for --prior mc', minimum=1),
     Opt('eval_stats', 'moving', 'choice', 'inference statistics: moving (A), batch (B) or both',
         choices=EVAL_MODES),
@@ -102,6 +108,24 @@ Data = namedtuple('Data', ['train', 'train_size', 'test', 'num_classes', 'channe
 def auto_gain(batch):
     """The authors' fixed gains: q = 0.1 for micro-batches, 0.95 for large batches (batch 128)."""
     return 0.1 if batch <= 16 else 0.95
+
+
+def kn_recipe_options(values):
+    """The options ``--kn-recipe`` gives a KN norm (a preset of :func:`kalman_norm.options.resolve`:
+    the config and the command line override each of them): --prior, --prior-samples, --gain and
+    the recipe's layer options as norm options.  Nothing for other norms, which refuse any recipe
+    but the default (check_common)."""
+    if values['norm'] not in KALMAN_NORMS:
+        return {}
+    recipe = dict(KN_RECIPES[values['kn_recipe']])
+    options = {'prior': recipe.pop('prior_method'), 'prior_samples': recipe.pop('prior_samples')}
+    gain = recipe.pop('gain')
+    # A recipe's fixed q = 0.1 is the authors' micro-batch value: --gain auto gives it at <= 16 per
+    # normalisation and keeps the authors' 0.95 for large batches, so such a recipe leaves auto be.
+    if gain != auto_gain(1):
+        options['gain'] = gain
+    options['norm_options'] = recipe
+    return options
 
 
 class Task(object):
@@ -181,7 +205,7 @@ class Task(object):
 
 def parse_options(task, argv=None):
     """Resolve and check every option of ``task``; nothing on disk is touched."""
-    o = resolve(argv, task.all_options(), task.prog, task.description)
+    o = resolve(argv, task.all_options(), task.prog, task.description, presets=kn_recipe_options)
     try:
         cluster = parse_cluster(o['cluster'], o['task'])
     except ClusterError as e:
@@ -224,6 +248,7 @@ def check_common(o):
         need(o['gain'] in ('auto', None), '--gain applies to bkn and gkn only (got --norm %s)' % o['norm'])
         need(o['prior'] == 'analytic' and o['prior_samples'] == 1,
              '--prior/--prior-samples apply to bkn and gkn only (got --norm %s)' % o['norm'])
+        need(o['kn_recipe'] == 'library', '--kn-recipe applies to bkn and gkn (got --norm %s)' % o['norm'])
     if o['norm'] not in EMA_NORMS:
         need(o['eval_stats'] == 'moving', '--eval-stats applies to norms with moving averages (%s); %s has '
              'none' % (', '.join(EMA_NORMS), o['norm']))

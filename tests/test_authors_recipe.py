@@ -15,6 +15,8 @@ from kalman_norm.estimate import Estimate, get_estimate, rectified_gaussian_mome
 from kalman_norm.layers import BatchKalmanNorm, MicroBatchNorm, kn_diagnostics
 from kalman_norm.models.resnet_cifar import residual_block, resnet_cifar
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,9 +26,13 @@ tf1 = tf.compat.v1
 EPS = 1e-5
 H = 2.0 ** -7                 # finite-difference step, exact in float32
 
-#: the authors' CIFAR recipe at 2 samples per normalisation
+#: the authors' CIFAR recipe at 2 samples per normalisation: kn.KN_RECIPES['authors']
 RECIPE = dict(group_size=2, prior_method='mc', prior_samples=1, gain=0.1, process_noise=False,
               pooled_variance=True, guard_ratio=100.0, propagate='input')
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      'configs', 'cpu', 'kn_study', 'bkn_authors.toml')
+#: the config's lines that the recipe states (the rest is the study's budget)
+_RECIPE_KEYS = ('prior', 'prior_samples', 'gain')
 
 
 def _session(graph):
@@ -34,6 +40,36 @@ def _session(graph):
     # tiny graphs run a few times: Grappler's rewrites would cost more than they save
     config.graph_options.rewrite_options.disable_meta_optimizer = True
     return tf1.Session(graph=graph, config=config)
+
+
+# ----------------------------------------------------------------------------------------------
+# the recipe by name: the library's KN_RECIPES['authors'], the trainer's --kn-recipe authors
+# ----------------------------------------------------------------------------------------------
+
+def test_named_recipe_is_this_recipe():
+    assert dict(group_size=2, **kn.KN_RECIPES['authors']) == RECIPE
+
+
+def test_trainer_recipe_builds_the_kn_study_config(tmp_path):
+    """``--kn-recipe authors`` on the study's budget resolves to exactly the options of
+    configs/cpu/kn_study/bkn_authors.toml, which states every KN option by hand."""
+    from kalman_norm.cifar import parse_options
+    kept = []
+    with open(CONFIG) as f:
+        for line in f:
+            if line.startswith('[norm_options]'):
+                break                                      # the table holds only KN options
+            if line.split('=')[0].strip() not in _RECIPE_KEYS:
+                kept.append(line)
+    budget = tmp_path / 'budget.toml'
+    budget.write_text(''.join(kept))
+    by_hand = parse_options(['--config', CONFIG, '--seed', '1'])
+    by_name = parse_options(['--config', str(budget), '--kn-recipe', 'authors', '--seed', '1'])
+    assert by_hand['norm_options'] == dict(process_noise=False, pooled_variance=True, guard_ratio=100.0,
+                                           propagate='input')
+    for key in ('prior', 'prior_samples', 'gain', 'norm_options', 'identity', 'logdir'):
+        assert by_name[key] == by_hand[key], key
+    assert repr(by_name['spec']) == repr(by_hand['spec'])
 
 
 # ----------------------------------------------------------------------------------------------

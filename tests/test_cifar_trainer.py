@@ -310,7 +310,10 @@ def test_script_image_folder_with_config(data_dirs, tmp_path):
     assert 'norm=bkn batch=2 gpus=1' in r.stdout
     with open(logdir / 'options.json') as f:
         options = json.load(f)
-    assert options['norm_options'] == {'process_noise': False} and options['gain'] == 0.1
+    # the config's option, and the other KN options of the default recipe: every one recorded
+    assert options['norm_options'] == {'process_noise': False, 'pooled_variance': True, 'guard_ratio': 100.0,
+                                       'propagate': 'output'} and options['gain'] == 0.1
+    assert options['kn_recipe'] == 'library' and 'kn_recipe' not in options['identity']
     assert any(f.endswith('.npz') for f in os.listdir(tmp_path / 'cache'))     # KALMAN_NORM_CACHE
 
 
@@ -409,6 +412,7 @@ BAD_OPTIONS = [
     (['--norm', 'bkn', '--gain', '1.5'], r'--gain must be in \[0, 1\]'),
     (['--norm', 'gkn', '--gain', 'abc'], "--gain must be a number in .*'abc'"),
     (['--norm', 'bn', '--prior', 'mc'], '--prior/--prior-samples apply to bkn and gkn only'),
+    (['--norm', 'gn', '--kn-recipe', 'paper'], r'--kn-recipe applies to bkn and gkn \(got --norm gn\)'),
     (['--norm', 'gn', '--eval-stats', 'batch'], '--eval-stats applies to norms with moving averages'),
     (['--norm-option', 'unknown_key=1'], r"unknown_key do not apply to 'bn'"),
     (['--norm-option', 'process_noise'], "--norm-option takes KEY=VALUE, got 'process_noise'"),
@@ -494,7 +498,9 @@ def test_precedence_command_line_over_config_over_defaults(tmp_path):
                        '--norm-option', 'guard_ratio=50', '--norm-option', 'pooled_variance=false'])
     # command line
     assert o['batch'] == 2 and o['lr'] == 0.2
-    assert o['norm_options'] == {'process_noise': False, 'guard_ratio': 50, 'pooled_variance': False}
+    # the default KN recipe under both: only the entries neither gives
+    assert o['norm_options'] == {'process_noise': False, 'guard_ratio': 50, 'pooled_variance': False,
+                                 'propagate': 'output'}
     # config
     assert (o['norm'], o['total_batch'], o['depth'], o['gain'], o['schedule']) == ('bkn', 16, 2, 'learned', 'paper')
     assert o['model_options'] == {'data_format': 'NHWC'}
@@ -506,13 +512,59 @@ def test_precedence_command_line_over_config_over_defaults(tmp_path):
     spec = o['spec']
     assert spec.kind == 'bkn' and spec.group_size == 2
     assert spec.options == {'gain': 'learned', 'process_noise': False, 'guard_ratio': 50,
-                            'pooled_variance': False}
+                            'pooled_variance': False, 'propagate': 'output'}
     # defaults alone
     d = parse_options([])
     assert (d['norm'], d['batch'], d['total_batch'], d['epochs'], d['weight_decay'], d['gain']) == \
         ('bn', 128, 128, 30, 5e-4, 'auto')
     assert parse_options(['--norm', 'bkn', '--batch', '2'])['gain'] == 0.1
     assert parse_options(['--norm', 'bkn'])['gain'] == 0.95
+
+
+#: what each --kn-recipe resolves to at 2 samples per normalisation, with nothing else given
+RESOLVED_RECIPES = {
+    'library': dict(prior='analytic', prior_samples=1, gain=0.1, norm_options=dict(
+        process_noise=False, pooled_variance=True, guard_ratio=100.0, propagate='output')),
+    'authors': dict(prior='mc', prior_samples=1, gain=0.1, norm_options=dict(
+        process_noise=False, pooled_variance=True, guard_ratio=100.0, propagate='input')),
+    'paper': dict(prior='mc', prior_samples=1, gain='learned', norm_options=dict(
+        process_noise=True, pooled_variance=False, guard_ratio=None, propagate='input')),
+}
+
+
+@pytest.mark.parametrize('norm', ['bkn', 'gkn'])
+@pytest.mark.parametrize('recipe', sorted(RESOLVED_RECIPES))
+def test_kn_recipe_sets_the_kn_options(recipe, norm):
+    argv = ['--norm', norm, '--batch', '2', '--total-batch', '8'] + BASE
+    o = parse_options(argv + ([] if recipe == 'library' else ['--kn-recipe', recipe]))
+    assert {k: o[k] for k in RESOLVED_RECIPES[recipe]} == RESOLVED_RECIPES[recipe]
+    assert o['kn_recipe'] == recipe
+    spec = o['spec']
+    assert (spec.prior_method, spec.options) == (o['prior'], dict(o['norm_options'], gain=o['gain']))
+    # the recipe is in the identity only through the options it sets: stating them by hand is the same run
+    by_hand = ['--prior', o['prior'], '--gain', str(o['gain'])] + sum(
+        (['--norm-option', '%s=%s' % kv] for kv in o['norm_options'].items()), [])
+    assert parse_options(argv + by_hand)['identity'] == o['identity']
+
+
+def test_kn_recipe_yields_to_explicit_options(tmp_path):
+    """Command line > config > recipe > defaults, option by option and norm option by norm option."""
+    o = parse_options(['--norm', 'bkn', '--batch', '2', '--kn-recipe', 'paper', '--gain', '0.3',
+                       '--norm-option', 'guard_ratio=50'] + BASE)
+    assert (o['gain'], o['prior']) == (0.3, 'mc')
+    assert o['norm_options'] == dict(process_noise=True, pooled_variance=False, guard_ratio=50, propagate='input')
+    path = _toml(tmp_path, 'norm = "gkn"\nbatch = 2\nkn_recipe = "paper"\nprior = "analytic"\n'
+                           '[norm_options]\npropagate = "output"\n')
+    o = parse_options(['--config', path, '--norm-option', 'process_noise=false'] + BASE)
+    assert (o['kn_recipe'], o['gain'], o['prior']) == ('paper', 'learned', 'analytic')
+    assert o['norm_options'] == dict(process_noise=False, pooled_variance=False, guard_ratio=None,
+                                     propagate='output')
+    # a recipe whose gain is fixed leaves --gain auto: the authors' 0.95 above 16 per normalisation
+    assert parse_options(['--norm', 'bkn', '--kn-recipe', 'authors'] + BASE)['gain'] == 0.95
+    assert parse_options(['--norm', 'bkn', '--kn-recipe', 'paper'] + BASE)['gain'] == 'learned'
+    # other norms: the default recipe is no option of theirs, and they record no KN option
+    o = parse_options(['--norm', 'bn', '--kn-recipe', 'library'] + BASE)
+    assert o['norm_options'] == {} and o['gain'] == 'auto' and o['prior'] == 'analytic'
 
 
 def test_script_bad_combination_exits_2(tmp_path):

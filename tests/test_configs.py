@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from kalman_norm import cifar, imagenet, study
+from kalman_norm import KN_RECIPES, cifar, imagenet, study, trainer
 from kalman_norm.cifar import DEFAULTS, parse_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,6 +154,22 @@ def test_kn_study_rows_share_one_budget():
     assert seen['bkn_authors']['prior'] == 'mc' and seen['bkn_authors']['prior_samples'] == 1
     assert seen['bkn_qlearned']['gain'] == 'learned' and seen['bkn_r']['norm_options']['process_noise'] is True
     assert (t['rows'][0]['row'], t['rows'][0].get('seeds')) == ('bn_b2', 3)
+
+
+#: the CIFAR trainer's KN configs (the ImageNet trainer's graphs take minutes to build)
+CIFAR_KN = [p for p in CPU + PAPER if _toml(p)['norm'] in trainer.KALMAN_NORMS
+            and os.sep + 'imagenet_check' + os.sep not in p]
+
+
+@pytest.mark.parametrize('path', CIFAR_KN, ids=_ids)
+def test_cifar_kn_configs_state_every_kn_option_and_build(path):
+    """A run's config states every option a KN recipe sets, so that its record keeps its meaning
+    when the library's defaults change; and the model builds with it (the trainer's dry build)."""
+    conf = _toml(path)
+    recipe = set(KN_RECIPES['library']) - {'prior_method', 'prior_samples', 'gain'}
+    assert {'prior', 'gain'} <= set(conf) and recipe <= set(conf['norm_options']), _ids(path)
+    o = parse_options(['--config', path])
+    trainer.check_graph(cifar.TASK, o, cifar.TASK.num_classes(o))
 
 
 def test_a_row_is_run_by_one_trainer():

@@ -106,6 +106,19 @@ def test_learning_rate_scales_with_the_total_batch():
         imagenet.parse_options(['--fake-data', 'true', '--gpus', '3'])
 
 
+def test_kn_recipe_is_an_option_of_the_imagenet_trainer_too():
+    """The trainer core's --kn-recipe: the library's recipe by default, the paper's one flag away."""
+    argv = ['--fake-data', 'true', '--norm', 'bkn', '--batch', '4', '--gpus', '8', '--total-batch', '32']
+    o = imagenet.parse_options(argv)
+    assert (o['prior'], o['gain'], o['norm_options']['propagate'], o['norm_options']['process_noise']) == \
+        ('analytic', 0.1, 'output', False)
+    o = imagenet.parse_options(argv + ['--kn-recipe', 'paper'])
+    assert (o['prior'], o['gain'], o['norm_options']['propagate'], o['norm_options']['guard_ratio']) == \
+        ('mc', 'learned', 'input', None)
+    with pytest.raises(OptionError, match='--kn-recipe applies to bkn and gkn'):
+        imagenet.parse_options(['--fake-data', 'true', '--norm', 'gn', '--kn-recipe', 'authors'])
+
+
 IMAGENET_CONFIGS = sorted(os.listdir(os.path.join(REPO, 'configs', 'imagenet')))
 
 

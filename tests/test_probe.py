@@ -77,7 +77,7 @@ def _load_script(name):
 @pytest.fixture(scope='module')
 def kn_run(tmp_path_factory):
     logdir = str(tmp_path_factory.mktemp('kn_run'))
-    o, spec = make_run(logdir, norm='bkn', gain='learned')
+    o, spec = make_run(logdir, norm='bkn', gain='learned', norm_options={'process_noise': True})
     return logdir, o, spec
 
 
@@ -228,6 +228,20 @@ def test_bn_run_reports_group_and_moving_only(measured):
             assert layer['prior'] is None and layer['posterior'] is None and layer['guard_trip_rate'] is None
             assert layer['group'] is not None and layer['moving'] is not None
     assert result['noise_param'] is None and result['run']['norm'] == 'bn'
+
+
+def test_a_run_recorded_before_the_kn_recipes_is_rebuilt_with_the_defaults_of_its_time(tmp_path):
+    """options.json without 'kn_recipe' holds only the KN options given: the layers then learned R
+    and handed on the input estimate.  A run recorded since holds every KN option."""
+    o = _options(tmp_path, norm_options={'guard_ratio': 50.0})
+    with open(tmp_path / 'options.json', 'w') as f:
+        json.dump({k: v for k, v in o.items() if k != 'kn_recipe'}, f)
+    assert probe.load_run(str(tmp_path))[1].options == dict(gain=0.1, guard_ratio=50.0, process_noise=True,
+                                                            propagate='input')
+    recorded = dict(process_noise=False, pooled_variance=True, guard_ratio=100.0, propagate='output')
+    with open(tmp_path / 'options.json', 'w') as f:
+        json.dump(dict(o, kn_recipe='library', norm_options=recorded), f)
+    assert probe.load_run(str(tmp_path))[1].options == dict(recorded, gain=0.1)
 
 
 @pytest.mark.parametrize('case, message', [

@@ -166,7 +166,8 @@ def test_command_line_values_are_typed(text, value):
 def test_norm_option_booleans_are_booleans():
     o = parse_options(['--norm', 'bkn', '--batch', '2', '--norm-option', 'process_noise=False',
                        '--norm-option', 'pooled_variance=true'])
-    assert o['norm_options'] == {'process_noise': False, 'pooled_variance': True}
+    assert {k: o['norm_options'][k] for k in ('process_noise', 'pooled_variance')} == \
+        {'process_noise': False, 'pooled_variance': True}
     assert o['spec'].options['process_noise'] is False
 
 
