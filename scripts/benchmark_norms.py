@@ -30,12 +30,14 @@ from kalman_norm.models.resnet_cifar import resnet_cifar  # noqa: E402
 DEPTH_N = 5                  # ResNet-32
 BATCH = 128                  # samples per step
 GROUPINGS = [2, 128]         # samples per normalization: 64 groups of 2, one group of 128
+#: KN as results/benchmark_norms.md measured it (the layers' defaults then): learned R, input hand-on
+KN_THEN = dict(process_noise=True, propagate='input')
 NORMS = [                    # (label, norm, spec options)
     ('BN', 'bn', {}),
-    ('BKN analytic prior', 'bkn', dict(prior_method='analytic')),
-    ('BKN MC prior (1 sample/group)', 'bkn', dict(prior_method='mc', prior_samples=1)),
+    ('BKN analytic prior', 'bkn', dict(prior_method='analytic', **KN_THEN)),
+    ('BKN MC prior (1 sample/group)', 'bkn', dict(prior_method='mc', prior_samples=1, **KN_THEN)),
     ('GN', 'gn', {}),
-    ('GKN analytic prior', 'gkn', dict(prior_method='analytic')),
+    ('GKN analytic prior', 'gkn', dict(prior_method='analytic', **KN_THEN)),
     ('BRN', 'brn', {}),
     ('LN', 'ln', {}),
     ('WN', 'wn', {}),

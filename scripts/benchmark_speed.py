@@ -42,6 +42,8 @@ MODELS = {
     'bkn2': ('bkn', 2),
     'bn128': ('bn', 128),    # one group of 128
 }
+#: KN as results/speed_cifar.md measured it (the layers' defaults then): learned R, input hand-on
+KN_THEN = dict(process_noise=True, propagate='input')
 
 #: setting -> (what it changes, dict of changes).  Keys of the change dict:
 #:   env: environment variables for the worker process (set before TensorFlow starts)
@@ -123,7 +125,7 @@ def build_step(norm, group_size, change, seed=0):
     graph = tf.Graph()
     with graph.as_default():
         x = (tf.cast(tf.constant(images), tf.float32) - 120.0) / 64.0
-        with TowerContext('', is_training=True), kn.norm_scope(norm, group_size=group_size):
+        with TowerContext('', is_training=True), kn.norm_scope(norm, group_size=group_size, **(KN_THEN if norm == 'bkn' else {})):
             logits = resnet_cifar(x, DEPTH_N, data_format=change.get('data_format', 'NHWC'))
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=tf.constant(labels), logits=logits))

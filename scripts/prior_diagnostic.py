@@ -52,7 +52,8 @@ def run_mode(mode, images, labels, mean, std, args):
         y = tf.compat.v1.placeholder(tf.int32, [None])
         image = (tf.cast(x, tf.float32) - mean) / std
         with TowerContext('', is_training=True), \
-                kn.norm_scope('bkn', group_size=GROUP_SIZE, propagate=mode, prior_method=args.prior):
+                kn.norm_scope('bkn', group_size=GROUP_SIZE, propagate=mode, prior_method=args.prior,
+                              process_noise=True):   # R on, as results/prior_diagnostic.md was measured
             logits = resnet_cifar(image, DEPTH_N)
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
         step = tf.compat.v1.train.MomentumOptimizer(0.05, 0.9).minimize(loss)
