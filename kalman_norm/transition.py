@@ -122,10 +122,16 @@ def _analytic_conv(est, kernel, in_hw, kernel_hw, strides, padding):
     taps = kernel_hw[0] * kernel_hw[1]
     f, pair = tap_coverage(in_hw, kernel_hw, strides, padding)
     w = tf.reshape(kernel, [taps, cin, cout])
-    f_t = tf.constant(f, tf.float32)
-    # (plain matmuls: they are several times faster than einsum on CPU, forward and backward)
-    w_mean = tf.tensordot(f_t, w, 1)                        # Σ_t f_t W_t     [C_in, C_out]
-    w_var = tf.tensordot(f_t, tf.square(w), 1)              # Σ_t f_t W_t²
+    if taps == 1 and f[0] == 1.0:
+        # A 1x1 kernel covers every output position: Σ_t f_t W_t is W itself.  Half of ResNet-50's
+        # weights are 1x1 kernels, and each kernel-sized op costs a pass over them, forward and
+        # backward (results/table3_speed.md).
+        w_mean, w_var = w[0], tf.square(w[0])
+    else:
+        f_t = tf.constant(f, tf.float32)
+        # (plain matmuls: they are several times faster than einsum on CPU, forward and backward)
+        w_mean = tf.tensordot(f_t, w, 1)                    # Σ_t f_t W_t     [C_in, C_out]
+        w_var = tf.tensordot(f_t, tf.square(w), 1)          # Σ_t f_t W_t²
     mean = tf.matmul(m, w_mean)
     var = tf.matmul(v, w_var)
     # Border positions see fewer taps, so E[y_p] varies with p.  That spread adds
