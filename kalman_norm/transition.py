@@ -126,7 +126,8 @@ def _analytic_conv(est, kernel, in_hw, kernel_hw, strides, padding):
         # A 1x1 kernel covers every output position: Σ_t f_t W_t is W itself.  Half of ResNet-50's
         # weights are 1x1 kernels, and each kernel-sized op costs a pass over them, forward and
         # backward (results/table3_speed.md).
-        w_mean, w_var = w[0], tf.square(w[0])
+        w_mean = tf.reshape(kernel, [cin, cout])          # (a reshape: its gradient is free, a slice's is not)
+        w_var = tf.square(w_mean)
     else:
         f_t = tf.constant(f, tf.float32)
         # (plain matmuls: they are several times faster than einsum on CPU, forward and backward)
