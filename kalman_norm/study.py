@@ -80,7 +80,7 @@ import shutil
 import subprocess
 import tomllib
 
-from . import imagenet
+from . import cifar, imagenet
 
 PROFILES = ('cpu', 'paper')
 #: the trainers a table's rows can run with (scripts/reproduce.py maps each to its script)
@@ -89,9 +89,10 @@ METRICS = ('accuracy',)
 EVALS = ('moving', 'batch')
 RECORD_FILES = ('stats.json', 'options.json', 'run.json', 'status.json')
 #: the trainer's default depth (kalman_norm.cifar.DEFAULTS) and epochs per schedule, for configs
-#: that leave them out; the configs in this repository all state their epochs.
-DEFAULT_DEPTH = 5
-SCHEDULE_EPOCHS = {'short': 30, 'paper': 400}
+#: that leave them out; the configs in this repository all state their epochs.  Both are read
+#: from the trainers themselves, as the ImageNet defaults below.
+DEFAULT_DEPTH = next(o.default for o in cifar.TASK.all_options() if o.key == 'depth')
+SCHEDULE_EPOCHS = {name: recipe['epochs'] for name, recipe in cifar.SCHEDULE_RECIPES.items()}
 #: the ImageNet trainer's defaults of what the study reads (its epochs come from the schedule's
 #: recipe, imagenet.SCHEDULE_RECIPES), taken from the trainer itself
 IMAGENET_DEFAULTS = {opt.key: opt.default for opt in imagenet.TASK.all_options()
