@@ -156,6 +156,24 @@ def test_kn_study_rows_share_one_budget():
     assert (t['rows'][0]['row'], t['rows'][0].get('seeds')) == ('bn_b2', 3)
 
 
+def test_kn_study_ablations_change_one_option_of_the_leading_recipe():
+    """Each ablation row is bkn_output with exactly the option it names changed, so that its gap to
+    bkn_output measures that option alone."""
+    def flat(row):
+        c = _toml(study.find_config(ROOT, 'cpu', row))
+        c.update(('norm_options.' + k, v) for k, v in c.pop('norm_options').items())
+        return c
+    base = flat('bkn_output')
+    changed = {'bkn_q03': {'gain': 0.3}, 'bkn_q05': {'gain': 0.5}, 'bkn_qlearned': {'gain': 'learned'},
+               'bkn_r': {'norm_options.process_noise': True, 'norm_options.noise_param': 'relative'},
+               'bkn_nopool': {'norm_options.pooled_variance': False},
+               'bkn_noguard': {'norm_options.guard_ratio': 'none'}}
+    for row, diff in changed.items():
+        c = flat(row)
+        got = {k: c.get(k) for k in set(c) | set(base) if c.get(k) != base.get(k)}
+        assert got == diff, row
+
+
 #: the CIFAR trainer's KN configs (the ImageNet trainer's graphs take minutes to build)
 CIFAR_KN = [p for p in CPU + PAPER if _toml(p)['norm'] in trainer.KALMAN_NORMS
             and os.sep + 'imagenet_check' + os.sep not in p]
