@@ -133,7 +133,24 @@ def test_table8_shares_table7_runs_and_fig4_cpu_budget():
     unavailable = [r for r in t8['rows'] if not study.row_available(r, 'cpu')]
     assert len(unavailable) == 14 and all('no data' in r['reason'] for r in unavailable)
     fig4 = [_toml(p) for p in glob.glob(os.path.join(CONFIGS, 'cpu', 'fig4', '*.toml'))]
-    assert len(fig4) == 4 and {(c['depth'], c['epochs'], c['batch']) for c in fig4} == {(5, 15, 2)}
+    assert len(fig4) == 5 and {(c['depth'], c['epochs'], c['batch']) for c in fig4} == {(5, 15, 2)}
+
+
+@pytest.mark.parametrize('path', [p for p in CPU + PAPER if p.split(os.sep)[-2] in REPRO_TABLES
+                                  and _toml(p)['norm'] in trainer.KALMAN_NORMS], ids=_ids)
+def test_paper_table_kn_rows_measure_the_shipped_recipe_and_fig4_the_authors_too(path):
+    """The paper's tables measure the KN this package ships (KN_RECIPES['library']); Fig. 4 also
+    has the authors' recipe as its own row (<row>_authors)."""
+    conf = _toml(path)
+    recipe = KN_RECIPES['authors' if path.endswith('_authors.toml') else 'library']
+    assert conf['prior'] == recipe['prior_method'] and conf.get('prior_samples', 1) == recipe['prior_samples']
+    assert conf['gain'] == (recipe['gain'] if conf['batch'] <= 16 else 0.95), _ids(path)
+    assert {k: conf['norm_options'][k] for k in recipe if k in conf['norm_options']} == \
+        {k: v for k, v in recipe.items() if k not in ('prior_method', 'prior_samples', 'gain')}
+    if os.sep + 'fig4' + os.sep in path and conf['norm'] == 'bkn':
+        twin = path.replace('_authors.toml', '.toml') if path.endswith('_authors.toml') else \
+            path.replace('.toml', '_authors.toml')
+        assert os.path.isfile(twin)
 
 
 def test_kn_study_rows_share_one_budget():
