@@ -36,6 +36,7 @@ from tensorpack.tfutils.common import get_global_step_var
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.tfutils.tower import TowerContext, get_current_tower_context
+from tensorpack.train.base import StopTraining
 from tensorpack.utils import logger
 
 from .distributed import ClusterError, horovod_trainer, make_distributed_trainer, parse_cluster, \
@@ -381,10 +382,18 @@ class StopOnDivergence(Callback):
 
     The step that produced it has already applied its update, so the weights in memory are
     unusable; no checkpoint is written after this point, and the last one on disk is the end of
-    the last complete epoch."""
+    the last complete epoch.
+
+    The divergence is kept in :attr:`diverged` and the loop is ended with tensorpack's
+    ``StopTraining``: any other exception passes through tensorpack 0.11's main loop, whose
+    ``logger.error`` call is malformed and prints two "--- Logging error ---" tracebacks that look
+    like a crash, ahead of the one-line DIVERGED message."""
 
     HINT = ('Usual causes: a learning rate too high for this batch or norm (try --lr 10x smaller), '
             'an epsilon <= 0 or other bad --norm-option, or corrupt input data.')
+
+    def __init__(self):
+        self.diverged = None            # the RunDiverged, once a loss was not finite
 
     def _setup_graph(self):
         self._cost = self.get_tensors_maybe_in_tower(['cost:0'])[0]
@@ -397,7 +406,8 @@ class StopOnDivergence(Callback):
             return
         loss = float(run_values.results[0])
         if not math.isfinite(loss):
-            raise RunDiverged(self.global_step + 1, self.epoch_num, loss, self.HINT)
+            self.diverged = RunDiverged(self.global_step + 1, self.epoch_num, loss, self.HINT)
+            raise StopTraining(str(self.diverged))
 
 
 class WallClock(Callback):
@@ -600,9 +610,9 @@ def train(task, o, data, session_creator=None):
                     logger.info('%s already trained %d epochs; joining the cluster with nothing to do'
                                 % (o['logdir'], steps_done))
                 rundir.set_status('running', epochs_done=steps_done, epochs=o['epochs'], pid=os.getpid())
-                try:
-                    launch_train_with_config(config, make_trainer(o))
-                except RunDiverged as e:
+                launch_train_with_config(config, make_trainer(o))
+                e = next(cb for cb in config.callbacks if isinstance(cb, StopOnDivergence)).diverged
+                if e is not None:
                     status = dict(status='diverged', message=str(e), step=e.step, epoch=e.epoch, loss=str(e.loss))
                     rundir.set_status(**status)
                     logger.error(str(e))

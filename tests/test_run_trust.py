@@ -95,6 +95,8 @@ def test_divergence_stops_the_run_and_is_recorded(data_dirs, tmp_path):
     assert lines[-1].startswith('DIVERGED cifar10 resnet8 norm=bn'), lines[-1]
     assert 'training diverged: the loss is' in lines[-1] and 'at global step' in lines[-1]
     assert not any(line.startswith('FINAL') for line in lines)
+    # a clear stop, not a crash: no traceback anywhere (tensorpack's loop used to print two)
+    assert 'Traceback' not in r.stdout + r.stderr and 'Logging error' not in r.stdout + r.stderr, _fail_text(r)
     status = json.load(open(os.path.join(logdir, 'status.json')))
     assert status['status'] == 'diverged' and status['step'] >= 1
     stats = json.load(open(os.path.join(logdir, 'stats.json'))) if os.path.exists(
