@@ -121,28 +121,57 @@ def _analytic_conv(est, kernel, in_hw, kernel_hw, strides, padding):
     cin, cout = int(kernel.shape[2]), int(kernel.shape[3])
     taps = kernel_hw[0] * kernel_hw[1]
     f, pair = tap_coverage(in_hw, kernel_hw, strides, padding)
-    w = tf.reshape(kernel, [taps, cin, cout])
-    if taps == 1 and f[0] == 1.0:
-        # A 1x1 kernel covers every output position: Σ_t f_t W_t is W itself.  Half of ResNet-50's
-        # weights are 1x1 kernels, and each kernel-sized op costs a pass over them, forward and
-        # backward (results/table3_speed.md).
-        w_mean = tf.reshape(kernel, [cin, cout])          # (a reshape: its gradient is free, a slice's is not)
-        w_var = tf.square(w_mean)
+    # (a reshape: its gradient is free, a slice's is a kernel-sized StridedSliceGrad)
+    a, b = _tap_products(m, v, tf.reshape(kernel, [taps, cin, cout]))   # a_t = m W_t, b_t = v W_t²
+    if taps == 1:
+        # A 1x1 kernel covers every output position (f = 1): mean = a, var = b.
+        mean, var = tf.squeeze(a, 0), tf.squeeze(b, 0)
     else:
+        # mean = Σ_t f_t a_t and Σ_t f_t (W_t² v) from the per-tap products: [T, G, C_out] sums
+        # instead of kernel-sized ones (Σ_t f_t W_t, Σ_t f_t W_t²) and their kernel-sized gradients.
         f_t = tf.constant(f, tf.float32)
-        # (plain matmuls: they are several times faster than einsum on CPU, forward and backward)
-        w_mean = tf.tensordot(f_t, w, 1)                    # Σ_t f_t W_t     [C_in, C_out]
-        w_var = tf.tensordot(f_t, tf.square(w), 1)          # Σ_t f_t W_t²
-    mean = tf.matmul(m, w_mean)
-    var = tf.matmul(v, w_var)
+        mean = tf.tensordot(f_t, a, 1)
+        var = tf.tensordot(f_t, b, 1)
     # Border positions see fewer taps, so E[y_p] varies with p.  That spread adds
     # Σ_{t,t'} F_{tt'} a_t a_t' − mean² to the variance; it vanishes when every tap is valid everywhere.
     if not np.allclose(pair, 1.0):
-        a = tf.matmul(tf.expand_dims(m, 0), w)              # a_t = m W_t      [T, G, C_out]
         fa = tf.tensordot(tf.constant(pair, tf.float32), a, 1)
         spread = tf.reduce_sum(a * fa, 0) - tf.square(mean)
         var = var + tf.maximum(spread, 0.)
     return mean, var
+
+
+@tf.custom_gradient
+def _tap_products(m, v, w):
+    """(a, b) [T, G, C_out] with a_t = m W_t and b_t = v W_t² for m, v [G, C_in], w [T, C_in, C_out].
+
+    The kernel-sized part of the analytic prior (Eq. 7's prediction A Σ̂ Aᵀ, A the conv), with its
+    gradient written out so that the backward makes few kernel-sized ops (they dominate KN's
+    extra time in Table 3, results/table3_speed.md; timing: scripts/benchmark_prior.py):
+        dm = Σ_t da_t W_tᵀ,    dv = Σ_t db_t (W_t²)ᵀ,    dW_t = mᵀ da_t + W_t ⊙ (2vᵀ db_t).
+    The derived gradient would instead form 2·W and (2·W) ⊙ (vᵀ db) in two passes (Square's
+    gradient), and hand the kernel its two terms separately to a later AddN.
+    Equality of values and gradients with the plain formula: tests/test_analytic_conv_rewrite.py.
+    """
+    w2 = tf.square(w)
+    a = tf.matmul(m, w)          # [G, C_in] broadcast against [T, C_in, C_out] → [T, G, C_out]
+    b = tf.matmul(v, w2)
+
+    def grad(da, db):
+        da = tf.zeros_like(a) if da is None else da
+        db = tf.zeros_like(b) if db is None else db
+        dm = tf.reduce_sum(tf.matmul(da, w, transpose_b=True), 0)
+        dv = tf.reduce_sum(tf.matmul(db, w2, transpose_b=True), 0)
+        if m.shape[0] == 1:
+            # One group (the paper's Table 3 setting): the outer products are broadcast
+            # multiplies; a batched matmul with an inner dimension of 1 was the slowest op here.
+            cin = int(m.shape[1])
+            dw = tf.reshape(m, [cin, 1]) * da + (w * tf.reshape(2.0 * v, [cin, 1])) * db
+        else:
+            dw = tf.matmul(m, da, transpose_a=True) + w * tf.matmul(v, 2.0 * db, transpose_a=True)
+        return dm, dv, dw
+
+    return (a, b), grad
 
 
 def _sample(est, sample_shape, num_samples):
