@@ -10,6 +10,7 @@ Tiny data, a few steps, so that the file stays fast.
 import importlib.metadata
 import json
 import os
+import shlex
 import re
 import signal
 import subprocess
@@ -359,6 +360,21 @@ def test_python_requirement_is_the_truth_and_the_quick_start_says_how():
     assert re.search(r'\d+–\d+ minutes on a 2-core CPU', quick) and 'GPU' in quick
     # Python 3.10 has no tomllib: the same parser comes from tomli there (see the next test)
     assert "tomli>=1.1; python_version < '3.11'" in setup
+
+
+def test_quick_start_command_is_a_valid_run_of_a_recorded_row():
+    """The quick start's main job parses into the options of the KN-study row it says it reproduces
+    (its config exists and is valid; nothing runs)."""
+    readme = open(os.path.join(REPO, 'README.md')).read()
+    quick = readme.split('## Quick start', 1)[1].split('\n## ', 1)[0]
+    command = quick.split('```bash\n', 1)[1].split('\n```', 1)[0]
+    args = shlex.split(command.split('python scripts/cifar_resnet.py', 1)[1])
+    config = args[args.index('--config') + 1]
+    assert config == 'configs/cpu/kn_study/bkn_output.toml' and 'bkn_output' in quick
+    args[args.index('--config') + 1] = os.path.join(REPO, config)
+    o = parse_options(args[:args.index('--data')] + ['--seed', '1'])
+    assert (o['norm'], o['batch'], o['depth'], o['epochs']) == ('bkn', 2, 3, 10)
+    assert os.path.isdir(os.path.join(REPO, 'results', 'runs', 'cpu', 'bkn_output'))
 
 
 def test_options_are_typed_the_same_without_tomllib(monkeypatch, tmp_path):
