@@ -121,57 +121,69 @@ def _analytic_conv(est, kernel, in_hw, kernel_hw, strides, padding):
     cin, cout = int(kernel.shape[2]), int(kernel.shape[3])
     taps = kernel_hw[0] * kernel_hw[1]
     f, pair = tap_coverage(in_hw, kernel_hw, strides, padding)
-    # (a reshape: its gradient is free, a slice's is a kernel-sized StridedSliceGrad)
-    a, b = _tap_products(m, v, tf.reshape(kernel, [taps, cin, cout]))   # a_t = m W_t, b_t = v W_t²
-    if taps == 1:
-        # A 1x1 kernel covers every output position (f = 1): mean = a, var = b.
-        mean, var = tf.squeeze(a, 0), tf.squeeze(b, 0)
-    else:
-        # mean = Σ_t f_t a_t and Σ_t f_t (W_t² v) from the per-tap products: [T, G, C_out] sums
-        # instead of kernel-sized ones (Σ_t f_t W_t, Σ_t f_t W_t²) and their kernel-sized gradients.
-        f_t = tf.constant(f, tf.float32)
-        mean = tf.tensordot(f_t, a, 1)
-        var = tf.tensordot(f_t, b, 1)
     # Border positions see fewer taps, so E[y_p] varies with p.  That spread adds
     # Σ_{t,t'} F_{tt'} a_t a_t' − mean² to the variance; it vanishes when every tap is valid everywhere.
-    if not np.allclose(pair, 1.0):
-        fa = tf.tensordot(tf.constant(pair, tf.float32), a, 1)
-        spread = tf.reduce_sum(a * fa, 0) - tf.square(mean)
-        var = var + tf.maximum(spread, 0.)
-    return mean, var
+    spread = None if np.allclose(pair, 1.0) else pair
+    # (a reshape: its gradient is free, a slice's is a kernel-sized StridedSliceGrad)
+    return _conv_moments(m, v, tf.reshape(kernel, [taps, cin, cout]), f, spread)
 
 
-@tf.custom_gradient
-def _tap_products(m, v, w):
-    """(a, b) [T, G, C_out] with a_t = m W_t and b_t = v W_t² for m, v [G, C_in], w [T, C_in, C_out].
+def _conv_moments(m, v, w, f, pair):
+    """(mean, var) [G, C_out] of the analytic prior (module docstring; Eq. 7's prediction with A
+    the conv) for m, v [G, C_in] and w [T, C_in, C_out]; ``pair`` F [T, T] or None (no spread).
 
-    The kernel-sized part of the analytic prior (Eq. 7's prediction A Σ̂ Aᵀ, A the conv), with its
-    gradient written out so that the backward makes few kernel-sized ops (they dominate KN's
-    extra time in Table 3, results/table3_speed.md; timing: scripts/benchmark_prior.py):
-        dm = Σ_t da_t W_tᵀ,    dv = Σ_t db_t (W_t²)ᵀ,    dW_t = mᵀ da_t + W_t ⊙ (2vᵀ db_t).
-    The derived gradient would instead form 2·W and (2·W) ⊙ (vᵀ db) in two passes (Square's
-    gradient), and hand the kernel its two terms separately to a later AddN.
-    Equality of values and gradients with the plain formula: tests/test_analytic_conv_rewrite.py.
+        a_t = m W_t,  b_t = v W_t²,  mean = Σ_t f_t a_t,
+        var = Σ_t f_t b_t + max(Σ_{t,t'} F_{tt'} a_t a_t' − mean², 0)
+
+    The sums over taps are taken of the [T, G, C_out] products, not of the kernel (Σ_t f_t W_t,
+    Σ_t f_t W_t² would each cost a kernel-sized pass, and another in the backward), and the
+    gradient is written out: KN's extra time in Table 3 is these kernel-sized ops and the many
+    small ops of each layer's prior (results/table3_speed.md; timing: scripts/benchmark_prior.py):
+        da_t = f_t d_mean + 2 [spread > 0] d_var (Σ_t' F_{tt'} a_t' − f_t mean),   db_t = f_t d_var,
+        dm = Σ_t da_t W_tᵀ,   dv = Σ_t db_t (W_t²)ᵀ,   dW_t = mᵀ da_t + W_t ⊙ (2vᵀ db_t).
+    (The derived gradient forms 2·W and (2·W) ⊙ (vᵀ db) in two passes for Square, and hands the
+    kernel its terms separately to a later AddN.)  Equality of values and gradients with the plain
+    formula: tests/test_analytic_conv_rewrite.py.
     """
-    w2 = tf.square(w)
-    a = tf.matmul(m, w)          # [G, C_in] broadcast against [T, C_in, C_out] → [T, G, C_out]
-    b = tf.matmul(v, w2)
+    taps = len(f)
+    f_col = tf.constant(np.reshape(f, [taps, 1, 1]), tf.float32)
 
-    def grad(da, db):
-        da = tf.zeros_like(a) if da is None else da
-        db = tf.zeros_like(b) if db is None else db
-        dm = tf.reduce_sum(tf.matmul(da, w, transpose_b=True), 0)
-        dv = tf.reduce_sum(tf.matmul(db, w2, transpose_b=True), 0)
-        if m.shape[0] == 1:
-            # One group (the paper's Table 3 setting): the outer products are broadcast
-            # multiplies; a batched matmul with an inner dimension of 1 was the slowest op here.
-            cin = int(m.shape[1])
-            dw = tf.reshape(m, [cin, 1]) * da + (w * tf.reshape(2.0 * v, [cin, 1])) * db
+    @tf.custom_gradient
+    def moments(m, v, w):
+        w2 = tf.square(w)
+        a = tf.matmul(m, w)          # [G, C_in] broadcast against [T, C_in, C_out] → [T, G, C_out]
+        b = tf.matmul(v, w2)
+        if taps == 1:                # a 1x1 kernel covers every output position: f = 1
+            mean, var = tf.squeeze(a, 0), tf.squeeze(b, 0)
         else:
-            dw = tf.matmul(m, da, transpose_a=True) + w * tf.matmul(v, 2.0 * db, transpose_a=True)
-        return dm, dv, dw
+            mean, var = tf.reduce_sum(f_col * a, 0), tf.reduce_sum(f_col * b, 0)
+        if pair is not None:
+            fa = tf.tensordot(tf.constant(pair, tf.float32), a, 1)     # Σ_t' F_{tt'} a_t'
+            spread = tf.reduce_sum(a * fa, 0) - tf.square(mean)
+            var = var + tf.maximum(spread, 0.)
 
-    return (a, b), grad
+        def grad(d_mean, d_var):
+            d_mean = tf.zeros_like(mean) if d_mean is None else d_mean
+            d_var = tf.zeros_like(var) if d_var is None else d_var
+            da, db = f_col * d_mean, f_col * d_var
+            if pair is not None:
+                # tf.maximum's gradient goes to its first argument where it is >= the second
+                d_spread = tf.where(spread >= 0., 2. * d_var, tf.zeros_like(d_var))
+                da = da + d_spread * (fa - f_col * mean)
+            dm = tf.reduce_sum(tf.matmul(da, w, transpose_b=True), 0)
+            dv = tf.reduce_sum(tf.matmul(db, w2, transpose_b=True), 0)
+            if m.shape[0] == 1:
+                # One group (the paper's Table 3 setting): the outer products are broadcast
+                # multiplies; a batched matmul with an inner dimension of 1 was the slowest op here.
+                cin = int(m.shape[1])
+                dw = tf.reshape(m, [cin, 1]) * da + (w * tf.reshape(2. * v, [cin, 1])) * db
+            else:
+                dw = tf.matmul(m, da, transpose_a=True) + w * tf.matmul(v, 2. * db, transpose_a=True)
+            return dm, dv, dw
+
+        return (mean, var), grad
+
+    return moments(m, v, w)
 
 
 def _sample(est, sample_shape, num_samples):
