@@ -137,9 +137,9 @@ def _conv_moments(m, v, w, f, pair):
 
     The sums over taps are taken of the [T, G, C_out] products, not of the kernel (Σ_t f_t W_t,
     Σ_t f_t W_t² would each cost a kernel-sized pass, and another in the backward), and the
-    gradient is written out: KN's extra time in Table 3 is these kernel-sized ops and the many
-    small ops of each layer's prior (results/table3_speed.md; timing: scripts/benchmark_prior.py):
-        da_t = f_t d_mean + 2 [spread > 0] d_var (Σ_t' F_{tt'} a_t' − f_t mean),   db_t = f_t d_var,
+    gradient is written out, with few kernel-sized ops (they dominate KN's extra time in Table 3,
+    results/table3_speed.md) and few small ones (timing: scripts/benchmark_prior.py):
+        da_t = f_t d_mean + 2 [spread ≥ 0] d_var (Σ_t' F_{tt'} a_t' − f_t mean),   db_t = f_t d_var,
         dm = Σ_t da_t W_tᵀ,   dv = Σ_t db_t (W_t²)ᵀ,   dW_t = mᵀ da_t + W_t ⊙ (2vᵀ db_t).
     (The derived gradient forms 2·W and (2·W) ⊙ (vᵀ db) in two passes for Square, and hands the
     kernel its terms separately to a later AddN.)  Equality of values and gradients with the plain
