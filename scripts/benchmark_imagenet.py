@@ -7,12 +7,16 @@ ratio at a small one: Inception-v2 and ResNet-50, ``--batch`` images of ``--imag
 per step (default 8 at 112 px), one normalization group per step (``--group-size`` defaults to
 the batch, as one GPU normalizes its own 32 images in the paper), plain SGD with momentum.
 
-Configurations: BN, KN (``bkn``) with the analytic prior, KN with the Monte-Carlo prior
+Configurations (``--norms``): BN; KN as this package ships it (``bkn`` with its defaults,
+``KN_RECIPES['library']``: analytic prior, output hand-on, no R); the paper's KN as Table 3 times
+it (process noise R, input hand-on) with the analytic prior and with the Monte-Carlo prior
 (``prior_method='mc'``, 1 sample per group as the authors).  Data are constant random tensors
 in the graph (no input pipeline).  All configurations live in ONE process, each with its own
 graph and session; after a warm-up, steps are interleaved round-robin (one step of each
 configuration per round, ``--rounds`` rounds), so that whatever else runs on the machine slows
-all of them alike, and the median step time of each is reported.
+all of them alike.  Reported: the median step time of each, KN/BN as the ratio of the medians,
+and the median over rounds of the same round's BN step / KN step (paired: a slow spell that
+hits one round hits both steps of the pair).
 
     python scripts/benchmark_imagenet.py                          # prints the table
     python scripts/benchmark_imagenet.py --out results/table3_speed.md
@@ -50,6 +54,7 @@ _PAPER_KN = {'process_noise': True, 'propagate': 'input'}
 #: label -> (norm, spec options)
 NORMS = collections.OrderedDict([
     ('BN', ('bn', {})),
+    ('KN package', ('bkn', {})),
     ('KN analytic', ('bkn', dict(_PAPER_KN, prior_method='analytic'))),
     ('KN MC', ('bkn', dict(_PAPER_KN, prior_method='mc', prior_samples=1))),
 ])
@@ -126,6 +131,8 @@ def parse_args(argv=None):
     p.add_argument('--warmup', type=int, default=3, help='unmeasured steps per configuration first (default 3)')
     p.add_argument('--archs', default=','.join(ARCHITECTURES),
                    help='comma-separated subset of: %s' % ', '.join(ARCHITECTURES))
+    p.add_argument('--norms', default=','.join(NORMS),
+                   help='comma-separated subset of: %s (BN is always measured)' % ', '.join(NORMS))
     p.add_argument('--profile', action='store_true',
                    help='also trace 3 steps per configuration and print where KN spends its extra time')
     p.add_argument('--out', help='write the results (markdown, with this command) to this file')
@@ -146,6 +153,10 @@ def parse_args(argv=None):
     unknown = [a for a in args.archs if a not in ARCHITECTURES]
     if unknown or not args.archs:
         p.error('--archs: unknown architecture(s) %s; choose from %s' % (unknown, ', '.join(ARCHITECTURES)))
+    args.norms = ['BN'] + [n.strip() for n in args.norms.split(',') if n.strip() and n.strip() != 'BN']
+    unknown = [n for n in args.norms if n not in NORMS]
+    if unknown:
+        p.error('--norms: unknown configuration(s) %s; choose from %s' % (unknown, ', '.join(NORMS)))
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         p.error('--out: directory %s does not exist' % os.path.dirname(os.path.abspath(args.out)))
     return args
@@ -155,18 +166,21 @@ def results_table(configs):
     rows = []
     for arch in dict.fromkeys(c.arch for c in configs):
         mine = [c for c in configs if c.arch == arch]
-        bn = np.median(next(c for c in mine if c.label == 'BN').times)
+        bn_times = next(c for c in mine if c.label == 'BN').times
+        bn = np.median(bn_times)
         for c in mine:
             med = float(np.median(c.times))
+            paired = float(np.median(np.asarray(bn_times) / np.asarray(c.times)))
             paper = ''
             if arch == 'Inception-v2' and c.label in ('BN', 'KN analytic'):
                 paper = '%.2f' % PAPER['BN' if c.label == 'BN' else 'KN']
             paper_ratio = '%.3f' % (PAPER['KN'] / PAPER['BN']) if (arch == 'Inception-v2' and c.label != 'BN') else ''
             rows.append([arch, c.label, '%.3f' % med, '%.2f' % (np.percentile(c.times, 75) - np.percentile(c.times, 25)),
-                         '%.2f' % (c.batch / med), '%.3f' % (bn / med), paper,
+                         '%.2f' % (c.batch / med), '%.3f' % (bn / med), '%.3f' % paired, paper,
                          paper_ratio])
     return tabulate(rows, headers=['architecture', 'norm', 'median step (s)', 'IQR (s)', 'examples/s',
-                                   'speed vs BN (KN/BN)', 'paper examples/s', 'paper KN/BN'],
+                                   'speed vs BN (KN/BN)', 'KN/BN paired by round', 'paper examples/s',
+                                   'paper KN/BN'],
                     tablefmt='github')
 
 
@@ -175,7 +189,7 @@ def profile_table(configs):
     for arch in dict.fromkeys(c.arch for c in configs):
         mine = {c.label: c for c in configs if c.arch == arch}
         base = mine['BN'].profile
-        for label in ('KN analytic', 'KN MC'):
+        for label in [n for n in mine if n != 'BN']:
             prof = mine[label].profile
             keys = set(base) | set(prof)
             diff = sorted(((prof.get(k, 0) - base.get(k, 0)) / 1e3, k) for k in keys)[::-1]
@@ -197,7 +211,7 @@ def main(argv=None):
     started, load_before = time.time(), load()
     configs = []
     for arch in args.archs:
-        for label in NORMS:
+        for label in args.norms:
             t = time.time()
             cfg = Config(arch, label, args.batch, args.image_size, args.group_size)
             configs.append(cfg)
@@ -237,9 +251,11 @@ def main(argv=None):
             % (args.batch, args.image_size, args.image_size,
                'one normalization group of %d' % args.group_size if args.group_size == args.batch
                else 'groups of %d' % args.group_size, args.warmup, args.rounds),
-            '* KN = `bkn` with a fixed gain, the process noise R and the input hand-on (the paper\'s KN; '
-            "the layers' defaults have no R and hand on the output); the analytic prior is this "
-            "package's default, the MC prior samples one feature map per group as the authors' code.",
+            "* KN package = `bkn` as this package ships it (analytic prior, output hand-on, no R, fixed "
+            "gain); KN analytic / KN MC = the paper's KN as Table 3 times it (with the process noise R "
+            "and the input hand-on) with the analytic prior and with the Monte-Carlo prior (one sampled "
+            "feature map per group, as the authors' code). KN/BN paired by round: the median over "
+            "rounds of the same round's BN step / KN step.",
             '* Paper (Table 3): Inception-v2 on 4 Titan X, 32 images per GPU: BN 325.74, KN 320.94 '
             'examples/s, KN/BN = %.3f. Only the ratio is comparable here.' % (PAPER['KN'] / PAPER['BN']),
             '',

@@ -269,6 +269,21 @@ def test_bad_input_is_rejected_before_building(build, match):
         assert not graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)       # nothing was built
 
 
+def test_benchmark_norm_subset_always_measures_bn_and_tables_a_paired_ratio():
+    bench = load_script('benchmark_imagenet')
+    assert bench.parse_args(['--norms', 'KN package']).norms == ['BN', 'KN package']
+    assert bench.parse_args([]).norms == list(bench.NORMS)
+    assert bench.NORMS['KN package'] == ('bkn', {})          # the layer defaults: the shipped recipe
+
+    class Timed(object):
+        def __init__(self, label, times):
+            self.arch, self.label, self.batch, self.times = 'ResNet-50', label, 8, times
+    # a slow spell in round 2 hits both steps: the paired ratio sees through it
+    table = bench.results_table([Timed('BN', [1.0, 3.0, 1.0]), Timed('KN package', [1.1, 3.3, 1.1])])
+    row = [line for line in table.splitlines() if 'KN package' in line][0].split('|')
+    assert [c.strip() for c in row[6:8]] == ['0.909', '0.909']
+
+
 @pytest.mark.parametrize('script,argv,match', [
     ('count_params', ['--image-size', '16'], 'at least 32'),
     ('count_params', ['--out', '/nonexistent/dir/t2.md'], 'does not exist'),
@@ -277,6 +292,7 @@ def test_bad_input_is_rejected_before_building(build, match):
     ('benchmark_imagenet', ['--rounds', '2'], 'at least 3'),
     ('benchmark_imagenet', ['--image-size', '16'], 'at least 32'),
     ('benchmark_imagenet', ['--archs', 'VGG'], 'unknown architecture'),
+    ('benchmark_imagenet', ['--norms', 'KN fast'], 'unknown configuration'),
     ('benchmark_imagenet', ['--out', '/nonexistent/dir/t3.md'], 'does not exist'),
 ])
 def test_scripts_reject_bad_options_before_building(script, argv, match, capsys):
