@@ -25,6 +25,7 @@ hits one round hits both steps of the pair).
 import argparse
 import collections
 import os
+import shlex
 import sys
 import time
 
@@ -234,7 +235,7 @@ def main(argv=None):
         print()
         print(profile)
     if args.out:
-        command = 'python scripts/benchmark_imagenet.py' + ' '.join([''] + (argv if argv is not None else sys.argv[1:]))
+        command = shlex.join(['python', 'scripts/benchmark_imagenet.py'] + (argv if argv is not None else sys.argv[1:]))
         doc = [
             '# Table 3 as a ratio: training speed of KN vs BN',
             '',
