@@ -181,7 +181,7 @@ def test_kn_study_ablations_change_one_option_of_the_leading_recipe():
         c.update(('norm_options.' + k, v) for k, v in c.pop('norm_options').items())
         return c
     base = flat('bkn_output')
-    changed = {'bkn_q03': {'gain': 0.3}, 'bkn_q05': {'gain': 0.5}, 'bkn_qlearned': {'gain': 'learned'},
+    changed = {'bkn_q0': {'gain': 0.0}, 'bkn_q03': {'gain': 0.3}, 'bkn_q05': {'gain': 0.5}, 'bkn_qlearned': {'gain': 'learned'},
                'bkn_r': {'norm_options.process_noise': True, 'norm_options.noise_param': 'relative'},
                'bkn_nopool': {'norm_options.pooled_variance': False},
                'bkn_noguard': {'norm_options.guard_ratio': 'none'}}
