@@ -95,7 +95,9 @@ class Config(object):
         return elapsed
 
     def op_type_times(self, steps=3):
-        """Microseconds per op type, summed over all ops, median over ``steps`` traced steps."""
+        """Microseconds per op type, summed over all ops, median over ``steps`` traced steps;
+        also sets ``self.executed_ops``, the number of ops one training step runs (a count that,
+        unlike times, does not depend on what else the machine is doing)."""
         per_step = []
         for _ in range(steps):
             meta = tf1.RunMetadata()
@@ -111,6 +113,7 @@ class Config(object):
                         op_type = name
                     totals[op_type] += node.op_end_rel_micros - node.op_start_rel_micros
             per_step.append(totals)
+            self.executed_ops = sum(len(dev.node_stats) for dev in meta.step_stats.dev_stats)
         keys = set().union(*per_step)
         return {k: float(np.median([t.get(k, 0) for t in per_step])) for k in keys}
 
@@ -197,8 +200,9 @@ def profile_table(configs):
             total_bn, total_kn = sum(base.values()) / 1e3, sum(prof.values()) / 1e3
             rows = [[k, '%.1f' % (base.get(k, 0) / 1e3), '%.1f' % (prof.get(k, 0) / 1e3), '%+.1f' % d]
                     for d, k in diff[:10]]
-            lines.append('%s, %s vs BN: summed op time %.0f ms vs %.0f ms (ops overlap on several threads; '
-                         'the op types KN adds most time to):' % (arch, label, total_kn, total_bn))
+            lines.append('%s, %s vs BN: summed op time %.0f ms vs %.0f ms (ops overlap on several threads); '
+                         'ops executed per training step: %d vs %d. The op types KN adds most time to:'
+                         % (arch, label, total_kn, total_bn, mine[label].executed_ops, mine['BN'].executed_ops))
             lines.append('')
             lines.append(tabulate(rows, headers=['op type', 'BN (ms)', label + ' (ms)', 'difference (ms)'],
                                   tablefmt='github'))

@@ -284,6 +284,18 @@ def test_benchmark_norm_subset_always_measures_bn_and_tables_a_paired_ratio():
     assert [c.strip() for c in row[6:8]] == ['0.909', '0.909']
 
 
+def test_benchmark_profile_counts_the_ops_a_step_executes():
+    """The profile's op count: KN runs more ops per step than BN (its prior and update), and the
+    count is what a traced step executed, stated in the profile table."""
+    bench = load_script('benchmark_imagenet')
+    configs = [bench.Config('Inception-v2', label, 2, 64, 2) for label in ('BN', 'KN package')]
+    for cfg in configs:
+        cfg.profile = cfg.op_type_times(steps=1)
+    bn, kn = (c.executed_ops for c in configs)
+    assert 1000 < bn < kn
+    assert 'ops executed per training step: %d vs %d' % (kn, bn) in bench.profile_table(configs)
+
+
 @pytest.mark.parametrize('script,argv,match', [
     ('count_params', ['--image-size', '16'], 'at least 32'),
     ('count_params', ['--out', '/nonexistent/dir/t2.md'], 'does not exist'),
