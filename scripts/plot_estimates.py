@@ -6,7 +6,7 @@ One figure, six panels; several runs overlay (one colour per run, one line style
     group statistics, (b) KN's prior, (c) KN's posterior, (d) the moving averages, over epochs;
   * KN's guard trip rate (fraction of groups whose prior was rejected), averaged over layers;
   * the gain q and the process noise (R, or r for a relative R; see kalman_norm.probe.noise_param),
-    averaged over layers;
+    averaged over layers; a learned q also per layer (thin lines);
   * per layer, at each run's last measured checkpoint, the variance error of each estimate.
 Run ``scripts/estimate_quality.py RUN_DIR`` first.  ``--markdown`` also writes the numbers behind
 the figure (per run: per checkpoint the layer averages, and per layer the last checkpoint; the
@@ -67,6 +67,19 @@ def x_values(result):
     return [c['step'] for c in cps], 'step'
 
 
+def learned_gains(checkpoints):
+    """Per KN layer, its q at every checkpoint, if q differs between layers (a learned gain); else []."""
+    per_layer = {}
+    for c in checkpoints:
+        for layer in c['layers']:
+            if layer.get('gain') is not None:
+                per_layer.setdefault(layer['layer'], []).append(layer['gain'])
+    trajectories = [t for t in per_layer.values() if len(t) == len(checkpoints)]
+    if len({round(t[-1], 6) for t in trajectories}) <= 1:
+        return []
+    return trajectories
+
+
 def plot(results, out, stat='mean'):
     fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     ax_mean, ax_var, ax_trip, ax_gain, ax_noise, ax_layers = axes.ravel()
@@ -88,6 +101,8 @@ def plot(results, out, stat='mean'):
                 noise = result.get('noise_param')
                 suffix = '' if key != 'process_noise' or not noise else (' (r)' if noise == 'relative' else ' (R)')
                 ax.plot(xs, [c['average'][key] for c in cps], '-', color=colour, marker='.', label=name + suffix)
+        for trajectory in learned_gains(cps):     # a learned q differs between layers: each one, thin
+            ax_gain.plot(xs, trajectory, '-', color=colour, linewidth=0.7, alpha=0.45)
         last = cps[-1]
         for est in ESTIMATES:
             values = [l[est]['var_err_' + stat] if l.get(est) else float('nan') for l in last['layers']]
@@ -98,7 +113,7 @@ def plot(results, out, stat='mean'):
     titles = [(ax_mean, '|m - m_ref| / sd_ref (%s over groups, channels; mean over layers)' % stat),
               (ax_var, '|log(v / v_ref)| (%s over groups, channels; mean over layers)' % stat),
               (ax_trip, 'guard trip rate (fraction of groups, mean over KN layers)'),
-              (ax_gain, 'gain q (mean over KN layers)'),
+              (ax_gain, 'gain q (mean over KN layers; thin lines: each layer, where q is learned)'),
               (ax_noise, 'process noise R, or r of R = r·AΣAᵀ (mean over channels, layers)'),
               (ax_layers, '|log(v / v_ref)| per layer, last checkpoint')]
     for ax, title in titles:

@@ -337,6 +337,19 @@ def test_plot_estimates_writes_one_figure_for_several_runs(kn_run, bn_run, measu
     assert not os.path.exists(str(tmp_path / 'x.png'))
 
 
+def test_plot_estimates_draws_each_layer_of_a_learned_gain_only():
+    plot = _load_script('plot_estimates')
+
+    def checkpoints(gains_per_checkpoint):
+        return [{'layers': [{'layer': 'bn0', 'gain': None}] +
+                 [{'layer': 'bn%d' % (i + 1), 'gain': g} for i, g in enumerate(gains)]}
+                for gains in gains_per_checkpoint]
+    learned = checkpoints([[0.1, 0.1, 0.1], [0.12, 0.09, 0.05], [0.2, 0.08, 0.02]])
+    assert plot.learned_gains(learned) == [[0.1, 0.12, 0.2], [0.1, 0.09, 0.08], [0.1, 0.05, 0.02]]
+    assert plot.learned_gains(checkpoints([[0.1, 0.1], [0.1, 0.1]])) == []      # a fixed q: the mean says it
+    assert plot.learned_gains([{'layers': [{'layer': 'bn0', 'gain': None}]}]) == []     # BN
+
+
 def test_estimate_quality_cli_rejects_bad_input_before_loading_data(kn_run, tmp_path, capsys):
     script = _load_script('estimate_quality')
     for argv, message in (([kn_run[0], '--images', '7'], 'multiple of the run'),
