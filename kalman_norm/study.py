@@ -592,10 +592,12 @@ def claim_verdict(claim, summaries):
     d = ma - mb
     spreads = [s for s in (sa, sb) if s is not None]
     spread = max(spreads) if len(spreads) == 2 else None
+    # every seed's value, in seed order: at 2-3 seeds they say more than any summary of them
+    per_seed = 'per seed %s vs %s' % (', '.join('%.2f' % v for v in a), ', '.join('%.2f' % v for v in b))
     if spread is not None:
-        ours = 'ours %+.2f (spread ± %.2f; %d and %d seeds)' % (d, spread, na, nb)
+        ours = 'ours %+.2f (spread ± %.2f; %d and %d seeds; %s)' % (d, spread, na, nb, per_seed)
     else:
-        ours = 'ours %+.2f (%d and %d seeds: spread unknown)' % (d, na, nb)
+        ours = 'ours %+.2f (%d and %d seeds: spread unknown; %s)' % (d, na, nb, per_seed)
     if spread is not None and abs(d) <= spread:
         verdict = 'within the seed spread'
     elif paper is None:

@@ -180,6 +180,7 @@ def test_claim_verdicts(a, b, paper, verdict):
     if b:
         d = np.mean(a) - np.mean(b)
         assert ('%+.2f' % d) in text and (('paper %+g' % paper) if paper else 'paper: no gain') in text
+        assert 'per seed %s vs %s' % (', '.join('%.2f' % v for v in a), ', '.join('%.2f' % v for v in b)) in text
 
 
 def test_rendered_table_from_records_only(tmp_path):
@@ -200,8 +201,8 @@ def test_rendered_table_from_records_only(tmp_path):
     assert lines['BN (bs=2), CIFAR-100'][1] == 'not run here: no data'
     assert all(all(cell for cell in cells) for cells in lines.values()), 'an empty cell'
     assert 'does not reach the paper\'s absolute numbers' in text and 'ResNet-8, 2 epochs (schedule short)' in text
-    assert ('* BN - GN (option A): paper +1.5, ours +4.00 (2 and 1 seeds: spread unknown): '
-            '**ordering holds (one seed: no spread to judge by)**') in text
+    assert ('* BN - GN (option A): paper +1.5, ours +4.00 (2 and 1 seeds: spread unknown; '
+            'per seed 78.00, 80.00 vs 75.00): **ordering holds (one seed: no spread to judge by)**') in text
     assert '![All rows](tiny.png)' in text and 'python scripts/reproduce.py tiny' in text
     paper_text, _ = study.render_table(root, table, 'paper', 'cmd')
     assert 'does not reach' not in paper_text and 'not run yet' in paper_text
