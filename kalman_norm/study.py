@@ -608,7 +608,7 @@ def claim_verdict(claim, summaries):
         verdict = 'ordering holds'
     else:
         verdict = 'does not hold'
-    if spread is None and verdict in ('ordering holds', 'does not hold'):
+    if spread is None and verdict.startswith(('ordering holds', 'does not hold')):
         verdict += ' (one seed: no spread to judge by)'
     return '%s (%s): %s, %s: **%s**' % (claim['label'], 'option B' if which == 'batch' else 'option A',
                                          paper_txt, ours, verdict), verdict

@@ -171,6 +171,7 @@ def _summaries(a, b):
     ([78.0, 80.0], [78.5, 79.0], 1.5, 'within the seed spread'),        # +0.25 within std 1.41
     ([80.0], [78.0], 1.5, 'ordering holds (one seed: no spread to judge by)'),
     ([80.0, 80.2], [78.0, 78.1], 0.0, 'does not hold (the paper: no gain)'),
+    ([76.0], [78.0, 78.5], 0.0, 'does not hold (the paper: no gain) (one seed: no spread to judge by)'),
     ([80.0, 80.2], [], 1.5, 'not measured'),
 ])
 def test_claim_verdicts(a, b, paper, verdict):
