@@ -12,7 +12,7 @@ Layout (all paths relative to a *root*, the repository by default)::
     results/<table>-paper.md, -paper.png    the same for the paper profile
 
 A row name is a config file stem and names the run in train_log/ and results/runs/, so a row name
-means one config within a profile: several tables may list the same row (Fig. 4 and Table 8 share
+means one config within a profile: several tables may list the same row (the KN study and Fig. 4 share
 BN at 2 samples per normalization) and it runs once.  :func:`find_config` refuses a row name
 found in two table directories of one profile.
 
@@ -27,7 +27,7 @@ The table file (see ``configs/tables/fig4.toml``)::
     cpu = 3
     paper = 3
     [[rows]]
-    row = "resnet32_bn_b2"                 # config file stem
+    row = "bn_b2"                          # config file stem
     label = "BN (bs=2)"
     paper = 89.4                           # the paper's accuracy (%), omitted if it has none
     paper_online = 90.0                    # optional: the paper's number with online statistics (B)
@@ -38,14 +38,14 @@ The table file (see ``configs/tables/fig4.toml``)::
     reason = "not run here: no data"       # required when the row is unavailable somewhere
     [[claims]]
     label = "BKN - BN at bs=2"
-    a = "resnet32_bkn_b2"                  # claim: accuracy(a) - accuracy(b) ...
-    b = "resnet32_bn_b2"
+    a = "bkn_output"                       # claim: accuracy(a) - accuracy(b) ...
+    b = "bn_b2"
     paper = 1.5                            # ... is this in the paper (points); 0 = "no gain"
     eval = "moving"                        # optional: which evaluation: "moving" (A, default) or "batch" (B)
     [[figures]]                            # optional: curves of a selection of rows, besides the
     name = "bn_gn_bkn"                     # table's figure of all rows: results/<table>_<name>.png
     title = "BN vs GN vs BKN at batch 2"
-    rows = ["resnet32_bn_b2", "resnet32_gn_b2", "resnet32_bkn_b2"]
+    rows = ["bn_b2", "gn16_b2", "bkn_output"]
     eval = "moving"                        # optional, as in claims
 
 Both trainers share one core (kalman_norm/trainer.py): the same stats.json, options.json and

@@ -2,7 +2,7 @@
 """Validation-error curves from run records: mean over seeds with a min-max band, per epoch.
 
     python scripts/plot_curves.py --table fig4 --out results/fig4.png
-    python scripts/plot_curves.py --rows resnet32_bn_b2,resnet32_gn_b2,resnet32_bkn_b2 \\
+    python scripts/plot_curves.py --rows bn_b2,gn16_b2,bkn_output \\
         --labels "BN,GN,BKN" --title "CIFAR-10, ResNet-32, batch 2" --out results/fig4_bn_gn_bkn.png
 
 Reads results/runs/<profile>/<row>/seed<S>/stats.json (never a log dir): the curves show recorded

@@ -109,8 +109,9 @@ def test_every_config_is_in_a_table():
 
 
 def test_reproduction_tables_run_in_both_profiles_with_the_same_settings():
-    """A cpu row and its paper row differ in the budget only (schedule, epochs, wd, momentum)."""
-    budget = {'schedule', 'epochs', 'lr', 'momentum', 'weight_decay'}
+    """A cpu row and its paper row differ in the budget only (schedule, epochs, wd, momentum; the
+    ResNet rows also in depth, the cpu profile running them on the KN study's ResNet-20)."""
+    budget = {'schedule', 'epochs', 'lr', 'momentum', 'weight_decay', 'depth', 'keep_checkpoints'}
     for name in REPRO_TABLES:
         t = study.load_table(os.path.join(CONFIGS, 'tables', name + '.toml'))
         assert set(t['seeds']) == {'cpu', 'paper'}
@@ -132,15 +133,33 @@ def test_table8_shares_table7_runs_and_fig4_cpu_budget():
     assert shared == {'inception_bn_b2', 'inception_bn_b128', 'inception_bkn_b2'}
     unavailable = [r for r in t8['rows'] if not study.row_available(r, 'cpu')]
     assert len(unavailable) == 14 and all('no data' in r['reason'] for r in unavailable)
-    fig4 = [_toml(p) for p in glob.glob(os.path.join(CONFIGS, 'cpu', 'fig4', '*.toml'))]
-    assert len(fig4) == 5 and {(c['depth'], c['epochs'], c['batch']) for c in fig4} == {(5, 15, 2)}
+
+
+def test_fig4_and_largebatch_cpu_rows_share_the_kn_study_budget_and_runs():
+    """In the cpu profile the ResNet tables run on the KN study's budget, so a row both list (BN@2,
+    BKN with either recipe, BN@128) is one run; in the paper profile they are ResNet-32 at 400 epochs."""
+    study_budget = ('resnet', 3, 'cifar10', 'short', 10, 128, 0.1)
+    kn_study = {r['row'] for r in study.load_table(os.path.join(CONFIGS, 'tables', 'kn_study.toml'))['rows']}
+    shared = {}
+    for name, n_batch in (('fig4', 2), ('largebatch', 128)):
+        t = study.load_table(os.path.join(CONFIGS, 'tables', name + '.toml'))
+        rows = [r['row'] for r in t['rows'] if study.row_available(r, 'cpu')]
+        shared[name] = set(rows) & kn_study
+        for row in rows:
+            c = _toml(study.find_config(ROOT, 'cpu', row))
+            assert (c['model'], c['depth'], c['dataset'], c['schedule'], c['epochs'], c['total_batch'],
+                    c['lr']) == study_budget, row
+            assert c['batch'] == n_batch, row
+            p = _toml(study.find_config(ROOT, 'paper', row))
+            assert (p['depth'], p['schedule'], p['epochs']) == (5, 'paper', 400), row
+    assert shared == {'fig4': {'bn_b2', 'gn16_b2', 'bkn_output', 'bkn_authors'}, 'largebatch': {'bn_b128'}}
 
 
 @pytest.mark.parametrize('path', [p for p in CPU + PAPER if p.split(os.sep)[-2] in REPRO_TABLES
                                   and _toml(p)['norm'] in trainer.KALMAN_NORMS], ids=_ids)
 def test_paper_table_kn_rows_measure_the_shipped_recipe_and_fig4_the_authors_too(path):
     """The paper's tables measure the KN this package ships (KN_RECIPES['library']); Fig. 4 also
-    has the authors' recipe as its own row (<row>_authors)."""
+    has the authors' recipe as its own row (bkn_authors, beside bkn_output)."""
     conf = _toml(path)
     recipe = KN_RECIPES['authors' if path.endswith('_authors.toml') else 'library']
     assert conf['prior'] == recipe['prior_method'] and conf.get('prior_samples', 1) == recipe['prior_samples']
@@ -148,9 +167,8 @@ def test_paper_table_kn_rows_measure_the_shipped_recipe_and_fig4_the_authors_too
     assert {k: conf['norm_options'][k] for k in recipe if k in conf['norm_options']} == \
         {k: v for k, v in recipe.items() if k not in ('prior_method', 'prior_samples', 'gain')}
     if os.sep + 'fig4' + os.sep in path and conf['norm'] == 'bkn':
-        twin = path.replace('_authors.toml', '.toml') if path.endswith('_authors.toml') else \
-            path.replace('.toml', '_authors.toml')
-        assert os.path.isfile(twin)
+        assert {os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(path), 'bkn_*.toml'))} \
+            == {'bkn_output.toml', 'bkn_authors.toml'}
 
 
 def test_kn_study_rows_share_one_budget():
