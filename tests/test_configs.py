@@ -202,7 +202,8 @@ def test_kn_study_ablations_change_one_option_of_the_leading_recipe():
     changed = {'bkn_q0': {'gain': 0.0}, 'bkn_q03': {'gain': 0.3}, 'bkn_q05': {'gain': 0.5}, 'bkn_qlearned': {'gain': 'learned'},
                'bkn_r': {'norm_options.process_noise': True, 'norm_options.noise_param': 'relative'},
                'bkn_nopool': {'norm_options.pooled_variance': False},
-               'bkn_noguard': {'norm_options.guard_ratio': 'none'}}
+               'bkn_noguard': {'norm_options.guard_ratio': 'none'},
+               'bkn_movingprior': {'norm_options.prior_source': 'moving'}}
     for row, diff in changed.items():
         c = flat(row)
         got = {k: c.get(k) for k in set(c) | set(base) if c.get(k) != base.get(k)}

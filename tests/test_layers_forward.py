@@ -383,6 +383,44 @@ def test_batch_kalman_norm_with_prior_eq7(layout):
                                                 v[nm + '/gamma'], v[nm + '/beta']), layout, 'inference moving')
 
 
+@pytest.mark.parametrize('layout', ('NHWC', 'NCHW'))
+def test_batch_kalman_norm_moving_prior_source(layout):
+    """prior_source='moving' (a study's control): where a layer has a prior, its moving averages
+    replace it in Eq. 7 (read before this step's EMA update), without gradient; without a prior
+    the layer stays BN; and the flow's prior no longer reaches the output."""
+    df = fmt(layout)
+    priors = make_prior(num_groups(2), seed=21)
+    no_grad = []
+
+    def build(x):
+        m = BatchKalmanNorm('M', x, prior=priors, group_size=2, prior_source='moving', ema_update='internal',
+                            data_format=df)
+        n = BatchKalmanNorm('N', x, prior=None, group_size=2, prior_source='moving', data_format=df)
+        ema = [get_var('M/mean/EMA'), get_var('M/variance/EMA')]
+        with tf.control_dependencies([m]):
+            after = [tf.identity(v) for v in ema]
+        grads = tf1.gradients(tf.reduce_sum(m * m), ema + [x])
+        no_grad.extend(g is None for g in grads[:2])
+        return {'M': m, 'N': n, 'post': (m.posterior.mean, m.posterior.var), 'after': after, 'grad_x': grads[2]}
+
+    res, vals, x = run_layers(layout, build, True, seed=7)
+    xc = to_nc(x, layout)
+    bm, bv = ref_group_moments(xc, 2)
+    pm, pv = [np.broadcast_to(vals['M/' + k + '/EMA'].astype(np.float64), bm.shape) for k in ('mean', 'variance')]
+    mean, var = ref_eq7(pm, pv, bm, bv, 0.1, None, pooled=True, guard=100.0)
+    assert_close(res['M'], ref_normalize_grouped(xc, 2, mean, var, vals['M/gamma'], vals['M/beta']), layout, 'moving prior')
+    np.testing.assert_allclose(res['post'][0], mean, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(res['post'][1], var, atol=ATOL, rtol=RTOL)
+    # the EMA did move in this step (so the prior above is the value before the update)
+    np.testing.assert_allclose(res['after'][0], 0.9 * vals['M/mean/EMA'] + 0.1 * mean.mean(0), atol=ATOL, rtol=RTOL)
+    assert no_grad == [True, True] and np.isfinite(res['grad_x']).all()
+    assert_close(res['N'], ref_bn(xc, 2, vals['N/gamma'], vals['N/beta']), layout, 'no prior: BN')
+    with pytest.raises(ValueError, match='prior_source must be one of'):
+        kn.NormSpec('bkn', group_size=2, prior_source='ema')
+    with pytest.raises(ValueError, match='prior_source do not apply to .gkn.'):
+        kn.NormSpec('gkn', group_size=2, prior_source='moving')
+
+
 @pytest.mark.parametrize('layout', LAYOUTS)
 def test_group_norm_forward(layout):
     df = fmt(layout)

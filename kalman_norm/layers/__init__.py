@@ -8,6 +8,6 @@ from .baselines import (BiasOnly, GroupNorm, LayerNormalization, MicroBatchNorm,
                         check_bias_only_options, check_group_norm_options,
                         check_layer_normalization_options, check_micro_batch_norm_options,
                         check_micro_batch_renorm_options)
-from .kalman import (NOISE_PARAMS, PROPAGATE_MODES, kn_diagnostics, BatchKalmanNorm,  # noqa: F401
+from .kalman import (NOISE_PARAMS, PROPAGATE_MODES, PRIOR_SOURCES, kn_diagnostics, BatchKalmanNorm,  # noqa: F401
                      GroupKalmanNorm, KNDiagnostic, kalman_update, check_batch_kalman_norm_options,
                      check_group_kalman_norm_options)

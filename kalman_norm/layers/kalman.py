@@ -30,7 +30,7 @@ from ._options import (BATCH_STAT_CHECKS, COMMON_CHECKS, check_bool, check_choic
                        check_options, check_positive, check_training, layer_options)
 
 __all__ = ['BatchKalmanNorm', 'GroupKalmanNorm', 'kalman_update', 'kn_diagnostics', 'KNDiagnostic',
-           'PROPAGATE_MODES', 'NOISE_PARAMS', 'check_batch_kalman_norm_options',
+           'PROPAGATE_MODES', 'PRIOR_SOURCES', 'NOISE_PARAMS', 'check_batch_kalman_norm_options',
            'check_group_kalman_norm_options']
 
 #: One :class:`KNDiagnostic` per KN layer with a prior (per tower), kept per graph by
@@ -52,6 +52,15 @@ KNDiagnostic = collections.namedtuple(
 #:           shifted output: N(γ(µ̂ - µ_n)/σ_n + β, γ² Σ̂ / σ_n²), with (µ_n, σ_n²) the statistics
 #:           used to normalise.  The layers' default (this project's prediction step).
 PROPAGATE_MODES = ('input', 'output')
+
+#: Where BatchKalmanNorm's prior comes from (option ``prior_source``), in the layers that have one:
+#: 'flow':   the prediction step, the estimate of the layer below pushed through the transition
+#:           (the paper's Eq. 7).  The default.
+#: 'moving': the layer's own moving averages, without gradient: a control, not the paper's method.
+#:           It keeps Eq. 7's update, the gain and the guard and replaces only the prediction by
+#:           another low-noise estimate, so that a study can tell whether KN's gain needs the
+#:           propagation through the network or only a steadier estimate than the micro-batch's.
+PRIOR_SOURCES = ('flow', 'moving')
 
 
 #: How the learned process noise R is parametrised (option ``noise_param``); see :class:`_ProcessNoise`.
@@ -286,7 +295,8 @@ _KN_CHECKS = {
 
 def check_batch_kalman_norm_options(**options):
     """Validate options of :func:`BatchKalmanNorm` (ValueError, one line, for the first bad one)."""
-    check_options(options, dict(BATCH_STAT_CHECKS, **_KN_CHECKS))
+    check_options(options, dict(BATCH_STAT_CHECKS, prior_source=lambda v: check_choice('prior_source', v, PRIOR_SOURCES),
+                                **_KN_CHECKS))
 
 
 def check_group_kalman_norm_options(**options):
@@ -328,8 +338,8 @@ def _record_diagnostic(layout, x, prior, group_mean, group_var, trusted):
 @layer_register()
 def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1,
                     process_noise=False, noise_param='relative', noise_init=None, pooled_variance=True,
-                    guard_ratio=100.0, propagate='output', eval_stats='moving', momentum=0.9, epsilon=1e-5,
-                    center=True, scale=True, gamma_init=1.0, training=None, ema_update='default',
+                    guard_ratio=100.0, propagate='output', prior_source='flow', eval_stats='moving', momentum=0.9,
+                    epsilon=1e-5, center=True, scale=True, gamma_init=1.0, training=None, ema_update='default',
                     data_format=None):
     """Batch Kalman Normalization, Eq. 7 of the paper, over micro-batch groups.
 
@@ -365,6 +375,9 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
             prior lies tens of standard deviations from the statistics it is mixed with
             (results/prior_diagnostic.md).  The paper and the authors' code hand on the input
             estimate: ``'input'``.
+        prior_source: ``'flow'`` (default): the prior is the prediction above.  ``'moving'``: a
+            control for studies (``PRIOR_SOURCES``): in a layer that has a prior, this layer's
+            own moving averages replace it (no gradient through them), all else unchanged.
         eval_stats: at inference, ``'moving'`` normalises with the moving averages of the
             posterior (paper's option A); ``'batch'`` runs the filter online on the test groups
             (option B, Tables 4, 5, 7).
@@ -394,6 +407,10 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
     ema = EMA(c, momentum, ema_update)
     training = resolve_training(training)
     prior = _resolve_prior(x, prior, c)
+    if prior is not None and prior_source == 'moving':
+        # the same layers weigh a prior, but a steadier estimate of their own statistics instead of
+        # the prediction; ema.update assigns only after the output, so this step reads the old value
+        prior = (tf.stop_gradient(ema.mean)[None], tf.stop_gradient(ema.variance)[None])
     # q and R exist only where there is a prior to weigh (not in the first KN layer).
     gain_ = _Gain(gain, gain_init) if prior is not None else None
     noise = _process_noise(c, process_noise, noise_param, noise_init) if prior is not None else None
