@@ -154,6 +154,22 @@ def test_trainer_trains_every_norm_two_steps(model, norm, tmp_path):
         assert json.load(f)['status'] == 'finished'
 
 
+@pytest.mark.parametrize('source', ['moving', 'calibrated'])
+def test_trainer_with_other_prior_sources(source, tmp_path):
+    """The KN study's prior_source rows train through the trainer; the calibration's running bias is
+    updated by the trainer's update ops and saved with the model."""
+    o = parse_options(TINY + _norm_args('bkn', 'resnet') + ['--norm-option', 'prior_source=' + source,
+                                                             '--logdir', str(tmp_path / 'log')])
+    line, code = _train_in_process(o, memory_dataset())
+    assert code == 0 and line.startswith('FINAL cifar10 resnet8 norm=bkn')
+    names = [n for n, _ in tf.train.list_variables(os.path.join(o['logdir'], 'model-2'))]
+    offsets = [n for n in names if n.endswith('prior_offset/EMA')]
+    assert bool(offsets) == (source == 'calibrated')
+    for name in offsets:
+        value = tf.train.load_variable(os.path.join(o['logdir'], 'model-2'), name)
+        assert np.isfinite(value).all() and np.abs(value).max() > 0, name
+
+
 def test_make_config_eval_towers_and_step_count():
     ds = memory_dataset(n_train=40, n_test=10)
     o = parse_options(['--norm', 'bkn', '--batch', '2', '--total-batch', '8', '--eval-stats', 'both',

@@ -203,7 +203,8 @@ def test_kn_study_ablations_change_one_option_of_the_leading_recipe():
                'bkn_r': {'norm_options.process_noise': True, 'norm_options.noise_param': 'relative'},
                'bkn_nopool': {'norm_options.pooled_variance': False},
                'bkn_noguard': {'norm_options.guard_ratio': 'none'},
-               'bkn_movingprior': {'norm_options.prior_source': 'moving'}}
+               'bkn_movingprior': {'norm_options.prior_source': 'moving'},
+               'bkn_calibrated': {'norm_options.prior_source': 'calibrated'}}
     for row, diff in changed.items():
         c = flat(row)
         got = {k: c.get(k) for k in set(c) | set(base) if c.get(k) != base.get(k)}

@@ -58,6 +58,10 @@ def _random_value(name, shape, seed):
         return rng.normal(0.0, 0.7, shape)
     if name.endswith('variance/EMA'):
         return rng.uniform(0.3, 3.0, shape)
+    if name.endswith('prior_offset/EMA'):
+        return rng.normal(0.0, 0.3, shape)
+    if name.endswith('prior_log_ratio/EMA'):
+        return rng.uniform(-0.5, 0.5, shape)
     if name.endswith('/noise_rho'):
         return rng.uniform(-3.0, -1.0, shape)        # r = softplus(rho) in ~[0.05, 0.31]
     if name.endswith('/gain_logit'):
@@ -419,6 +423,85 @@ def test_batch_kalman_norm_moving_prior_source(layout):
         kn.NormSpec('bkn', group_size=2, prior_source='ema')
     with pytest.raises(ValueError, match='prior_source do not apply to .gkn.'):
         kn.NormSpec('gkn', group_size=2, prior_source='moving')
+
+
+@pytest.mark.parametrize('layout', ('NHWC', 'NCHW'))
+def test_batch_kalman_norm_calibrated_prior_source(layout):
+    """prior_source='calibrated': Eq. 7 weighs N(µ̂ + d, Σ̂·e^l) with d, l the running bias of the
+    prediction (before this step's update); the step then folds mean_g(x̄_g − µ̂_g) and
+    log(mean_g S_g / mean_g Σ̂_g) into d and l with the layer's momentum; the gradient reaches the
+    prediction, not d or l; at inference with online statistics d and l are used, not updated."""
+    df = fmt(layout)
+    pm, pv = make_prior(num_groups(2), seed=22)
+    no_grad = []
+
+    def build(x):
+        pmt, pvt = tf.constant(pm), tf.constant(pv)
+        y = BatchKalmanNorm('K', x, prior=(pmt, pvt), group_size=2, prior_source='calibrated',
+                            ema_update='internal', data_format=df)
+        cal = [get_var('K/prior_offset/EMA'), get_var('K/prior_log_ratio/EMA')]
+        with tf.control_dependencies([y]):
+            after = [tf.identity(v) for v in cal]
+        grads = tf1.gradients(tf.reduce_sum(y * y), cal + [pmt, pvt])
+        no_grad.extend(g is None for g in grads)
+        return {'y': y, 'post': (y.posterior.mean, y.posterior.var), 'after': after,
+                'grad_prior': [g for g in grads[2:] if g is not None]}
+
+    res, vals, x = run_layers(layout, build, True, seed=8)
+    xc = to_nc(x, layout)
+    bm, bv = ref_group_moments(xc, 2)
+    d, l = vals['K/prior_offset/EMA'], vals['K/prior_log_ratio/EMA']
+    mean, var = ref_eq7(pm + d, pv * np.exp(l), bm, bv, 0.1, None, pooled=True, guard=100.0)
+    assert_close(res['y'], ref_normalize_grouped(xc, 2, mean, var, vals['K/gamma'], vals['K/beta']), layout,
+                 'calibrated prior')
+    np.testing.assert_allclose(res['post'][0], mean, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(res['post'][1], var, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(res['after'][0], 0.9 * d + 0.1 * (bm - pm).mean(0), atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(res['after'][1], 0.9 * l + 0.1 * np.log((bv.mean(0) + EPS) / (pv.mean(0) + EPS)),
+                               atol=ATOL, rtol=RTOL)
+    assert no_grad == [True, True, False, False]
+    assert all(np.isfinite(g).all() and np.abs(g).max() > 0 for g in res['grad_prior'])
+
+    def infer(x):
+        y = BatchKalmanNorm('K', x, prior=(pm, pv), group_size=2, prior_source='calibrated', eval_stats='batch',
+                            data_format=df)
+        return {'y': y, 'cal': [get_var('K/prior_offset/EMA'), get_var('K/prior_log_ratio/EMA')]}
+
+    res, vals, x = run_layers(layout, infer, False, seed=9)
+    xc = to_nc(x, layout)
+    bm, bv = ref_group_moments(xc, 2)
+    d, l = vals['K/prior_offset/EMA'], vals['K/prior_log_ratio/EMA']
+    mean, var = ref_eq7(pm + d, pv * np.exp(l), bm, bv, 0.1, None, pooled=True, guard=100.0)
+    assert_close(res['y'], ref_normalize_grouped(xc, 2, mean, var, vals['K/gamma'], vals['K/beta']), layout,
+                 'inference, online statistics')
+    np.testing.assert_allclose(res['cal'][0], d)
+
+
+def test_calibrated_prior_leaves_out_non_finite_prior_rows():
+    """A group whose prediction is not finite (the guard hands it its batch statistics) does not
+    enter the running bias: the others' innovations do."""
+    pm, pv = make_prior(num_groups(2), seed=23)
+    pm[0, 1], pv[1, 2] = np.nan, np.inf
+
+    def build(x):
+        y = BatchKalmanNorm('K', x, prior=(pm, pv), group_size=2, prior_source='calibrated',
+                            ema_update='internal', data_format='NHWC')
+        cal = [get_var('K/prior_offset/EMA'), get_var('K/prior_log_ratio/EMA')]
+        with tf.control_dependencies([y]):
+            return {'y': y, 'after': [tf.identity(v) for v in cal]}
+
+    res, vals, x = run_layers('NHWC', build, True, seed=10)
+    bm, bv = ref_group_moments(to_nc(x, 'NHWC'), 2)
+    valid = np.isfinite(pm).all(-1, keepdims=True) & np.isfinite(pv).all(-1, keepdims=True)
+    assert np.isfinite(res['y']).all() and np.isfinite(res['after']).all()
+    d, l = vals['K/prior_offset/EMA'], vals['K/prior_log_ratio/EMA']
+    # validity is per entry: channel 1 loses group 0, channel 2 loses group 1
+    ok = np.isfinite(pm) & np.isfinite(pv)
+    offset = np.array([(bm - np.where(ok, pm, 0))[ok[:, c], c].mean() for c in range(C)])
+    ratio = np.array([(bv[ok[:, c], c].mean() + EPS) / (pv[ok[:, c], c].mean() + EPS) for c in range(C)])
+    np.testing.assert_allclose(res['after'][0], 0.9 * d + 0.1 * offset, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(res['after'][1], 0.9 * l + 0.1 * np.log(ratio), atol=ATOL, rtol=RTOL)
+    assert not valid.all()
 
 
 @pytest.mark.parametrize('layout', LAYOUTS)

@@ -20,6 +20,7 @@ import math
 import numbers
 
 import tensorflow as tf
+from tensorflow.python.training import moving_averages
 from tensorpack.models import layer_register
 from tensorpack.tfutils.tower import get_current_tower_context
 
@@ -60,7 +61,10 @@ PROPAGATE_MODES = ('input', 'output')
 #:           It keeps Eq. 7's update, the gain and the guard and replaces only the prediction by
 #:           another low-noise estimate, so that a study can tell whether KN's gain needs the
 #:           propagation through the network or only a steadier estimate than the micro-batch's.
-PRIOR_SOURCES = ('flow', 'moving')
+#: 'calibrated': the prediction, corrected by its own running bias (this project's, not the
+#:           paper's; see :class:`_PriorCalibration`): the transition supplies how the statistics
+#:           change with the weights, the layer's history how far off the transition's level is.
+PRIOR_SOURCES = ('flow', 'moving', 'calibrated')
 
 
 #: How the learned process noise R is parametrised (option ``noise_param``); see :class:`_ProcessNoise`.
@@ -129,6 +133,74 @@ class _ProcessNoise(object):
     def update_args(noise):
         """The keyword arguments of :func:`kalman_update` for ``noise`` (a _ProcessNoise or None)."""
         return {} if noise is None else {'noise': noise.value, 'relative_noise': noise.relative}
+
+
+class _PriorCalibration(object):
+    """The running bias of a layer's prediction, for ``prior_source='calibrated'``.
+
+    The analytic transition is a misspecified model: it treats the input channels and kernel taps
+    as independent and the ReLU input as Gaussian, so its prediction is off by a systematic,
+    slowly changing amount (the KN study measured the output hand-on's prior variance ~5x off,
+    results/kn_study_estimates.md).  A Kalman filter whose process model is biased estimates the
+    bias from the innovations; here, per channel, as moving averages over steps of
+
+        d = mean_g (x̄_g − µ̂_g)                       (mean offset)
+        l = log((mean_g S_g + ε) / (mean_g Σ̂_g + ε))  (log variance ratio; of group means, so
+                                                       that 2-sample noise does not bias it)
+
+    with (µ̂_g, Σ̂_g) the uncalibrated prediction and (x̄_g, S_g) the group statistics, and the
+    prior Eq. 7 weighs is N(µ̂ + d, Σ̂ · e^l).  The gradient still flows through µ̂, Σ̂ into the
+    weights below; d and l are statistics (no gradient), updated like the moving averages (first
+    training tower, after the output).  With frozen weights µ̂ + d tends to the moving mean; while
+    the weights move, the prediction supplies the change the moving average lags behind.
+    Variables ``prior_offset/EMA`` and ``prior_log_ratio/EMA`` [C], both starting at 0 (the plain
+    prediction).
+    """
+
+    def __init__(self, channels, ema):
+        get = tf.compat.v1.get_variable
+        self.offset = get('prior_offset/EMA', [channels], initializer=tf.zeros_initializer(), trainable=False)
+        self.log_ratio = get('prior_log_ratio/EMA', [channels], initializer=tf.zeros_initializer(),
+                             trainable=False)
+        self.ema = ema
+        if get_current_tower_context().is_main_training_tower:     # saved and restored as the EMA are
+            for v in (self.offset, self.log_ratio):
+                tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.MODEL_VARIABLES, v)
+
+    def apply(self, prior_mean, prior_var):
+        return (prior_mean + tf.stop_gradient(self.offset),
+                prior_var * tf.exp(tf.stop_gradient(self.log_ratio)))
+
+    def update(self, output, prior_mean, prior_var, group_mean, group_var, training, epsilon):
+        """Fold this step's innovations into the bias estimate (rows with a non-finite prior are
+        left out); returns the output, after the update where the layer's ema_update says so."""
+        if not self.ema.should_update(training):
+            return output
+        sg = tf.stop_gradient
+        prior_mean, prior_var, group_mean, group_var = map(sg, (prior_mean, prior_var, group_mean, group_var))
+        valid = tf.math.is_finite(prior_mean) & tf.math.is_finite(prior_var) & (prior_var >= 0.)
+        w = tf.cast(valid, tf.float32)
+        n = tf.maximum(tf.reduce_sum(w, 0), 1.)
+
+        def valid_mean(t):
+            return tf.reduce_sum(tf.where(valid, t, tf.zeros_like(t)), 0) / n
+
+        offset = valid_mean(group_mean - prior_mean)
+        log_ratio = tf.math.log((valid_mean(group_var) + epsilon) / (valid_mean(prior_var) + epsilon))
+        any_valid = tf.reduce_sum(w, 0) > 0.
+        offset = tf.where(any_valid, offset, self.offset)            # no valid row: keep the estimate
+        log_ratio = tf.where(any_valid, log_ratio, self.log_ratio)
+        with tf.control_dependencies([output]):
+            ops = [moving_averages.assign_moving_average(self.offset, offset, self.ema.momentum,
+                                                         zero_debias=False, name='offset_ema_op'),
+                   moving_averages.assign_moving_average(self.log_ratio, log_ratio, self.ema.momentum,
+                                                         zero_debias=False, name='log_ratio_ema_op')]
+        if self.ema.ema_update == 'collection':
+            for op in ops:
+                tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, op)
+            return output
+        with tf.control_dependencies(ops):
+            return tf.identity(output)
 
 
 def _process_noise(channels, enabled, noise_param, noise_init):
@@ -378,6 +450,8 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
         prior_source: ``'flow'`` (default): the prior is the prediction above.  ``'moving'``: a
             control for studies (``PRIOR_SOURCES``): in a layer that has a prior, this layer's
             own moving averages replace it (no gradient through them), all else unchanged.
+            ``'calibrated'``: the prediction corrected by its running bias (this project's; see
+            :class:`_PriorCalibration`), with two more moving statistics per layer.
         eval_stats: at inference, ``'moving'`` normalises with the moving averages of the
             posterior (paper's option A); ``'batch'`` runs the filter online on the test groups
             (option B, Tables 4, 5, 7).
@@ -407,10 +481,13 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
     ema = EMA(c, momentum, ema_update)
     training = resolve_training(training)
     prior = _resolve_prior(x, prior, c)
+    calibration = None
     if prior is not None and prior_source == 'moving':
         # the same layers weigh a prior, but a steadier estimate of their own statistics instead of
         # the prediction; ema.update assigns only after the output, so this step reads the old value
         prior = (tf.stop_gradient(ema.mean)[None], tf.stop_gradient(ema.variance)[None])
+    elif prior is not None and prior_source == 'calibrated':
+        calibration = _PriorCalibration(c, ema)
     # q and R exist only where there is a prior to weigh (not in the first KN layer).
     gain_ = _Gain(gain, gain_init) if prior is not None else None
     noise = _process_noise(c, process_noise, noise_param, noise_init) if prior is not None else None
@@ -426,11 +503,16 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
         mean, var, trusted = batch_mean, batch_var, None
     else:
         prior = _match_groups(prior[0], prior[1], tf.shape(batch_mean)[0], batch_mean.shape[0])
+        raw_prior = prior
+        if calibration is not None:
+            prior = calibration.apply(*prior)
         mean, var, trusted = kalman_update(prior[0], prior[1], batch_mean, batch_var, gain_.q, p=gain_.p,
                                            pooled_variance=pooled_variance, guard_ratio=guard_ratio,
                                            epsilon=epsilon, **_ProcessNoise.update_args(noise))
         _record_diagnostic(layout, x32, prior, batch_mean, batch_var, trusted)
     out = layout.normalize_grouped(x32, group_size, mean, var, gamma, beta, epsilon)
+    if calibration is not None:
+        out = calibration.update(out, raw_prior[0], raw_prior[1], batch_mean, batch_var, training, epsilon)
     out = ema.update(restore(out), mean, var, training)
     out.posterior = Estimate(mean, var)
     set_estimate(out, out.posterior if propagate == 'input' else
