@@ -221,6 +221,18 @@ def test_measure_run_writes_every_checkpoint_and_layer(kn_run, measured):
     assert json.load(open(out)) == stored
 
 
+@pytest.mark.parametrize('source', ['moving', 'calibrated'])
+def test_measure_run_with_other_prior_sources(source, tmp_path):
+    """The KN study's prior_source rows are measured as any KN run: the prior reported is the one
+    Eq. 7 weighs (the moving averages, or the calibrated prediction), in the layers that have one."""
+    logdir = str(tmp_path / source)
+    make_run(logdir, steps=(5,), norm='bkn', norm_options={'prior_source': source})
+    result = probe.measure_run(logdir, _images(8), 10, MEAN, STD, log=lambda *a: None)
+    (c,) = result['checkpoints']
+    assert [l['layer'] for l in c['layers']] == LAYERS and c['average']['prior']['layers'] == 6
+    assert all(np.isfinite(c['average'][k]['mean_err_mean']) for k in ('prior', 'posterior', 'moving'))
+
+
 def test_bn_run_reports_group_and_moving_only(measured):
     result = measured[0][1]
     for c in result['checkpoints']:
