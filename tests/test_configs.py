@@ -204,7 +204,8 @@ def test_kn_study_ablations_change_one_option_of_the_leading_recipe():
                'bkn_nopool': {'norm_options.pooled_variance': False},
                'bkn_noguard': {'norm_options.guard_ratio': 'none'},
                'bkn_movingprior': {'norm_options.prior_source': 'moving'},
-               'bkn_calibrated': {'norm_options.prior_source': 'calibrated'}}
+               'bkn_calibrated': {'norm_options.prior_source': 'calibrated'},
+               'bkn_priornograd': {'norm_options.prior_gradient': False}}
     for row, diff in changed.items():
         c = flat(row)
         got = {k: c.get(k) for k in set(c) | set(base) if c.get(k) != base.get(k)}

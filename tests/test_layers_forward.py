@@ -477,6 +477,34 @@ def test_batch_kalman_norm_calibrated_prior_source(layout):
     np.testing.assert_allclose(res['cal'][0], d)
 
 
+def test_batch_kalman_norm_prior_gradient_switch():
+    """prior_gradient=False (a study's control): the same output, no gradient into the prior."""
+    pm, pv = make_prior(num_groups(2), seed=24)
+    reached = {}
+
+    def build(x):
+        outs = {}
+        for flag in (True, False):
+            pmt, pvt = tf.constant(pm), tf.constant(pv)
+            y = BatchKalmanNorm('K%d' % flag, x, prior=(pmt, pvt), group_size=2, prior_gradient=flag,
+                                data_format='NHWC')
+            reached[flag] = [g is not None for g in tf1.gradients(tf.reduce_sum(y * y), [pmt, pvt])]
+            outs[flag] = y
+        return outs
+
+    res, vals, x = run_layers('NHWC', build, True, seed=11, x=None)
+    assert reached == {True: [True, True], False: [False, False]}
+    xc = to_nc(x, 'NHWC')
+    bm, bv = ref_group_moments(xc, 2)
+    mean, var = ref_eq7(pm, pv, bm, bv, 0.1, None, pooled=True, guard=100.0)
+    for flag in (True, False):
+        name = 'K%d' % flag
+        assert_close(res[flag], ref_normalize_grouped(xc, 2, mean, var, vals[name + '/gamma'], vals[name + '/beta']),
+                     'NHWC', name)
+    with pytest.raises(ValueError, match='prior_gradient'):
+        kn.NormSpec('bkn', group_size=2, prior_gradient='no')
+
+
 def test_calibrated_prior_leaves_out_non_finite_prior_rows():
     """A group whose prediction is not finite (the guard hands it its batch statistics) does not
     enter the running bias: the others' innovations do."""

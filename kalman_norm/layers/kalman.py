@@ -368,7 +368,7 @@ _KN_CHECKS = {
 def check_batch_kalman_norm_options(**options):
     """Validate options of :func:`BatchKalmanNorm` (ValueError, one line, for the first bad one)."""
     check_options(options, dict(BATCH_STAT_CHECKS, prior_source=lambda v: check_choice('prior_source', v, PRIOR_SOURCES),
-                                **_KN_CHECKS))
+                                prior_gradient=lambda v: check_bool('prior_gradient', v), **_KN_CHECKS))
 
 
 def check_group_kalman_norm_options(**options):
@@ -410,9 +410,9 @@ def _record_diagnostic(layout, x, prior, group_mean, group_var, trusted):
 @layer_register()
 def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1,
                     process_noise=False, noise_param='relative', noise_init=None, pooled_variance=True,
-                    guard_ratio=100.0, propagate='output', prior_source='flow', eval_stats='moving', momentum=0.9,
-                    epsilon=1e-5, center=True, scale=True, gamma_init=1.0, training=None, ema_update='default',
-                    data_format=None):
+                    guard_ratio=100.0, propagate='output', prior_source='flow', prior_gradient=True,
+                    eval_stats='moving', momentum=0.9, epsilon=1e-5, center=True, scale=True, gamma_init=1.0,
+                    training=None, ema_update='default', data_format=None):
     """Batch Kalman Normalization, Eq. 7 of the paper, over micro-batch groups.
 
     Args:
@@ -452,6 +452,9 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
             own moving averages replace it (no gradient through them), all else unchanged.
             ``'calibrated'``: the prediction corrected by its running bias (this project's; see
             :class:`_PriorCalibration`), with two more moving statistics per layer.
+        prior_gradient: True (default): the loss's gradient flows through the prior into whatever
+            it was computed from (the kernels, γ and β below: the paper's, and the authors' code).
+            False: a study's control, the prior enters Eq. 7 as a constant (stop_gradient).
         eval_stats: at inference, ``'moving'`` normalises with the moving averages of the
             posterior (paper's option A); ``'batch'`` runs the filter online on the test groups
             (option B, Tables 4, 5, 7).
@@ -488,6 +491,8 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
         prior = (tf.stop_gradient(ema.mean)[None], tf.stop_gradient(ema.variance)[None])
     elif prior is not None and prior_source == 'calibrated':
         calibration = _PriorCalibration(c, ema)
+    if prior is not None and not prior_gradient:
+        prior = tuple(tf.stop_gradient(t) for t in prior)
     # q and R exist only where there is a prior to weigh (not in the first KN layer).
     gain_ = _Gain(gain, gain_init) if prior is not None else None
     noise = _process_noise(c, process_noise, noise_param, noise_init) if prior is not None else None
