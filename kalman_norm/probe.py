@@ -53,8 +53,9 @@ __all__ = ['ProbeError', 'ESTIMATES', 'load_run', 'list_checkpoints', 'epoch_of_
 
 #: The estimates compared with the reference, in the order (a)-(d).
 ESTIMATES = ('group', 'prior', 'posterior', 'moving')
-#: The error summaries kept per estimate.
-ERROR_STATS = ('mean_err_mean', 'mean_err_median', 'var_err_mean', 'var_err_median')
+#: The error summaries kept per estimate; ``var_log_ratio_mean`` is the signed mean of
+#: log(v / v_ref), the direction of a variance bias (> 0: the estimate is too large).
+ERROR_STATS = ('mean_err_mean', 'mean_err_median', 'var_err_mean', 'var_err_median', 'var_log_ratio_mean')
 #: Norms whose layers keep moving averages, and those that carry KN's prior and posterior.
 _EMA_KINDS = ('bn', 'bkn', 'brn')
 EPSILON = 1e-5
@@ -321,7 +322,8 @@ def population_moments(group_mean, group_var):
 
 
 def estimate_errors(mean, var, ref_mean, ref_var, epsilon=EPSILON):
-    """Mean and median over groups and channels of |m - m_ref| / sd_ref and |log(v / v_ref)|.
+    """Mean and median over groups and channels of |m - m_ref| / sd_ref and |log(v / v_ref)|, and
+    the mean of the signed log(v / v_ref).
     ``mean``/``var`` are [G, C] or [C]; ``epsilon`` (the layers' default) keeps dead channels
     (zero variance) finite.  Groups with a non-finite or negative estimate (a prior the layer
     rejects) are left out and counted: ``unusable`` is their fraction (NaN errors if all are)."""
@@ -332,9 +334,11 @@ def estimate_errors(mean, var, ref_mean, ref_var, epsilon=EPSILON):
     if not usable.any():
         return dict(out, **{k: float('nan') for k in ERROR_STATS})
     mean_err = np.abs(mean[usable] - ref_mean) / np.sqrt(ref_var + epsilon)
-    var_err = np.abs(np.log((var[usable] + epsilon) / (ref_var + epsilon)))
+    log_ratio = np.log((var[usable] + epsilon) / (ref_var + epsilon))
+    var_err = np.abs(log_ratio)
     return dict(out, mean_err_mean=float(np.mean(mean_err)), mean_err_median=float(np.median(mean_err)),
-                var_err_mean=float(np.mean(var_err)), var_err_median=float(np.median(var_err)))
+                var_err_mean=float(np.mean(var_err)), var_err_median=float(np.median(var_err)),
+                var_log_ratio_mean=float(np.mean(log_ratio)))
 
 
 def layer_measures(rec):

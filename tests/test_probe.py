@@ -106,9 +106,10 @@ def _np_group_moments(x, g):
 
 def _np_errors(m, v, ref_m, ref_v, eps=1e-5):
     me = np.abs(m - ref_m) / np.sqrt(ref_v + eps)
-    ve = np.abs(np.log((v + eps) / (ref_v + eps)))
+    lr = np.log((v + eps) / (ref_v + eps))
+    ve = np.abs(lr)
     return dict(mean_err_mean=me.mean(), mean_err_median=np.median(me), var_err_mean=ve.mean(),
-                var_err_median=np.median(ve))
+                var_err_median=np.median(ve), var_log_ratio_mean=lr.mean())
 
 
 def test_measures_match_numpy_from_the_layer_inputs(kn_run):
