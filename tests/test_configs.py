@@ -210,6 +210,8 @@ def test_kn_study_ablations_change_one_option_of_the_leading_recipe():
         c = flat(row)
         got = {k: c.get(k) for k in set(c) | set(base) if c.get(k) != base.get(k)}
         assert got == diff, row
+    calibrated, c = flat('bkn_calibrated'), flat('bkn_calibrated_q03')     # an ablation of an ablation
+    assert {k: c.get(k) for k in set(c) | set(calibrated) if c.get(k) != calibrated.get(k)} == {'gain': 0.3}
 
 
 #: the CIFAR trainer's KN configs (the ImageNet trainer's graphs take minutes to build)
