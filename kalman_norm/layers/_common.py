@@ -199,14 +199,18 @@ class EMA(object):
         var = tf.reduce_mean(tf.stop_gradient(var), axis=0)
         # Assign only after the output is computed: layers that read the EMA in training
         # (Batch Renorm's r, d) would otherwise race with the update run in the same step.
+        return self.fold(output, [(self.mean, mean, 'mean_ema_op'), (self.variance, var, 'var_ema_op')])
+
+    def fold(self, output, updates, name='output'):
+        """Move each ``(variable, value, op_name)`` towards its value with this EMA's momentum, after
+        ``output`` is computed, by the update policy; returns the output (with a dependency on the
+        updates under 'internal').  Callers check :meth:`should_update` first."""
         with tf.control_dependencies([output]):
-            ops = [moving_averages.assign_moving_average(self.mean, mean, self.momentum,
-                                                         zero_debias=False, name='mean_ema_op'),
-                   moving_averages.assign_moving_average(self.variance, var, self.momentum,
-                                                         zero_debias=False, name='var_ema_op')]
+            ops = [moving_averages.assign_moving_average(variable, value, self.momentum, zero_debias=False,
+                                                         name=op_name) for variable, value, op_name in updates]
         if self.ema_update == 'collection':
             for op in ops:
                 tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, op)
-            return tf.identity(output, name='output')
+            return tf.identity(output, name=name)
         with tf.control_dependencies(ops):
-            return tf.identity(output, name='output')
+            return tf.identity(output, name=name)

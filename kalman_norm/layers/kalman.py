@@ -20,7 +20,6 @@ import math
 import numbers
 
 import tensorflow as tf
-from tensorflow.python.training import moving_averages
 from tensorpack.models import layer_register
 from tensorpack.tfutils.tower import get_current_tower_context
 
@@ -190,17 +189,8 @@ class _PriorCalibration(object):
         any_valid = tf.reduce_sum(w, 0) > 0.
         offset = tf.where(any_valid, offset, self.offset)            # no valid row: keep the estimate
         log_ratio = tf.where(any_valid, log_ratio, self.log_ratio)
-        with tf.control_dependencies([output]):
-            ops = [moving_averages.assign_moving_average(self.offset, offset, self.ema.momentum,
-                                                         zero_debias=False, name='offset_ema_op'),
-                   moving_averages.assign_moving_average(self.log_ratio, log_ratio, self.ema.momentum,
-                                                         zero_debias=False, name='log_ratio_ema_op')]
-        if self.ema.ema_update == 'collection':
-            for op in ops:
-                tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, op)
-            return output
-        with tf.control_dependencies(ops):
-            return tf.identity(output)
+        return self.ema.fold(output, [(self.offset, offset, 'offset_ema_op'),
+                                      (self.log_ratio, log_ratio, 'log_ratio_ema_op')], name='calibrated')
 
 
 def _process_noise(channels, enabled, noise_param, noise_init):
@@ -365,10 +355,16 @@ _KN_CHECKS = {
 }
 
 
+#: options of BatchKalmanNorm only (the study's controls and the calibrated prior)
+_BKN_CHECKS = {
+    'prior_source': lambda v: check_choice('prior_source', v, PRIOR_SOURCES),
+    'prior_gradient': lambda v: check_bool('prior_gradient', v),
+}
+
+
 def check_batch_kalman_norm_options(**options):
     """Validate options of :func:`BatchKalmanNorm` (ValueError, one line, for the first bad one)."""
-    check_options(options, dict(BATCH_STAT_CHECKS, prior_source=lambda v: check_choice('prior_source', v, PRIOR_SOURCES),
-                                prior_gradient=lambda v: check_bool('prior_gradient', v), **_KN_CHECKS))
+    check_options(options, dict(BATCH_STAT_CHECKS, **_KN_CHECKS, **_BKN_CHECKS))
 
 
 def check_group_kalman_norm_options(**options):
