@@ -77,6 +77,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import tomllib
 
@@ -671,7 +672,7 @@ def _cost_key(config):
 
 
 def minutes_per_epoch(root, profile, config):
-    """(minutes, source): measured from this profile's records of the same trainer, model and norm
+    """(minutes, source): the median over this profile's records of the same trainer, model and norm
     (wall minutes / epochs, see :func:`_cost_key`), else, for CIFAR, the documented default model.
     Minutes per epoch hardly depend on the number of epochs; a CIFAR config with --steps-per-epoch
     is scaled by its share of an epoch.  An ImageNet config has no measured base: without a record
@@ -692,7 +693,9 @@ def minutes_per_epoch(root, profile, config):
         if _is_number(minutes) and _cost_key(load_config(cfg, record_trainer(rec))) == key:
             measured.append(minutes / rec['stats'][-1]['epoch_num'])
     if measured:
-        return sum(measured) / len(measured), 'measured (%d records)' % len(measured)
+        # the median: records made while the machine was shared run slower, and a few do not
+        # make every estimate slow
+        return float(statistics.median(measured)), 'measured (median of %d records)' % len(measured)
     if is_imagenet(config):
         return None, 'no estimate (no record of this model yet)'
     _, model, depth, norm = key

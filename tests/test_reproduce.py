@@ -343,7 +343,11 @@ def test_estimates_measured_from_records_else_default(tmp_path):
     # ResNet-8 (depth 1) at 2 of 390 steps an epoch, GN's relative cost
     assert minutes == pytest.approx(study.BASE_MINUTES_PER_EPOCH / 3 * study.NORM_COST['gn'] * 2 / (50000 / 8))
     write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.0)
-    assert study.minutes_per_epoch(root, 'cpu', bn) == (1.5, 'measured (1 records)')
+    assert study.minutes_per_epoch(root, 'cpu', bn) == (1.5, 'measured (median of 1 records)')
+    # the median: one run slowed by a shared machine does not move it
+    write_record(root, 'tiny_bn', 2, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.4)
+    write_record(root, 'tiny_bn', 3, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=20.0)
+    assert study.minutes_per_epoch(root, 'cpu', bn) == (1.7, 'measured (median of 3 records)')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,7 +550,7 @@ def test_estimate_of_a_run_launched_by_hand_uses_the_trainers_clock(tmp_path):
     d = write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=5.0)
     study.write_json(os.path.join(d, 'run.json'), {'note': 'launched outside reproduce.py'})
     bn = study.load_config(os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_bn.toml'))
-    assert study.minutes_per_epoch(root, 'cpu', bn) == (2.5, 'measured (1 records)')
+    assert study.minutes_per_epoch(root, 'cpu', bn) == (2.5, 'measured (median of 1 records)')
 
 
 def test_plot_curves_command_line(tmp_path, capsys):
@@ -668,11 +672,11 @@ def test_dry_run_of_an_imagenet_table_estimates_from_its_own_records_only(tmp_pa
     write_record(root, 'cifar_bn', 1, [0.5, 0.4], minutes=4.0, config_text=CONFIG % 'bn')
     assert study.minutes_per_epoch(root, 'cpu', inet_bn) == (None, 'no estimate (no record of this model yet)')
     write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.0, options=IMAGENET_OPTIONS)
-    assert study.minutes_per_epoch(root, 'cpu', inet_bn) == (1.5, 'measured (1 records)')
-    assert study.minutes_per_epoch(root, 'cpu', cifar_bn) == (2.0, 'measured (1 records)')
+    assert study.minutes_per_epoch(root, 'cpu', inet_bn) == (1.5, 'measured (median of 1 records)')
+    assert study.minutes_per_epoch(root, 'cpu', cifar_bn) == (2.0, 'measured (median of 1 records)')
     assert reproduce.main(['tiny', '--root', root, '--dry-run']) == 0
     out = capsys.readouterr().out
-    assert _row_cells(out, 'tiny_bn | 2')[4:] == ['1.50', 'measured (1 records)', '3']
+    assert _row_cells(out, 'tiny_bn | 2')[4:] == ['1.50', 'measured (median of 1 records)', '3']
     assert 'estimated 3 CPU minutes (0.1 h) on this machine, one at a time, not counting the 3 without' in out
 
 
