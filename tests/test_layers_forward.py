@@ -425,6 +425,17 @@ def test_batch_kalman_norm_moving_prior_source(layout):
         kn.NormSpec('gkn', group_size=2, prior_source='moving')
 
 
+def _check_calibrated_output(y, x, vals, pm, pv, layout, what):
+    """Assert layer 'K' (groups of 2, q = 0.1) normalised with Eq. 7 on the prior N(pm + d, pv·e^l),
+    d and l its calibration's values; returns (posterior), (group moments), (d, l)."""
+    xc = to_nc(x, layout)
+    bm, bv = ref_group_moments(xc, 2)
+    d, l = vals['K/prior_offset/EMA'], vals['K/prior_log_ratio/EMA']
+    mean, var = ref_eq7(pm + d, pv * np.exp(l), bm, bv, 0.1, None, pooled=True, guard=100.0)
+    assert_close(y, ref_normalize_grouped(xc, 2, mean, var, vals['K/gamma'], vals['K/beta']), layout, what)
+    return (mean, var), (bm, bv), (d, l)
+
+
 @pytest.mark.parametrize('layout', ('NHWC', 'NCHW'))
 def test_batch_kalman_norm_calibrated_prior_source(layout):
     """prior_source='calibrated': Eq. 7 weighs N(µ̂ + d, Σ̂·e^l) with d, l the running bias of the
@@ -448,12 +459,7 @@ def test_batch_kalman_norm_calibrated_prior_source(layout):
                 'grad_prior': [g for g in grads[2:] if g is not None]}
 
     res, vals, x = run_layers(layout, build, True, seed=8)
-    xc = to_nc(x, layout)
-    bm, bv = ref_group_moments(xc, 2)
-    d, l = vals['K/prior_offset/EMA'], vals['K/prior_log_ratio/EMA']
-    mean, var = ref_eq7(pm + d, pv * np.exp(l), bm, bv, 0.1, None, pooled=True, guard=100.0)
-    assert_close(res['y'], ref_normalize_grouped(xc, 2, mean, var, vals['K/gamma'], vals['K/beta']), layout,
-                 'calibrated prior')
+    (mean, var), (bm, bv), (d, l) = _check_calibrated_output(res['y'], x, vals, pm, pv, layout, 'calibrated prior')
     np.testing.assert_allclose(res['post'][0], mean, atol=ATOL, rtol=RTOL)
     np.testing.assert_allclose(res['post'][1], var, atol=ATOL, rtol=RTOL)
     np.testing.assert_allclose(res['after'][0], 0.9 * d + 0.1 * (bm - pm).mean(0), atol=ATOL, rtol=RTOL)
@@ -468,12 +474,7 @@ def test_batch_kalman_norm_calibrated_prior_source(layout):
         return {'y': y, 'cal': [get_var('K/prior_offset/EMA'), get_var('K/prior_log_ratio/EMA')]}
 
     res, vals, x = run_layers(layout, infer, False, seed=9)
-    xc = to_nc(x, layout)
-    bm, bv = ref_group_moments(xc, 2)
-    d, l = vals['K/prior_offset/EMA'], vals['K/prior_log_ratio/EMA']
-    mean, var = ref_eq7(pm + d, pv * np.exp(l), bm, bv, 0.1, None, pooled=True, guard=100.0)
-    assert_close(res['y'], ref_normalize_grouped(xc, 2, mean, var, vals['K/gamma'], vals['K/beta']), layout,
-                 'inference, online statistics')
+    _, _, (d, _) = _check_calibrated_output(res['y'], x, vals, pm, pv, layout, 'inference, online statistics')
     np.testing.assert_allclose(res['cal'][0], d)
 
 
