@@ -43,7 +43,19 @@ def load(run):
         raise ValueError('%s is not valid JSON: %s' % (path, e))
     if not isinstance(result, dict) or not result.get('checkpoints'):
         raise ValueError('%s holds no measured checkpoint' % path)
+    result['source_dir'] = os.path.dirname(os.path.abspath(path))
     return result
+
+
+def budget(result, study):
+    """The run's budget and machine, from its record (results/runs/...: config.toml, run.json)."""
+    d = result.get('source_dir', '')
+    rec = study.load_record(d)
+    if not rec or not os.path.isfile(os.path.join(d, 'config.toml')):
+        return 'Budget: not recorded here (a log dir, not a run record: see its options.json).'
+    config = study.load_config(os.path.join(d, 'config.toml'), study.record_trainer(rec))
+    return 'Budget: %s; machine: %s (a CPU schedule, not the paper\'s).' % (
+        study.budget_line(config), study.describe_machine((rec.get('run') or {}).get('machine')))
 
 
 def run_name(result):
@@ -137,7 +149,8 @@ def plot(results, out, stat='mean'):
 def markdown(results, figure, command):
     """The numbers behind the figure, one section per run, with the command that wrote them."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-    from kalman_norm.probe import format_summary     # TensorFlow: only when the Markdown is asked for
+    from kalman_norm import study                      # TensorFlow: only when the Markdown is asked for
+    from kalman_norm.probe import format_summary
     counts = sorted({str(r.get('settings', {}).get('images', '?')) for r in results})
     lines = ['# How well each layer estimates its statistics over training', '',
              'Per normalisation layer, the error of each estimate against the statistics of the same layer '
@@ -150,7 +163,7 @@ def markdown(results, figure, command):
              'checkpoint of each run.' % ' / '.join(counts), '',
              '![estimates](%s)' % os.path.basename(figure), '']
     for r in results:
-        lines += ['## %s' % label(r), '', format_summary(r), '']
+        lines += ['## %s' % label(r), '', budget(r, study), '', format_summary(r), '']
     lines += ['Written by:', '', '```', command, '```', '']
     return '\n'.join(lines)
 

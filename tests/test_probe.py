@@ -344,10 +344,27 @@ def test_plot_estimates_writes_one_figure_for_several_runs(kn_run, bn_run, measu
     text = open(md).read()
     assert '![estimates](est.png)' in text and text.count('\n## ') == 2
     assert text.count('mean err: group') == 4          # per run: the checkpoints' and the layers' table
+    assert text.count('Budget: not recorded here') == 2                      # log dirs, not records
     assert 'python scripts/plot_estimates.py %s %s --out %s --markdown %s' % (kn_run[0], bn_run[0], out, md) in text
     with pytest.raises(SystemExit):
         plot.main([str(tmp_path), '--out', str(tmp_path / 'x.png')])       # no estimate_quality.json
     assert not os.path.exists(str(tmp_path / 'x.png'))
+
+
+def test_plot_estimates_states_the_budget_of_a_run_record(kn_run, measured, tmp_path):
+    """A run record (results/runs/...) carries its config and machine: the Markdown states both."""
+    plot = _load_script('plot_estimates')
+    record = tmp_path / 'record'
+    record.mkdir()
+    with open(os.path.join(kn_run[0], 'estimate_quality.json')) as f:
+        (record / 'estimate_quality.json').write_text(f.read())
+    (record / 'config.toml').write_text('model = "resnet"\ndepth = 3\nnorm = "bkn"\nbatch = 2\nepochs = 10\n')
+    (record / 'options.json').write_text('{}')
+    (record / 'run.json').write_text(json.dumps({'machine': {'cores': 2, 'gpu': 'none'}}))
+    md = str(tmp_path / 'est.md')
+    plot.main([str(record), '--out', str(tmp_path / 'est.png'), '--markdown', md])
+    assert ('Budget: ResNet-20, 10 epochs (schedule short), 128 samples per step, CIFAR10; machine: 2 CPU '
+            'cores, no GPU') in open(md).read()
 
 
 def test_plot_estimates_draws_each_layer_of_a_learned_gain_only():
