@@ -59,7 +59,8 @@ epoch: choosing the best epoch on the test set flatters every row).  "moving" (o
 evaluation); "batch" (option B) is ``val-error-batch``.  Over seeds: mean ± sample standard
 deviation (ddof 1).  A claim's verdict compares the difference of the means with the seed spread,
 the larger of the two rows' standard deviations: within it, "within the seed spread"; outside it,
-"ordering holds" if the sign is the paper's, else "does not hold".
+"ordering holds" if the sign is the paper's, else "does not hold"; for a claim without a paper number
+(an ablation or a control of this project's), "beyond the seed spread".
 
 Run states (:func:`run_state`):
     recorded   results/runs/... holds the record: skipped
@@ -602,7 +603,9 @@ def claim_verdict(claim, summaries):
     if spread is not None and abs(d) <= spread:
         verdict = 'within the seed spread'
     elif paper is None:
-        verdict = 'no paper number to compare'
+        # a question of this project's (an ablation, a control): the spread is the only yardstick
+        verdict = ('beyond the seed spread' if spread is not None
+                   else 'one seed: no spread to judge by') + ' (no paper number)'
     elif paper == 0:
         verdict = 'does not hold (the paper: no gain)'
     elif (d > 0) == (paper > 0):

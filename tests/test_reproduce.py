@@ -173,6 +173,9 @@ def _summaries(a, b):
     ([80.0, 80.2], [78.0, 78.1], 0.0, 'does not hold (the paper: no gain)'),
     ([76.0], [78.0, 78.5], 0.0, 'does not hold (the paper: no gain) (one seed: no spread to judge by)'),
     ([80.0, 80.2], [], 1.5, 'not measured'),
+    ([76.0, 76.5], [78.0, 78.5], None, 'beyond the seed spread (no paper number)'),
+    ([78.0, 80.0], [78.5, 79.0], None, 'within the seed spread'),
+    ([76.0], [78.0, 78.5], None, 'one seed: no spread to judge by (no paper number)'),
 ])
 def test_claim_verdicts(a, b, paper, verdict):
     text, got = study.claim_verdict({'label': 'A - B', 'a': 'a', 'b': 'b', 'paper': paper}, _summaries(a, b))
@@ -180,7 +183,8 @@ def test_claim_verdicts(a, b, paper, verdict):
     assert text.startswith('A - B')
     if b:
         d = np.mean(a) - np.mean(b)
-        assert ('%+.2f' % d) in text and (('paper %+g' % paper) if paper else 'paper: no gain') in text
+        paper_txt = 'paper: no number' if paper is None else ('paper %+g' % paper) if paper else 'paper: no gain'
+        assert ('%+.2f' % d) in text and paper_txt in text
         assert 'per seed %s vs %s' % (', '.join('%.2f' % v for v in a), ', '.join('%.2f' % v for v in b)) in text
 
 
