@@ -9,6 +9,8 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["kalman_norm", "kalman_norm.*"]),
+    # the fused prior's C++ source, compiled on first use (kalman_norm/ops/__init__.py)
+    package_data={"kalman_norm.ops": ["*.cc"]},
     python_requires=">=3.10",
     install_requires=[
         # one TensorFlow wheel serves CPU and GPU machines (GPU kernels load when CUDA is present)

@@ -10,7 +10,9 @@ the batch, as one GPU normalizes its own 32 images in the paper), plain SGD with
 Configurations (``--norms``): BN; KN as this package ships it (``bkn`` with its defaults,
 ``KN_RECIPES['library']``: analytic prior, output hand-on, no R); the paper's KN as Table 3 times
 it (process noise R, input hand-on) with the analytic prior and with the Monte-Carlo prior
-(``prior_method='mc'``, 1 sample per group as the authors).  Data are constant random tensors
+(``prior_method='mc'``, 1 sample per group as the authors).  On a CPU-only machine the analytic
+prior runs in the fused CPU op (kalman_norm/ops) unless ``KALMAN_NORM_FUSED_PRIOR=0``; the
+output says which.  Data are constant random tensors
 in the graph (no input pipeline).  All configurations live in ONE process, each with its own
 graph and session; after a warm-up, steps are interleaved round-robin (one step of each
 configuration per round, ``--rounds`` rounds), so that whatever else runs on the machine slows
@@ -38,7 +40,7 @@ from tabulate import tabulate  # noqa: E402
 from tensorpack.models.registry import disable_layer_logging  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
-from kalman_norm import runtime  # noqa: E402
+from kalman_norm import ops, runtime  # noqa: E402
 from kalman_norm.models.inception_v2 import inception_v2  # noqa: E402
 from kalman_norm.models.resnet_imagenet import resnet_imagenet  # noqa: E402
 
@@ -261,6 +263,10 @@ def main(argv=None):
             "and the input hand-on) with the analytic prior and with the Monte-Carlo prior (one sampled "
             "feature map per group, as the authors' code). KN/BN paired by round: the median over "
             "rounds of the same round's BN step / KN step.",
+            '* The analytic prior\'s kernel-sized work: %s.' % (
+                'in the fused CPU op (kalman_norm/ops; `%s=0` times TensorFlow\'s ops instead)' % ops.ENV_SWITCH
+                if ops.fused_prior_enabled() else
+                'in TensorFlow\'s ops (the fused CPU op is off or unavailable: `%s`)' % ops.ENV_SWITCH),
             '* Paper (Table 3): Inception-v2 on 4 Titan X, 32 images per GPU: BN 325.74, KN 320.94 '
             'examples/s, KN/BN = %.3f. Only the ratio is comparable here.' % (PAPER['KN'] / PAPER['BN']),
             '',

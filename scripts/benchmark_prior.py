@@ -15,13 +15,15 @@ graphs are built in one process, each holding every recorded prior as one traini
 * ``old``:  base + the previous ``_analytic_conv`` (kept below, for this comparison only) on
   estimates ``(m, v)`` [1, C_in] held in variables; the loss adds Σ r₁·mean + r₂·var, and SGD
   updates the kernels (prior gradient summed with G, as in training) and the estimates.
-* ``new``:  the same with the package's current ``_analytic_conv``.
+* ``new``:  the same with the package's current ``_analytic_conv`` in TensorFlow's ops.
+* ``fused``: the same with the fused CPU op (kalman_norm/ops; compiled on first use).
 
-Steps are interleaved round-robin (base, old, new; the order rotates every round) and the median
-step time of each is reported; the prior's own cost is (old - base) and (new - base).
+Steps are interleaved round-robin (base, old, new, fused; the order rotates every round) and the
+median step time of each is reported; the prior's own cost is each one's minus base's.
 
     python scripts/benchmark_prior.py                      # both architectures, 30 rounds
     python scripts/benchmark_prior.py --archs ResNet-50 --rounds 60
+    python scripts/benchmark_prior.py --groups 64           # 64 groups (CIFAR's 128 as 64 groups of 2)
 """
 import argparse
 import collections
@@ -40,13 +42,16 @@ from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 from kalman_norm import transition  # noqa: E402
 from kalman_norm.estimate import Estimate  # noqa: E402
 from kalman_norm.models.inception_v2 import inception_v2  # noqa: E402
+from kalman_norm.models.resnet_cifar import resnet_cifar  # noqa: E402
 from kalman_norm.models.resnet_imagenet import resnet_imagenet  # noqa: E402
 
 tf1 = tf.compat.v1
 
+#: name -> (model, input size)
 ARCHITECTURES = collections.OrderedDict([
-    ('Inception-v2', lambda image: inception_v2(image, num_classes=1000)),
-    ('ResNet-50', lambda image: resnet_imagenet(image, depth=50, num_classes=1000)),
+    ('Inception-v2', (lambda image: inception_v2(image, num_classes=1000), 224)),
+    ('ResNet-50', (lambda image: resnet_imagenet(image, depth=50, num_classes=1000), 224)),
+    ('ResNet-20-CIFAR', (lambda image: resnet_cifar(image, n=3), 32)),
 ])
 
 #: one analytic conv prior: kernel [kh, kw, C_in, C_out], input (h, w), strides, padding, rectified
@@ -80,11 +85,12 @@ def old_analytic_conv(est, kernel, in_hw, kernel_hw, strides, padding):
 IMPLEMENTATIONS = collections.OrderedDict([
     ('base', None),
     ('old', old_analytic_conv),
-    ('new', lambda *args: transition._analytic_conv(*args)),      # looked up at build time
+    ('new', lambda *args: transition._analytic_conv(*args, fused=False)),   # looked up at build time
+    ('fused', lambda *args: transition._analytic_conv(*args, fused=True)),
 ])
 
 
-def record_priors(arch, image_size=224):
+def record_priors(arch):
     """The analytic conv priors the model ``arch`` builds under KN (one group)."""
     records = []
     original = transition._analytic_conv
@@ -97,9 +103,10 @@ def record_priors(arch, image_size=224):
     transition._analytic_conv = spy
     try:
         with tf.Graph().as_default():
+            model, image_size = ARCHITECTURES[arch]
             image = tf.zeros([1, image_size, image_size, 3])
             with TowerContext('', is_training=True), kn.norm_scope('bkn', prior_method='analytic'):
-                ARCHITECTURES[arch](image)
+                model(image)
     finally:
         transition._analytic_conv = original
     return records
@@ -164,12 +171,13 @@ class Graph(object):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--archs', default=','.join(ARCHITECTURES),
+    p.add_argument('--archs', default='Inception-v2,ResNet-50',
                    help='comma-separated subset of: %s' % ', '.join(ARCHITECTURES))
     p.add_argument('--rounds', type=int, default=30, help='interleaved measured rounds (default 30)')
     p.add_argument('--warmup', type=int, default=3, help='unmeasured steps per graph first (default 3)')
     p.add_argument('--profile', action='store_true', help='also print the op types the priors spend time in')
-    p.add_argument('--image-size', type=int, default=224, help='input size the shapes are recorded at')
+    p.add_argument('--groups', type=int, default=1,
+                   help='normalization groups G of the estimates (default 1, the paper\'s Table 3)')
     args = p.parse_args(argv)
     args.archs = [a.strip() for a in args.archs.split(',') if a.strip()]
     unknown = [a for a in args.archs if a not in ARCHITECTURES]
@@ -182,12 +190,13 @@ def main(argv=None):
     args = parse_args(argv)
     disable_layer_logging()
     for arch in args.archs:
-        priors = record_priors(arch, args.image_size)
+        priors = record_priors(arch)
         params = sum(int(np.prod(p.kernel_shape)) for p in priors)
         kinds = collections.Counter('%dx%d' % p.kernel_shape[:2] for p in priors)
         print('%s: %d conv priors, %.1fM kernel weights (%s)' % (
             arch, len(priors), params / 1e6, ', '.join('%d of %s' % (n, k) for k, n in sorted(kinds.items()))))
-        graphs = collections.OrderedDict((name, Graph(priors, impl)) for name, impl in IMPLEMENTATIONS.items())
+        graphs = collections.OrderedDict((name, Graph(priors, impl, groups=args.groups))
+                                         for name, impl in IMPLEMENTATIONS.items())
         names = list(graphs)
         for _ in range(args.warmup):
             for g in graphs.values():
@@ -198,17 +207,17 @@ def main(argv=None):
         med = {name: float(np.median(g.times)) for name, g in graphs.items()}
         iqr = {name: float(np.subtract(*np.percentile(g.times, [75, 25]))) for name, g in graphs.items()}
         for name in names:
-            print('  %-4s median step %7.1f ms  (IQR %5.1f ms)' % (name, 1e3 * med[name], 1e3 * iqr[name]))
-        old, new = med['old'] - med['base'], med['new'] - med['base']
-        print('  prior alone: old %.1f ms, new %.1f ms, new/old %.3f' % (1e3 * old, 1e3 * new, new / old))
+            print('  %-5s median step %7.1f ms  (IQR %5.1f ms)' % (name, 1e3 * med[name], 1e3 * iqr[name]))
+        cost = {name: med[name] - med['base'] for name in names[1:]}
+        print('  prior alone: %s; new/old %.3f, fused/new %.3f' % (
+            ', '.join('%s %.1f ms' % (name, 1e3 * c) for name, c in cost.items()),
+            cost['new'] / cost['old'], cost['fused'] / cost['new']))
         if args.profile:
             prof = {name: g.op_type_times() for name, g in graphs.items()}
-            keys = sorted(set(prof['old']) | set(prof['new']),
-                          key=lambda k: -max(prof['old'].get(k, 0), prof['new'].get(k, 0)))
-            print('  op type (summed ms per step)   base     old     new')
+            keys = sorted(set().union(*prof.values()), key=lambda k: -max(p.get(k, 0) for p in prof.values()))
+            print('  op type (summed ms per step)' + ''.join('%8s' % name for name in names))
             for k in keys[:14]:
-                print('  %-28s %6.1f  %6.1f  %6.1f' % (k, prof['base'].get(k, 0), prof['old'].get(k, 0),
-                                                     prof['new'].get(k, 0)))
+                print('  %-28s' % k + ''.join('%8.1f' % prof[name].get(k, 0) for name in names))
         for g in graphs.values():
             g.sess.close()
 

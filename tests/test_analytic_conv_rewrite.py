@@ -1,4 +1,5 @@
-"""The analytic conv prior's fast path (per-tap products with a hand-written gradient) against
+"""The analytic conv prior's fast paths (per-tap products with a hand-written gradient in
+TensorFlow's ops, and the fused CPU op of kalman_norm/ops) against
 the straightforward formula of kalman_norm/transition.py's docstring, values and gradients.
 
     mean = m (Σ_t f_t W_t),   var = v (Σ_t f_t W_t²) + max(Σ_{t,t'} F_{tt'} a_t a_t' − mean², 0)
@@ -82,11 +83,20 @@ def _close(x, y, what, rtol=2e-5):
     np.testing.assert_allclose(x, y, rtol=0, atol=rtol * scale, err_msg=what)
 
 
+def _tf_ops(*args):
+    return _analytic_conv(*args, fused=False)
+
+
+def _fused_op(*args):
+    return _analytic_conv(*args, fused=True)
+
+
+@pytest.mark.parametrize('impl', [_tf_ops, _fused_op], ids=['tf-ops', 'fused-op'])
 @pytest.mark.parametrize('rectified', [False, True])
 @pytest.mark.parametrize('groups', [1, 3])
 @pytest.mark.parametrize('case', CASES, ids=lambda c: '%s-k%dx%d-s%d-%s' % (c[0], c[1][0], c[1][1], c[2], c[3]))
-def test_values_and_gradients_equal_the_plain_formula(case, groups, rectified):
-    fast = _run(_analytic_conv, case, groups, rectified)
+def test_values_and_gradients_equal_the_plain_formula(case, groups, rectified, impl):
+    fast = _run(impl, case, groups, rectified)
     plain = _run(_reference, case, groups, rectified)
     for name, x, y in zip(['mean', 'var', 'd kernel', 'd m', 'd v'], fast[:5], plain[:5]):
         assert x.shape == y.shape, name
@@ -108,11 +118,12 @@ def test_spread_term_is_active_in_the_cases():
     assert np.allclose(tap_coverage((6, 6), (1, 1), 2, 'SAME')[1], 1.0)
 
 
-def test_unused_output_gradient():
+@pytest.mark.parametrize('impl', [_tf_ops, _fused_op], ids=['tf-ops', 'fused-op'])
+def test_unused_output_gradient(impl):
     """Only the mean used: the variance's upstream gradient is absent, the kernel's still right."""
     case = CASES[0]
     results = []
-    for impl in (_analytic_conv, _reference):
+    for impl in (impl, _reference):
         with tf.Graph().as_default():
             rng = np.random.RandomState(1)
             kernel = tf.constant(rng.randn(*case[1]).astype(np.float32))
