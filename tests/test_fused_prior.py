@@ -5,6 +5,8 @@ choice between the two, the switch, and the build cache."""
 import kalman_norm  # noqa: F401  (must come before tensorflow)
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -202,3 +204,12 @@ def test_build_is_cached_and_atomic(fresh_state, tmp_path):
     assert ops.build() == path and os.path.getmtime(path) == mtime        # found, not rebuilt
     assert os.listdir(tmp_path) == [os.path.basename(path)]                 # no temporary left behind
     assert os.path.getsize(path) > 0
+
+
+def test_build_from_the_command_line():
+    """`python -m kalman_norm.ops` builds (here: finds) the library and prints its path."""
+    out = subprocess.run([sys.executable, '-m', 'kalman_norm.ops'], capture_output=True, text=True,
+                         timeout=600, cwd=os.path.dirname(os.path.dirname(kalman_norm.__file__)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    path = out.stdout.strip().splitlines()[-1]
+    assert path == ops.build() and os.path.exists(path)

@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import tensorflow as tf
@@ -154,8 +153,3 @@ def _conv_prior_grad(op, da, db):
     db = tf.zeros_like(op.outputs[1]) if db is None else db
     dm, dv, dw = _load().kalman_norm_conv_prior_grad(m, v, w, f, da, db)
     return dm, dv, dw, None
-
-
-if __name__ == '__main__':      # python -m kalman_norm.ops: build (or find) the library and say where
-    print(build())
-    sys.exit(0)
