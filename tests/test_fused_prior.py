@@ -4,7 +4,9 @@ float64 NumPy and finite differences, the same prior as TensorFlow's ops through
 choice between the two, the switch, and the build cache."""
 import kalman_norm  # noqa: F401  (must come before tensorflow)
 
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -213,3 +215,17 @@ def test_build_from_the_command_line():
     assert out.returncode == 0, out.stderr[-2000:]
     path = out.stdout.strip().splitlines()[-1]
     assert path == ops.build() and os.path.exists(path)
+
+
+def test_prior_benchmark_times_every_implementation(capsys):
+    """scripts/benchmark_prior.py runs end to end (a small model, few rounds) and reports the
+    prior's own cost for the TensorFlow ops and the fused op side by side."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location('benchmark_prior', os.path.join(root, 'scripts', 'benchmark_prior.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert list(bench.IMPLEMENTATIONS) == ['base', 'old', 'new', 'fused']
+    bench.main(['--archs', 'ResNet-20-CIFAR', '--rounds', '3', '--warmup', '1', '--groups', '2'])
+    out = capsys.readouterr().out
+    assert 'ResNet-20-CIFAR: 18 conv priors' in out
+    assert re.search(r'prior alone: old [-\d.]+ ms, new [-\d.]+ ms, fused [-\d.]+ ms', out), out
