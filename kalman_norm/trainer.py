@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 from tensorpack import ModelDesc, QueueInput, SimpleTrainer, SyncMultiGPUTrainerReplicated, TrainConfig
 from tensorpack import launch_train_with_config
-from tensorpack.callbacks import (Callback, ClassificationError, EstimatedTimeLeft, InferenceRunner,
-                                  ModelSaver, ScheduledHyperParamSetter)
+from tensorpack.callbacks import (Callback, ClassificationError, EstimatedTimeLeft, InferenceRunner, JSONWriter,
+                                  ModelSaver, ScalarPrinter, ScheduledHyperParamSetter, TFEventWriter)
 from tensorpack.tfutils.common import get_global_step_var
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.tfutils.summary import add_moving_summary
@@ -420,6 +420,25 @@ class WallClock(Callback):
         self.trainer.monitors.put_scalar('wall_minutes', (time.time() - self._start) / 60.0)
 
 
+class EventWriter(TFEventWriter):
+    """tensorpack's TFEventWriter, except that training ends only once the graph is written.
+
+    TFEventWriter serialises the graph for TensorBoard in a daemon thread started before the first
+    step.  A process with (almost) nothing to train -- a cluster worker joining a rerun of a
+    finished run, a run that diverges in its first steps -- can reach interpreter shutdown while
+    that thread is still inside TensorFlow's C++ (``TF_GraphToGraphDef``); CPython then ends the
+    daemon thread with ``pthread_exit``, whose unwinding through TensorFlow's frames aborts the
+    process ("FATAL: exception not rethrown", SIGABRT) after a run that succeeded.  Joining the
+    thread before closing the file also keeps the graph from being written to a closed writer.
+    """
+
+    def _after_train(self):
+        thread = getattr(self, '_write_graph_thread', None)     # None if before_train never ran
+        if thread is not None:
+            thread.join()
+        super(EventWriter, self)._after_train()
+
+
 class EpochStatus(Callback):
     """Keeps status.json's epoch count current (the run is 'running' until it ends)."""
 
@@ -512,6 +531,7 @@ def make_config(task, o, data, rundir):
         kwargs['session_init'] = SaverRestore(os.path.join(o['logdir'], 'model-%d' % (done * steps)))
         logger.info('Resuming after epoch %d (the last epoch with both statistics and a checkpoint)' % done)
     config = TrainConfig(model=model, data=QueueInput(data.train), callbacks=callbacks, steps_per_epoch=steps,
+                         monitors=[EventWriter(), JSONWriter(), ScalarPrinter()],   # tensorpack's defaults
                          max_epoch=o['epochs'], starting_epoch=done + 1, session_config=runtime.session_config(),
                          **kwargs)
     return config

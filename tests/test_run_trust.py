@@ -114,6 +114,36 @@ def test_divergence_stops_the_run_and_is_recorded(data_dirs, tmp_path):
     assert r.returncode == 2 and 'holds a run that diverged' in r.stderr, _fail_text(r)
 
 
+def test_training_ends_only_once_the_graph_is_written(tmp_path):
+    """tensorpack writes the TensorBoard graph in a daemon thread; a run with (almost) nothing to
+    train used to end while that thread was inside TensorFlow's C++, and the process aborted at
+    interpreter shutdown (SIGABRT after its FINAL line; seen once on a cluster worker joining a
+    rerun of a finished run).  The trainer's event writer waits for the graph, then closes."""
+    from kalman_norm import trainer
+
+    calls = []
+
+    class Writer(object):
+        def add_graph(self, graph):
+            time.sleep(0.3)                 # slower than the rest of a run with nothing to do
+            calls.append('graph')
+
+        def close(self):
+            calls.append('close')
+
+    writer = trainer.EventWriter(logdir=str(tmp_path))
+    writer._writer, writer._write_graph = Writer(), lambda: writer._writer.add_graph(None)
+    writer._before_train()
+    writer._after_train()
+    assert calls == ['graph', 'close'] and not writer._write_graph_thread.is_alive()
+    # after_train runs (in tensorpack's finally) even if before_train never did
+    calls.clear()
+    idle = trainer.EventWriter(logdir=str(tmp_path))
+    idle._writer = Writer()
+    idle._after_train()
+    assert calls == ['close']
+
+
 def test_a_second_live_run_on_the_same_logdir_is_refused(data_dirs, tmp_path):
     logdir = str(tmp_path / 'log')
     o = parse_options(TINY + ['--data', data_dirs['folder'], '--logdir', logdir])
