@@ -19,6 +19,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
+#: more curves than this put the legend below the axes
+LEGEND_INSIDE = 6
+LINE_STYLES = ('-', '--', ':')
+
+
 def curves(root, profile, row, seeds=None, which='moving'):
     """{seed: (epochs, error %)} of a row's records, diverged runs left out.  ``which``: moving
     (option A, or a norm's one evaluation) or batch (option B)."""
@@ -55,27 +60,36 @@ def plot_rows(root, profile, rows, out, title='', seeds=None, which='moving'):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # Up to LEGEND_INSIDE curves: the legend sits in the axes.  More (the KN study has ~20 rows):
+    # the legend goes below the axes (the saved image grows to hold it), and colours repeat with
+    # another line style, so that no curve is hidden under the legend and no two look alike.
+    many = len(data) > LEGEND_INSIDE
+    fig, ax = plt.subplots(figsize=(8, 4.5) if many else (7, 4.5))
+    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
     top = 0.0
-    for label, by_seed in data:
+    for k, (label, by_seed) in enumerate(data):
         n = min(len(e) for e, _ in by_seed.values())
         epochs = np.asarray(next(iter(by_seed.values()))[0][:n])
         errors = np.asarray([err[:n] for _, err in by_seed.values()])
         n = len(by_seed)
-        line, = ax.plot(epochs, errors.mean(0), label='%s (%d seed%s)' % (label, n, 's' * (n > 1)))
+        colour, style = colours[k % len(colours)], LINE_STYLES[(k // len(colours)) % len(LINE_STYLES)]
+        ax.plot(epochs, errors.mean(0), color=colour, ls=style,
+                label='%s (%d seed%s)' % (label, n, 's' * (n > 1)))
         if len(by_seed) > 1:
-            ax.fill_between(epochs, errors.min(0), errors.max(0), color=line.get_color(), alpha=0.2, lw=0)
+            ax.fill_between(epochs, errors.min(0), errors.max(0), color=colour, alpha=0.08 if many else 0.2, lw=0)
         top = max(top, float(np.median(errors.mean(0))))
     ax.set_xlabel('epoch')
     ax.set_ylabel('test error (%%), %s' % ('online batch statistics (B)' if which == 'batch'
                                             else 'moving statistics (A)'))
     ax.set_ylim(0, min(100.0, max(10.0, 2.0 * top)))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if many:
+        ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(0.0, -0.13), frameon=False)
+    else:
+        ax.legend(fontsize=8)
     # long table titles wrap instead of running off the figure
-    ax.set_title(textwrap.fill(title, 90) + '\nmean over seeds, band: min-max', fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    ax.set_title(textwrap.fill(title, 80) + '\nmean over seeds, band: min-max', fontsize=9)
+    fig.savefig(out, dpi=100, bbox_inches='tight')      # 'tight': the outside legend is kept
     plt.close(fig)
     return out
 

@@ -578,7 +578,15 @@ def test_plot_curves_command_line(tmp_path, capsys):
     assert plot_curves.curves(root, 'cpu', 'tiny_bn', which='batch') == {
         1: ([1, 2, 3], pytest.approx([60.0, 40.0, 30.0])), 2: ([1, 2, 3], pytest.approx([60.0, 50.0, 35.0]))}
     plot_curves.main(['--rows', 'tiny_bn', '--labels', 'BN', '--eval', 'batch', '--root', root, '--out', out])
-    assert cv2.imread(out).shape[:2] == (450, 700)
+    height, width = cv2.imread(out).shape[:2]
+    assert 350 < height <= 460 and 600 < width <= 710          # 7 x 4.5 in at 100 dpi, margins cropped
+    # more curves than fit in the axes (the KN study has ~20): the legend goes below the axes and
+    # the image grows to hold it, one line per curve
+    many = str(tmp_path / 'many.png')
+    n = plot_curves.LEGEND_INSIDE + 2
+    plot_curves.main(['--rows', ','.join(['tiny_bn'] * n), '--labels', ','.join('row %d' % k for k in range(n)),
+                      '--root', root, '--out', many])
+    assert cv2.imread(many).shape[0] > height + n * 10
 
 
 def test_a_record_made_with_an_earlier_config_is_kept_and_flagged(tmp_path, capsys):
