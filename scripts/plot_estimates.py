@@ -25,6 +25,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 ESTIMATES = ('group', 'prior', 'posterior', 'moving')          # as kalman_norm.probe.ESTIMATES
 LABELS = {'group': '(a) group', 'prior': '(b) prior', 'posterior': '(c) posterior', 'moving': '(d) moving avg'}
@@ -96,15 +97,18 @@ def plot(results, out, stat='mean'):
     fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     ax_mean, ax_var, ax_trip, ax_gain, ax_noise, ax_layers = axes.ravel()
     xlabel = 'epoch'
+    runs, used = [], set()                  # (name, colour) per run; the estimates drawn
     for i, result in enumerate(results):
         colour = 'C%d' % (i % 10)
         name = label(result)
+        runs.append((name, colour))
         xs, xlabel_i = x_values(result)
         xlabel = xlabel if xlabel_i == 'epoch' and xlabel == 'epoch' else xlabel_i
         cps = result['checkpoints']
         for est in ESTIMATES:
             if any(c['average'].get(est) is None for c in cps):
                 continue
+            used.add(est)
             for ax, key in ((ax_mean, 'mean_err_' + stat), (ax_var, 'var_err_' + stat)):
                 ax.plot(xs, [c['average'][est][key] for c in cps], STYLES[est], color=colour, marker='.',
                         label='%s %s' % (name, LABELS[est]))
@@ -120,6 +124,7 @@ def plot(results, out, stat='mean'):
             values = [l[est]['var_err_' + stat] if l.get(est) else float('nan') for l in last['layers']]
             if all(v != v for v in values):
                 continue
+            used.add(est)
             ax_layers.plot(range(len(values)), values, STYLES[est], color=colour, marker='.',
                            label='%s %s' % (name, LABELS[est]))
     titles = [(ax_mean, '|m - m_ref| / sd_ref (%s over groups, channels; mean over layers)' % stat),
@@ -132,16 +137,23 @@ def plot(results, out, stat='mean'):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel('layer (input to output)' if ax is ax_layers else xlabel)
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=6)
-        else:
+        if not ax.lines:
             ax.text(0.5, 0.5, 'no run has this measure', ha='center', va='center', transform=ax.transAxes)
     if ax_noise.lines:
         ax_noise.set_yscale('log')
+        ax_noise.legend(fontsize=7)         # says which runs learn R and which r
+    # Two legends for the whole figure, below the panels: the colour is the run, the line style
+    # the estimate (one legend per panel repeated runs x estimates entries over the curves).
+    bottom = 0.025 * max(len(runs), len(used)) + 0.05
+    fig.legend(handles=[Line2D([], [], color=c, marker='.', label=n) for n, c in runs], title='run (colour)',
+               loc='lower left', bbox_to_anchor=(0.05, 0.0), fontsize=8, title_fontsize=8, frameon=False)
+    fig.legend(handles=[Line2D([], [], color='0.25', ls=STYLES[e], label=LABELS[e]) for e in ESTIMATES if e in used],
+               title='estimate (line style)', loc='lower left', bbox_to_anchor=(0.55, 0.0), fontsize=8,
+               title_fontsize=8, frameon=False)
     counts = sorted({str(r.get('settings', {}).get('images', '?')) for r in results})
     fig.suptitle('Estimates of each layer\'s statistics vs the statistics of all %s training images of the '
                  'same run (same weights)' % ' / '.join(counts), fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, bottom, 1, 0.96))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
