@@ -580,12 +580,16 @@ def describe_machine(m):
     return '%s CPU cores, %s' % (m.get('cores', '?'), 'no GPU' if gpu == 'none' else gpu)
 
 
-def claim_verdict(claim, summaries):
-    """(text, verdict) of a claim: accuracy(a) − accuracy(b) vs the paper's gap."""
+def claim_verdict(claim, summaries, not_run=None):
+    """(text, verdict) of a claim: accuracy(a) − accuracy(b) vs the paper's gap.  ``not_run``:
+    {row: reason} of the rows this profile does not run (a claim on one of them is never measured)."""
     which = claim.get('eval', 'moving')
     a, b = summaries[claim['a']][which], summaries[claim['b']][which]
     paper = claim.get('paper')
     paper_txt = 'paper: no number' if paper is None else 'paper: no gain' if paper == 0 else 'paper %+g' % paper
+    reasons = [(not_run or {})[r] for r in (claim['a'], claim['b']) if r in (not_run or {})]
+    if reasons:
+        return '%s: %s, ours: %s' % (claim['label'], paper_txt, reasons[0]), 'not run'
     if not a or not b:
         text = '%s: %s, ours: not measured yet (%d and %d seeds done)' % (claim['label'], paper_txt, len(a), len(b))
         return text, 'not measured'
@@ -799,8 +803,9 @@ def render_table(root, table, profile, command, figures=()):
     lines.append('')
     if table['claims']:
         lines += ['## Claims', '']
+        not_run = {r['row']: r['reason'] for r in table['rows'] if not row_available(r, profile)}
         for c in table['claims']:
-            lines.append('* ' + claim_verdict(c, summaries)[0])
+            lines.append('* ' + claim_verdict(c, summaries, not_run)[0])
         lines.append('')
     if table.get('discussion', '').strip():
         lines += ['## Discussion', '', table['discussion'].strip(), '']

@@ -232,6 +232,10 @@ def test_unrun_rows_say_why(tmp_path):
     row = [line for line in text.splitlines() if line.startswith('| GN (bs=2)')][0]
     assert row.count('not run yet') >= 3 and '0 / 3' in row
     assert 'not measured yet (0 and 0 seeds done)' in text
+    # a claim on a row this profile never runs says why, not "not measured yet"
+    table['claims'].append({'label': 'BN - BN, CIFAR-100', 'a': 'tiny_c100', 'b': 'tiny_bn', 'paper': 0.5})
+    text, _ = study.render_table(root, table, 'cpu', 'cmd')
+    assert '* BN - BN, CIFAR-100: paper +0.5, ours: not run here: no data' in text
 
 
 # ----------------------------------------------------------------------------------------------
