@@ -680,12 +680,13 @@ def _cost_key(config):
 
 def minutes_per_epoch(root, profile, config):
     """(minutes, source): the median over this profile's records of the same trainer, model and norm
-    (wall minutes / epochs, see :func:`_cost_key`), else, for CIFAR, the documented default model.
-    Minutes per epoch hardly depend on the number of epochs; a CIFAR config with --steps-per-epoch
-    is scaled by its share of an epoch.  An ImageNet config has no measured base: without a record
-    of its model, minutes is None."""
+    (wall minutes / epochs, see :func:`_cost_key`); else the median over records of the same model
+    with other norms, each scaled by the norms' relative step time (:data:`NORM_COST`); else, for
+    CIFAR, the documented default model.  Minutes per epoch hardly depend on the number of epochs; a
+    CIFAR config with --steps-per-epoch is scaled by its share of an epoch.  An ImageNet config has
+    no measured base: without a record of its model, minutes is None."""
     key = _cost_key(config)
-    measured = []
+    same, scaled = [], []
     for run in glob.glob(os.path.join(root, 'results', 'runs', profile, '*', 'seed*', 'run.json')):
         d = os.path.dirname(run)
         rec = load_record(d)
@@ -697,12 +698,23 @@ def minutes_per_epoch(root, profile, config):
         minutes = rec['run'].get('wall_minutes')
         if not _is_number(minutes):
             minutes = rec['stats'][-1].get('wall_minutes')
-        if _is_number(minutes) and _cost_key(load_config(cfg, record_trainer(rec))) == key:
-            measured.append(minutes / rec['stats'][-1]['epoch_num'])
-    if measured:
-        # the median: records made while the machine was shared run slower, and a few do not
-        # make every estimate slow
-        return float(statistics.median(measured)), 'measured (median of %d records)' % len(measured)
+        if not _is_number(minutes):
+            continue
+        per_epoch = minutes / rec['stats'][-1]['epoch_num']
+        rec_key = _cost_key(load_config(cfg, record_trainer(rec)))
+        if rec_key == key:
+            same.append(per_epoch)
+        elif rec_key[:-1] == key[:-1]:
+            # the same model with another norm: its minutes times the ratio of the two norms'
+            # step times, so a new row of a measured model does not fall back to the default
+            scaled.append(per_epoch * NORM_COST.get(key[-1], 1.0) / NORM_COST.get(rec_key[-1], 1.0))
+    # the median: records made while the machine was shared run slower, and a few do not make
+    # every estimate slow
+    if same:
+        return float(statistics.median(same)), 'measured (median of %d records)' % len(same)
+    if scaled:
+        return (float(statistics.median(scaled)),
+                'scaled from %d records of the model with other norms' % len(scaled))
     if is_imagenet(config):
         return None, 'no estimate (no record of this model yet)'
     _, model, depth, norm = key

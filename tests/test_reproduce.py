@@ -356,6 +356,12 @@ def test_estimates_measured_from_records_else_default(tmp_path):
     write_record(root, 'tiny_bn', 2, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.4)
     write_record(root, 'tiny_bn', 3, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=20.0)
     assert study.minutes_per_epoch(root, 'cpu', bn) == (1.7, 'measured (median of 3 records)')
+    # a row of a measured model with another norm: the model's records times the norms' cost ratio
+    minutes, source = study.minutes_per_epoch(root, 'cpu', gn)
+    assert source == 'scaled from 3 records of the model with other norms'
+    assert minutes == pytest.approx(1.7 * study.NORM_COST['gn'] / study.NORM_COST['bn'])
+    write_record(root, 'tiny_gn', 1, [0.5, 0.4], minutes=5.0)
+    assert study.minutes_per_epoch(root, 'cpu', gn) == (2.5, 'measured (median of 1 records)')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -693,7 +699,10 @@ def test_dry_run_of_an_imagenet_table_estimates_from_its_own_records_only(tmp_pa
     assert reproduce.main(['tiny', '--root', root, '--dry-run']) == 0
     out = capsys.readouterr().out
     assert _row_cells(out, 'tiny_bn | 2')[4:] == ['1.50', 'measured (median of 1 records)', '3']
-    assert 'estimated 3 CPU minutes (0.1 h) on this machine, one at a time, not counting the 3 without' in out
+    # the table's other norms on the same model: scaled from that record by the norms' costs
+    assert _row_cells(out, 'tiny_gn | 1')[4:] == ['%.2f' % (1.5 * study.NORM_COST['gn']),
+                                              'scaled from 1 records of the model with other norms', '4']
+    assert 'estimated 14 CPU minutes (0.2 h) on this machine, one at a time. Nothing was run' in out
 
 
 def test_rendered_imagenet_table_says_validation_set_and_its_budget(tmp_path):
