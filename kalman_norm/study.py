@@ -197,10 +197,16 @@ def load_table(path):
     for c in claims:
         w = '%s, claim %r' % (where, c.get('label'))
         _need(isinstance(c.get('label'), str), '%s: a [[claims]] entry needs label = "..."' % where)
+        unknown = sorted(set(c) - {'label', 'a', 'b', 'paper', 'eval', 'eval_a', 'eval_b'})
+        _need(not unknown, '%s: unknown key(s) %s; known: label, a, b, paper, eval, eval_a, eval_b'
+              % (w, ', '.join(unknown)))
         for key in ('a', 'b'):
             _need(c.get(key) in names, '%s: %s must be one of the table\'s rows, got %r' % (w, key, c.get(key)))
         _need('paper' not in c or _is_number(c['paper']), '%s: paper must be a number (points)' % w)
-        _need(c.get('eval', 'moving') in EVALS, '%s: eval must be moving or batch' % w)
+        for key in ('eval', 'eval_a', 'eval_b'):
+            _need(c.get(key, 'moving') in EVALS, '%s: %s must be moving or batch' % (w, key))
+        _need(c['a'] != c['b'] or claim_evals(c)[0] != claim_evals(c)[1],
+              '%s: a claim on one row compares its two evaluations: set eval_a and eval_b apart' % w)
     figures = t.get('figures', [])
     _need(isinstance(figures, list), '%s: figures must be [[figures]] entries' % where)
     for f in figures:
@@ -564,6 +570,9 @@ def summarize_row(records):
     out = {'n_done': len(ok), 'n_diverged': len(records) - len(ok)}
     for which in EVALS:
         out[which] = [a for a in (final_accuracy(r, which) for r in ok) if a is not None]
+    # (moving, batch) of each run with both evaluations: a claim on one row compares them run by run
+    out['paired'] = [(final_accuracy(r, 'moving'), final_accuracy(r, 'batch')) for r in ok
+                     if final_accuracy(r, 'moving') is not None and final_accuracy(r, 'batch') is not None]
     out['train_error'] = [100.0 * r['stats'][-1]['train_error'] for r in ok if 'train_error' in r['stats'][-1]]
     out['epochs'] = sorted({r['stats'][-1].get('epoch_num') for r in ok if r['stats']})
     out['data'] = sorted({os.path.basename(str(r['options'].get('data'))) if r['options'].get('data')
@@ -580,11 +589,27 @@ def describe_machine(m):
     return '%s CPU cores, %s' % (m.get('cores', '?'), 'no GPU' if gpu == 'none' else gpu)
 
 
+def claim_evals(claim):
+    """(evaluation of a, evaluation of b): ``eval`` for both, unless ``eval_a`` / ``eval_b`` set one."""
+    which = claim.get('eval', 'moving')
+    return claim.get('eval_a', which), claim.get('eval_b', which)
+
+
 def claim_verdict(claim, summaries, not_run=None):
     """(text, verdict) of a claim: accuracy(a) − accuracy(b) vs the paper's gap.  ``not_run``:
-    {row: reason} of the rows this profile does not run (a claim on one of them is never measured)."""
-    which = claim.get('eval', 'moving')
-    a, b = summaries[claim['a']][which], summaries[claim['b']][which]
+    {row: reason} of the rows this profile does not run (a claim on one of them is never measured).
+
+    A claim on one row compares its two evaluations (Table 7: moving vs online statistics) run by
+    run: its gap is the mean of the per-seed differences and its spread their std, since both
+    numbers of a seed come from one trained network."""
+    which_a, which_b = claim_evals(claim)
+    paired = claim['a'] == claim['b']
+    if paired:
+        pairs = summaries[claim['a']]['paired']
+        a = [p[EVALS.index(which_a)] for p in pairs]
+        b = [p[EVALS.index(which_b)] for p in pairs]
+    else:
+        a, b = summaries[claim['a']][which_a], summaries[claim['b']][which_b]
     paper = claim.get('paper')
     paper_txt = 'paper: no number' if paper is None else 'paper: no gain' if paper == 0 else 'paper %+g' % paper
     reasons = [(not_run or {})[r] for r in (claim['a'], claim['b']) if r in (not_run or {})]
@@ -593,17 +618,22 @@ def claim_verdict(claim, summaries, not_run=None):
     if not a or not b:
         text = '%s: %s, ours: not measured yet (%d and %d seeds done)' % (claim['label'], paper_txt, len(a), len(b))
         return text, 'not measured'
-    ma, sa, na = mean_std(a)
-    mb, sb, nb = mean_std(b)
-    d = ma - mb
-    spreads = [s for s in (sa, sb) if s is not None]
-    spread = max(spreads) if len(spreads) == 2 else None
     # every seed's value, in seed order: at 2-3 seeds they say more than any summary of them
     per_seed = 'per seed %s vs %s' % (', '.join('%.2f' % v for v in a), ', '.join('%.2f' % v for v in b))
-    if spread is not None:
-        ours = 'ours %+.2f (spread ± %.2f; %d and %d seeds; %s)' % (d, spread, na, nb, per_seed)
+    if paired:
+        d, spread, n = mean_std([x - y for x, y in zip(a, b)])
+        ours = ('ours %+.2f (%s; %s)' % (d, 'spread ± %.2f of the per-seed differences, %d seeds' % (spread, n)
+                                         if spread is not None else '1 seed: spread unknown', per_seed))
     else:
-        ours = 'ours %+.2f (%d and %d seeds: spread unknown; %s)' % (d, na, nb, per_seed)
+        ma, sa, na = mean_std(a)
+        mb, sb, nb = mean_std(b)
+        d = ma - mb
+        spreads = [s for s in (sa, sb) if s is not None]
+        spread = max(spreads) if len(spreads) == 2 else None
+        if spread is not None:
+            ours = 'ours %+.2f (spread ± %.2f; %d and %d seeds; %s)' % (d, spread, na, nb, per_seed)
+        else:
+            ours = 'ours %+.2f (%d and %d seeds: spread unknown; %s)' % (d, na, nb, per_seed)
     if spread is not None and abs(d) <= spread:
         verdict = 'within the seed spread'
     elif paper is None:
@@ -618,8 +648,10 @@ def claim_verdict(claim, summaries, not_run=None):
         verdict = 'does not hold'
     if spread is None and verdict.startswith(('ordering holds', 'does not hold')):
         verdict += ' (one seed: no spread to judge by)'
-    return '%s (%s): %s, %s: **%s**' % (claim['label'], 'option B' if which == 'batch' else 'option A',
-                                         paper_txt, ours, verdict), verdict
+    option = {'moving': 'A', 'batch': 'B'}
+    options = ('option %s' % option[which_a] if which_a == which_b
+               else 'option %s vs %s' % (option[which_a], option[which_b]))
+    return '%s (%s): %s, %s: **%s**' % (claim['label'], options, paper_txt, ours, verdict), verdict
 
 
 # ----------------------------------------------------------------------------------------------

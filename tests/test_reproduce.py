@@ -188,6 +188,35 @@ def test_claim_verdicts(a, b, paper, verdict):
         assert 'per seed %s vs %s' % (', '.join('%.2f' % v for v in a), ', '.join('%.2f' % v for v in b)) in text
 
 
+def test_claim_on_one_row_compares_its_two_evaluations_seed_by_seed():
+    # Table 7's question: does a row score the same with moving (A) and online (B) statistics?
+    # Both numbers of a seed come from one network, so the gap is the mean per-seed difference
+    # and its spread their std (here 0.1), not the seeds' spread (~2 points)
+    row = {'moving': [78.0, 80.0], 'batch': [78.5, 80.6], 'paired': [(78.0, 78.5), (80.0, 80.6)]}
+    claim = {'label': 'KN: moving - online', 'a': 'kn', 'b': 'kn', 'eval_a': 'moving', 'eval_b': 'batch',
+             'paper': 0.0}
+    text, verdict = study.claim_verdict(claim, {'kn': row})
+    assert verdict == 'does not hold (the paper: no gain)', text
+    assert text == ('KN: moving - online (option A vs B): paper: no gain, ours -0.55 (spread ± 0.07 of the '
+                    'per-seed differences, 2 seeds; per seed 78.00, 80.00 vs 78.50, 80.60): '
+                    '**does not hold (the paper: no gain)**')
+    row['paired'] = [(78.0, 78.5), (80.0, 79.7)]            # -0.5 and +0.3: within their spread
+    assert study.claim_verdict(claim, {'kn': row})[1] == 'within the seed spread'
+    row['paired'] = [(78.0, 78.5)]
+    text, verdict = study.claim_verdict(dict(claim, paper=-0.6), {'kn': row})
+    assert verdict == 'ordering holds (one seed: no spread to judge by)' and '1 seed: spread unknown' in text
+    # the pairs come from the records: only runs with both evaluations
+    assert study.claim_verdict(claim, {'kn': dict(row, paired=[])})[1] == 'not measured'
+
+
+def test_summary_pairs_the_two_evaluations_of_each_run(tmp_path):
+    root = str(tmp_path)
+    write_record(root, 'r', 1, [0.5, 0.30], batch_errors=[0.5, 0.25])
+    write_record(root, 'r', 2, [0.5, 0.20])                  # no online evaluation: no pair
+    recs = [study.load_record(study.record_dir(root, 'cpu', 'r', s)) for s in (1, 2)]
+    assert study.summarize_row(recs)['paired'] == [pytest.approx((70.0, 75.0))]
+
+
 def test_rendered_table_from_records_only(tmp_path):
     root = make_root(tmp_path)
     write_record(root, 'tiny_bn', 1, [0.5, 0.22], batch_errors=[0.5, 0.24])
@@ -246,6 +275,10 @@ def test_unrun_rows_say_why(tmp_path):
     (lambda t: t.replace('cpu = 2\n', 'cpu = 0\n'), 'seeds.cpu must be a positive integer'),
     (lambda t: t.replace('reason = "not run here: no data"\n', ''), 'needs reason = "not run here: <why>"'),
     (lambda t: t.replace('b = "tiny_gn"', 'b = "tiny_ln"'), "b must be one of the table's rows"),
+    (lambda t: t.replace('b = "tiny_gn"', 'b = "tiny_gn"\nevala = "batch"'), 'unknown key(s) evala'),
+    (lambda t: t.replace('b = "tiny_gn"', 'b = "tiny_gn"\neval_b = "best"'), 'eval_b must be moving or batch'),
+    (lambda t: t.replace('b = "tiny_gn"', 'b = "tiny_bn"\neval = "batch"'),
+     'a claim on one row compares its two evaluations: set eval_a and eval_b apart'),
     (lambda t: t.replace('paper = 91.3', 'paper = 191.3'), 'paper must be an accuracy'),
     (lambda t: t.replace('metric = "accuracy"\n[[rows]]\nrow = "tiny_gn"',
                          'metric = "loss"\n[[rows]]\nrow = "tiny_gn"'),
