@@ -309,6 +309,13 @@ def file_sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def config_settings_sha256(path):
+    """sha256 of what a config sets (its parsed TOML, keys sorted), not of its text: correcting a
+    config's comments neither refuses a resume nor marks its records as made with another config."""
+    settings = json.dumps(_load_toml(path), sort_keys=True, default=str)
+    return hashlib.sha256(settings.encode()).hexdigest()
+
+
 # ----------------------------------------------------------------------------------------------
 # runs on disk
 
@@ -423,13 +430,15 @@ def utc_now():
 
 
 def check_logdir_config(logdir, config_file):
-    """StudyError if the log dir's run.json names another config than ``config_file`` has now."""
+    """StudyError if the log dir's run.json names another config than ``config_file`` has now:
+    other settings (a run.json that has their hash), else, for older log dirs, another text."""
     old = read_json(os.path.join(logdir, 'run.json'), {})
-    sha = file_sha256(config_file)
-    if old.get('config_sha256') not in (None, sha):
-        raise StudyError('%s was made with another config (sha256 %s, now %s): a log dir is never reused '
+    key, sha = (('config_settings_sha256', config_settings_sha256(config_file))
+                if 'config_settings_sha256' in old else ('config_sha256', file_sha256(config_file)))
+    if old.get(key) not in (None, sha):
+        raise StudyError('%s was made with another config (%s %s, now %s): a log dir is never reused '
                          'for another config; move it away or restore the config'
-                         % (logdir, old['config_sha256'][:12], sha[:12]))
+                         % (logdir, key, old[key][:12], sha[:12]))
 
 
 def start_run_json(logdir, row, profile, config, seed, command, repo, config_file=None, started=None):
@@ -442,7 +451,8 @@ def start_run_json(logdir, row, profile, config, seed, command, repo, config_fil
     check_logdir_config(logdir, config_file or config)
     sha = file_sha256(config_file or config)
     run = dict(old) if old else {
-        'row': row, 'profile': profile, 'config': config, 'config_sha256': sha, 'seed': seed,
+        'row': row, 'profile': profile, 'config': config, 'config_sha256': sha,
+        'config_settings_sha256': config_settings_sha256(config_file or config), 'seed': seed,
         'command': command, 'git_commit': git_commit(repo), 'started': started or utc_now(), 'machine': machine()}
     for key in ('finished', 'exit_code'):
         run.pop(key, None)
@@ -492,6 +502,7 @@ def collect(logdir, record, config_path, row, profile, seed):
         # launched by hand, not through reproduce.py: say so rather than invent launch facts
         write_json(os.path.join(tmp, 'run.json'), {
             'row': row, 'profile': profile, 'config': config_path, 'config_sha256': file_sha256(config_path),
+            'config_settings_sha256': config_settings_sha256(config_path),
             'seed': seed, 'command': None, 'git_commit': None, 'started': None, 'machine': machine(),
             'note': 'no run.json in the log dir: launched outside reproduce.py; collected %s' % utc_now()})
     shutil.copy2(config_path, os.path.join(tmp, 'config.toml'))
@@ -684,12 +695,16 @@ def plan(root, table, profile, seeds=None, rows=None):
 
 
 def record_is_stale(record, config):
-    """Whether the record's config.toml differs from the row's config file now."""
+    """Whether the record's config.toml sets anything other than the row's config file now
+    (comments aside: a corrected comment does not make a record another config's)."""
     rec = load_record(record)
     if not rec or rec['config_text'] is None:
         return False
-    with open(config) as f:
-        return rec['config_text'] != f.read()
+    try:
+        made_with = tomllib.loads(rec['config_text'])
+    except tomllib.TOMLDecodeError:
+        return True
+    return made_with != _load_toml(config)
 
 
 def record_trainer(rec):

@@ -647,6 +647,41 @@ def test_a_record_made_with_an_earlier_config_is_kept_and_flagged(tmp_path, caps
     assert stats[-1]['val-error-moving'] == 0.2                                # kept as recorded
 
 
+def test_a_corrected_comment_is_not_another_config(tmp_path):
+    # configs carry comments (budgets, estimates) that go out of date: correcting one must neither
+    # flag the records made with it nor refuse to resume its log dirs; a changed setting does both
+    root = make_root(tmp_path)
+    config = os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_bn.toml')
+    write_record(root, 'tiny_bn', 1, [0.5, 0.2])                            # made with the config's text
+    logdir = study.logdir_of(root, 'cpu', 'tiny_bn', 2)
+    os.makedirs(logdir)
+    study.start_run_json(logdir, 'tiny_bn', 'cpu', 'c', 2, ['python', 'x'], REPO, config_file=config)
+    text = open(config).read()
+    with open(config, 'w') as f:
+        f.write('# about 3 minutes a run, measured\n' + text.replace('\n', '  # a note\n', 1))
+    record = study.record_dir(root, 'cpu', 'tiny_bn', 1)
+    assert not study.record_is_stale(record, config)
+    study.start_run_json(logdir, 'tiny_bn', 'cpu', 'c', 2, ['python', 'x'], REPO, config_file=config)
+    with open(config, 'a') as f:
+        f.write('lr = 0.2\n')
+    assert study.record_is_stale(record, config)
+    with pytest.raises(study.StudyError, match='was made with another config'):
+        study.start_run_json(logdir, 'tiny_bn', 'cpu', 'c', 2, ['python', 'x'], REPO, config_file=config)
+
+
+def test_a_log_dir_from_before_settings_hashes_is_checked_by_its_text(tmp_path):
+    root = make_root(tmp_path)
+    config = os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_bn.toml')
+    logdir = study.logdir_of(root, 'cpu', 'tiny_bn', 1)
+    os.makedirs(logdir)
+    study.write_json(os.path.join(logdir, 'run.json'), {'config_sha256': study.file_sha256(config)})
+    study.check_logdir_config(logdir, config)
+    with open(config, 'a') as f:
+        f.write('# a comment\n')
+    with pytest.raises(study.StudyError, match='config_sha256'):
+        study.check_logdir_config(logdir, config)
+
+
 # ----------------------------------------------------------------------------------------------
 # tables of the ImageNet trainer: the same records and states; its own script, defaults, wording,
 # and no run-time estimate before a record of the model exists.  (No end-to-end run here: one tiny
