@@ -579,11 +579,11 @@ def summarize_row(records):
     """Aggregates over a row's records (diverged runs counted apart, never averaged)."""
     ok = [r for r in records if not is_diverged(r)]
     out = {'n_done': len(ok), 'n_diverged': len(records) - len(ok)}
-    for which in EVALS:
-        out[which] = [a for a in (final_accuracy(r, which) for r in ok) if a is not None]
+    accuracies = [tuple(final_accuracy(r, which) for which in EVALS) for r in ok]
+    for i, which in enumerate(EVALS):
+        out[which] = [acc[i] for acc in accuracies if acc[i] is not None]
     # (moving, batch) of each run with both evaluations: a claim on one row compares them run by run
-    out['paired'] = [(final_accuracy(r, 'moving'), final_accuracy(r, 'batch')) for r in ok
-                     if final_accuracy(r, 'moving') is not None and final_accuracy(r, 'batch') is not None]
+    out['paired'] = [acc for acc in accuracies if None not in acc]
     out['train_error'] = [100.0 * r['stats'][-1]['train_error'] for r in ok if 'train_error' in r['stats'][-1]]
     out['epochs'] = sorted({r['stats'][-1].get('epoch_num') for r in ok if r['stats']})
     out['data'] = sorted({os.path.basename(str(r['options'].get('data'))) if r['options'].get('data')
