@@ -16,6 +16,11 @@ all N images, with the same weights, in the same forward pass.
                      first KN layer, which has no prior, the group statistics);
   (d) ``moving``:    the moving averages ``mean/EMA``, ``variance/EMA`` (layers that have them).
 
+Batch Renorm layers also report how often their corrections r = σ_B/σ and d = (µ_B - µ)/σ (group
+against moving statistics) fall outside the clip [1/r_max, r_max], [-d_max, d_max] at the
+checkpoint's step (:func:`renorm_clipping`): where neither is clipped, the layer trains with
+exactly its moving statistics.
+
 Errors, over channels c and groups b (the moving averages are the same for every group):
   * mean error      |m_{b,c} - m_ref,c| / sd_ref,c       (in units of the reference std)
   * variance error  |log(v_{b,c} / v_ref,c)|               (multiplicative: log 2 = off by 2x)
@@ -43,13 +48,15 @@ from tensorpack.tfutils.common import get_global_step_var
 from tensorpack.tfutils.tower import TowerContext
 
 from .flow import default_data_format
+from .layers import MicroBatchRenorm, renorm_clip_schedule
 from .layers._common import Layout
 from .layers.kalman import kn_diagnostics
 from .spec import NormSpec
 
 __all__ = ['ProbeError', 'ESTIMATES', 'load_run', 'list_checkpoints', 'epoch_of_steps', 'build_probe',
            'check_checkpoint', 'restore', 'collect', 'population_moments', 'estimate_errors',
-           'layer_measures', 'average_over_layers', 'pick_images', 'measure_run', 'ERROR_STATS']
+           'layer_measures', 'renorm_clipping', 'average_over_layers', 'pick_images', 'measure_run',
+           'ERROR_STATS']
 
 #: The estimates compared with the reference, in the order (a)-(d).
 ESTIMATES = ('group', 'prior', 'posterior', 'moving')
@@ -157,12 +164,14 @@ def pick_images(images, count, seed):
 #: One probed normalisation layer: its name and tensors.  [G, C] per micro-batch group:
 #: group_mean/var, prior_mean/var (with R), posterior_mean/var, trusted [G, 1]; moving_mean/var [C]
 #: (variables); gain [] and process_noise [C] (the layer's tensor: R, or r where R = r ⊙ AΣ̂Aᵀ, see
-#: :func:`noise_param`); input (the layer's input).  None where the layer
-#: has no such thing.
+#: :func:`noise_param`); renorm_rmax, renorm_dmax [] (a Batch Renorm layer's clip at the
+#: checkpoint's global step); input (the layer's input).  None where the layer has no such thing.
 ProbedLayer = collections.namedtuple(
     'ProbedLayer', ['name', 'kind', 'group_mean', 'group_var', 'prior_mean', 'prior_var',
                     'posterior_mean', 'posterior_var', 'trusted', 'moving_mean', 'moving_var',
-                    'gain', 'process_noise', 'input'])
+                    'gain', 'process_noise', 'renorm_rmax', 'renorm_dmax', 'input'])
+#: the fields that are the same for every group (fetched once, not concatenated over chunks)
+_PER_LAYER_FIELDS = ('moving_mean', 'moving_var', 'gain', 'process_noise', 'renorm_rmax', 'renorm_dmax')
 #: what :func:`collect` fetches (not the layer's input, which is large; tests fetch it)
 _TENSOR_FIELDS = ProbedLayer._fields[2:-1]
 
@@ -196,7 +205,11 @@ class _RecordingSpec(NormSpec):
         fields = dict(name=scope, kind=self.kind, group_mean=group_mean, group_var=group_var,
                       prior_mean=None, prior_var=None, posterior_mean=None, posterior_var=None,
                       trusted=None, moving_mean=None, moving_var=None, gain=None, process_noise=None,
-                      input=x)
+                      renorm_rmax=None, renorm_dmax=None, input=x)
+        if self.kind == 'brn':
+            with tf.name_scope(name + '_probe'):
+                fields['renorm_rmax'], fields['renorm_dmax'] = renorm_clip_schedule(
+                    **renorm_clip_options(dict(self.options, **overrides)))
         posterior = getattr(out, 'posterior', None)
         if posterior is not None:
             fields.update(posterior_mean=posterior.mean, posterior_var=posterior.var)
@@ -212,6 +225,13 @@ class _RecordingSpec(NormSpec):
                       moving_var=variables.get(scope + '/variance/EMA'))
         self.layers.append(ProbedLayer(**fields))
         return out
+
+
+def renorm_clip_options(options):
+    """rmax, dmax and warmup of a Batch Renorm layer built with ``options``: those given, else the
+    layer's defaults."""
+    params = inspect.signature(MicroBatchRenorm).parameters
+    return {k: options.get(k, params[k].default) for k in ('rmax', 'dmax', 'warmup')}
 
 
 def noise_param(spec):
@@ -301,7 +321,7 @@ def collect(sess, probe, images, chunk_images=256, layers=None):
         for f in _TENSOR_FIELDS:
             if f not in fetches[i]:
                 rec[f] = None
-            elif f in ('moving_mean', 'moving_var', 'gain', 'process_noise'):
+            elif f in _PER_LAYER_FIELDS:
                 rec[f] = np.asarray(parts[0][i][f])          # the same in every chunk
             else:
                 rec[f] = np.concatenate([np.reshape(p[i][f], (-1,) + np.shape(p[i][f])[-1:]) for p in parts])
@@ -356,7 +376,25 @@ def layer_measures(rec):
     noise = rec.get('process_noise')
     out['process_noise'] = None if noise is None else dict(
         mean=float(np.mean(noise)), min=float(np.min(noise)), max=float(np.max(noise)))
+    out['renorm'] = None if rec.get('renorm_rmax') is None else renorm_clipping(rec)
     return out
+
+
+def renorm_clipping(rec, epsilon=EPSILON):
+    """A Batch Renorm layer's corrections per group and channel, r = σ_B / σ and d = (µ_B - µ) / σ
+    (σ_B, µ_B the group's, σ, µ the moving statistics; σ = sqrt(v + epsilon) as in the layer), and the
+    fractions outside the clip at the checkpoint's step: r outside [1/r_max, r_max], |d| > d_max,
+    either.  Where neither is clipped the training output γ (r (x - µ_B) / σ_B + d) + β is exactly
+    γ (x - µ) / σ + β: the layer trains with its moving statistics, the function it is evaluated
+    with when the test uses them."""
+    r_max, d_max = float(rec['renorm_rmax']), float(rec['renorm_dmax'])
+    moving_std = np.sqrt(np.asarray(rec['moving_var'], np.float64) + epsilon)
+    r = np.sqrt(np.asarray(rec['group_var'], np.float64) + epsilon) / moving_std
+    d = (np.asarray(rec['group_mean'], np.float64) - np.asarray(rec['moving_mean'], np.float64)) / moving_std
+    r_clipped = (r > r_max) | (r < 1.0 / r_max)
+    d_clipped = np.abs(d) > d_max
+    return dict(r_max=r_max, d_max=d_max, r_clipped=float(r_clipped.mean()), d_clipped=float(d_clipped.mean()),
+                clipped=float((r_clipped | d_clipped).mean()))
 
 
 def average_over_layers(layers):
@@ -371,6 +409,8 @@ def average_over_layers(layers):
         avg[key] = float(np.mean(have)) if have else None
     have = [l['process_noise']['mean'] for l in layers if l['process_noise'] is not None]
     avg['process_noise'] = float(np.mean(have)) if have else None
+    have = [l['renorm']['clipped'] for l in layers if l.get('renorm') is not None]
+    avg['renorm_clipped'] = float(np.mean(have)) if have else None
     return avg
 
 
@@ -452,15 +492,19 @@ def format_summary(result):
     def opt(v):
         return '' if v is None else v
 
+    # Batch Renorm runs: the fraction of r, d clipped (older files and other norms: no column)
+    renorm = any(c['average'].get('renorm_clipped') is not None for c in result['checkpoints'])
     rows = []
     for c in result['checkpoints']:
         a = c['average']
         rows.append([c['epoch'] if c['epoch'] is not None else '', c['step']]
                     + [cell(a[e], 'mean_err_mean') for e in ESTIMATES]
                     + [cell(a[e], 'var_err_mean') for e in ESTIMATES]
-                    + [opt(a['guard_trip_rate']), opt(a['gain']), opt(a['process_noise'])])
+                    + [opt(a['guard_trip_rate']), opt(a['gain']), opt(a['process_noise'])]
+                    + ([opt(a.get('renorm_clipped'))] if renorm else []))
     heads = (['epoch', 'step'] + ['mean err: %s' % e for e in ESTIMATES]
-             + ['|log var|: %s' % e for e in ESTIMATES] + ['guard trips', 'q', 'R'])
+             + ['|log var|: %s' % e for e in ESTIMATES] + ['guard trips', 'q', 'R']
+             + (['r/d clipped'] if renorm else []))
     text = ['%s — %s, %d images in groups of %d; errors vs the statistics of all images '
             '(means over groups and channels, then over layers)' % (
                 result['logdir'], result['spec'], result['settings']['images'], result['settings']['group_size']),
@@ -471,6 +515,7 @@ def format_summary(result):
                 + [cell(l[e], 'var_err_mean') for e in ESTIMATES]
                 + [opt(l['guard_trip_rate']), opt(l['gain']),
                    '' if l['process_noise'] is None else l['process_noise']['mean']]
+                + ([cell(l.get('renorm'), 'clipped')] if renorm else [])
                 for l in last['layers']]
         text += ['', 'per layer, %s:' % last['checkpoint'],
                  tabulate(rows, ['layer'] + heads[2:], floatfmt='.3f', tablefmt='github')]

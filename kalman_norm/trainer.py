@@ -280,10 +280,10 @@ def make_spec(o):
     if o['norm'] in KALMAN_NORMS:
         options.setdefault('gain', o['gain'])
         kw = dict(prior_method=o['prior'], prior_samples=o['prior_samples'])
-    if o['norm'] == 'brn':
+    if o['norm'] == 'brn' and 'warmup' not in options:
         # Ioffe's warm-up (5k -> 40k/25k steps) is for ImageNet-length runs; scale it to this run.
         steps = o['epochs'] * o['steps_per_epoch_estimate']
-        options.setdefault('warmup', (int(steps * 0.05), int(steps * 0.4), int(steps * 0.25)))
+        options['warmup'] = (int(steps * 0.05), int(steps * 0.4), int(steps * 0.25))
     try:
         return NormSpec(o['norm'], group_size=o['batch'], **kw, **options)
     except (TypeError, ValueError) as e:

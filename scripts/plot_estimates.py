@@ -158,6 +158,12 @@ def plot(results, out, stat='mean'):
     plt.close(fig)
 
 
+#: what the summary's Batch Renorm column means (said only where a run has it)
+RENORM_NOTE = (' r/d clipped (Batch Renorm): the fraction of groups and channels whose correction r = σ_B/σ '
+               'or d = (µ_B - µ)/σ falls outside the clip at the checkpoint\'s step; where neither is '
+               'clipped the layer trains with exactly its moving statistics.')
+
+
 def markdown(results, figure, command):
     """The numbers behind the figure, one section per run, with the command that wrote them."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
@@ -171,8 +177,10 @@ def markdown(results, figure, command):
              'layers below; (c) `posterior`: KN\'s Eq. 7 mix of both; (d) `moving`: the moving averages '
              'used at inference. Mean error in reference standard deviations and |log(v / v_ref)|, '
              'means over groups and channels, then over layers; guard trips: the fraction of groups '
-             'whose prior the guard rejected. Measured by `scripts/estimate_quality.py` on every kept '
-             'checkpoint of each run.' % ' / '.join(counts), '',
+             'whose prior the guard rejected.%s Measured by `scripts/estimate_quality.py` on every kept '
+             'checkpoint of each run.' % (' / '.join(counts), RENORM_NOTE if any(
+                 c['average'].get('renorm_clipped') is not None for r in results for c in r['checkpoints']) else ''),
+             '',
              '![estimates](%s)' % os.path.basename(figure), '']
     for r in results:
         lines += ['## %s' % label(r), '', budget(r, study), '', format_summary(r), '']

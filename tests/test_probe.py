@@ -38,7 +38,8 @@ def _options(logdir, norm='bkn', batch=2, **extra):
 
 def make_run(logdir, steps=(5, 10), seed=0, stats=True, **options):
     """A run directory like the trainer's: options.json, stats.json, model-<step> checkpoints
-    whose variables are initialised, then perturbed differently at each step (EMA, γ, β, q, R)."""
+    whose variables are initialised, then perturbed differently at each step (EMA, γ, β, q, R),
+    with the global step at the checkpoint's step (Batch Renorm's clip follows it)."""
     os.makedirs(logdir, exist_ok=True)
     o = _options(logdir, **options)
     spec = cifar.make_spec(o)
@@ -60,6 +61,8 @@ def make_run(logdir, steps=(5, 10), seed=0, stats=True, **options):
                     v.load(rng.normal(-1.0, 0.5), sess)
                 elif name.endswith('noise_rho'):
                     v.load(rng.normal(-2.0, 0.5, shape), sess)
+                elif name == 'global_step':
+                    v.load(step, sess)
             saver.save(sess, os.path.join(logdir, 'model'), global_step=step)
     if stats:
         with open(os.path.join(logdir, 'stats.json'), 'w') as f:
@@ -187,6 +190,51 @@ def test_group_error_shrinks_as_the_group_grows_and_is_zero_at_n(bn_run):
     assert errors[1][0] > errors[4][0] > errors[32][0]
     assert errors[1][1] > errors[4][1] > errors[32][1]
     assert errors[32][0] == pytest.approx(0.0, abs=1e-5) and errors[32][1] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_batch_renorm_clip_rates_match_numpy_at_each_checkpoints_step(tmp_path, bn_run):
+    """A BRN run: r = σ_B/σ and d = (µ_B - µ)/σ per group and channel, from the layer's raw input
+    and the checkpoint's moving averages, clipped at the warm-up's r_max, d_max of the checkpoint's
+    global step; reported per layer, averaged, and as a column of the summary (BRN runs only)."""
+    logdir = str(tmp_path / 'brn')
+    o, spec = make_run(logdir, steps=(5, 10), norm='brn', norm_options={'warmup': (0, 20, 10)})
+    p = probe.build_probe(o, spec, 10, MEAN, STD, SHAPE)
+    images = _images(16)
+    eps = probe.EPSILON
+    for (step, prefix), (r_max, d_max) in zip(probe.list_checkpoints(logdir), [(1.5, 2.5), (2.0, 5.0)]):
+        with tf.compat.v1.Session(graph=p.graph) as sess:
+            probe.restore(sess, p, prefix)
+            recs = probe.collect(sess, p, images, chunk_images=4)
+            raw = sess.run([l.input for l in p.layers], {p.images: images})
+        rates = []
+        for rec, x in zip(recs, raw):
+            got = probe.layer_measures(rec)['renorm']
+            assert (got['r_max'], got['d_max']) == (pytest.approx(r_max), pytest.approx(d_max))
+            gm, gv = _np_group_moments(x, 2)
+            m = tf.train.load_variable(prefix, rec['name'] + '/mean/EMA').astype(np.float64)
+            s = np.sqrt(tf.train.load_variable(prefix, rec['name'] + '/variance/EMA').astype(np.float64) + eps)
+            r, d = np.sqrt(gv + eps) / s, (gm - m) / s
+            r_out, d_out = (r > r_max) | (r < 1 / r_max), np.abs(d) > d_max
+            assert got['r_clipped'] == pytest.approx(r_out.mean(), abs=1e-3)
+            assert got['d_clipped'] == pytest.approx(d_out.mean(), abs=1e-3)
+            assert got['clipped'] == pytest.approx((r_out | d_out).mean(), abs=1e-3)
+            rates.append(got['clipped'])
+        assert 0.0 < np.mean(rates) < 1.0
+    result = probe.measure_run(logdir, _images(8), 10, MEAN, STD, log=lambda *a: None)
+    for c in result['checkpoints']:
+        assert c['average']['renorm_clipped'] == pytest.approx(np.mean([l['renorm']['clipped'] for l in c['layers']]))
+    assert 'r/d clipped' in probe.format_summary(result)
+    # other norms: no clip, no column
+    bn = probe.measure_run(bn_run[0], _images(8), 10, MEAN, STD, out_path=str(tmp_path / 'bn.json'),
+                           log=lambda *a: None)
+    assert all(l['renorm'] is None for l in bn['checkpoints'][0]['layers'])
+    assert bn['checkpoints'][0]['average']['renorm_clipped'] is None
+    assert 'r/d clipped' not in probe.format_summary(bn)
+    plot = _load_script('plot_estimates')
+    for run, said in ((logdir, True), (str(tmp_path / 'bn.json'), False)):
+        md = str(tmp_path / 'estimates.md')
+        plot.main([run, '--out', str(tmp_path / 'estimates.png'), '--markdown', md])
+        assert ('r/d clipped (Batch Renorm)' in open(md).read()) == said
 
 
 # ----------------------------------------------------------------------------------------------
