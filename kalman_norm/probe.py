@@ -55,8 +55,8 @@ from .spec import NormSpec
 
 __all__ = ['ProbeError', 'ESTIMATES', 'load_run', 'list_checkpoints', 'epoch_of_steps', 'build_probe',
            'check_checkpoint', 'restore', 'collect', 'population_moments', 'estimate_errors',
-           'layer_measures', 'renorm_clipping', 'average_over_layers', 'pick_images', 'measure_run',
-           'ERROR_STATS']
+           'layer_measures', 'renorm_clipping', 'has_renorm_clipping', 'average_over_layers',
+           'pick_images', 'measure_run', 'ERROR_STATS']
 
 #: The estimates compared with the reference, in the order (a)-(d).
 ESTIMATES = ('group', 'prior', 'posterior', 'moving')
@@ -482,6 +482,11 @@ def _write_json(path, content):
     os.replace(tmp, path)
 
 
+def has_renorm_clipping(result):
+    """Whether a measured run reports Batch Renorm's clip rate (older files and other norms do not)."""
+    return any(c['average'].get('renorm_clipped') is not None for c in result['checkpoints'])
+
+
 def format_summary(result):
     """Tabulate: per checkpoint the layer-averaged mean errors, then per layer the last checkpoint."""
     from tabulate import tabulate
@@ -492,8 +497,7 @@ def format_summary(result):
     def opt(v):
         return '' if v is None else v
 
-    # Batch Renorm runs: the fraction of r, d clipped (older files and other norms: no column)
-    renorm = any(c['average'].get('renorm_clipped') is not None for c in result['checkpoints'])
+    renorm = has_renorm_clipping(result)
     rows = []
     for c in result['checkpoints']:
         a = c['average']

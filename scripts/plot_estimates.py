@@ -168,7 +168,7 @@ def markdown(results, figure, command):
     """The numbers behind the figure, one section per run, with the command that wrote them."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
     from kalman_norm import study                      # TensorFlow: only when the Markdown is asked for
-    from kalman_norm.probe import format_summary
+    from kalman_norm.probe import format_summary, has_renorm_clipping
     counts = sorted({str(r.get('settings', {}).get('images', '?')) for r in results})
     lines = ['# How well each layer estimates its statistics over training', '',
              'Per normalisation layer, the error of each estimate against the statistics of the same layer '
@@ -178,8 +178,8 @@ def markdown(results, figure, command):
              'used at inference. Mean error in reference standard deviations and |log(v / v_ref)|, '
              'means over groups and channels, then over layers; guard trips: the fraction of groups '
              'whose prior the guard rejected.%s Measured by `scripts/estimate_quality.py` on every kept '
-             'checkpoint of each run.' % (' / '.join(counts), RENORM_NOTE if any(
-                 c['average'].get('renorm_clipped') is not None for r in results for c in r['checkpoints']) else ''),
+             'checkpoint of each run.' % (' / '.join(counts),
+                                          RENORM_NOTE if any(map(has_renorm_clipping, results)) else ''),
              '',
              '![estimates](%s)' % os.path.basename(figure), '']
     for r in results:
