@@ -41,11 +41,16 @@ _MODEL_FUNCTIONS = {'resnet': resnet_cifar, 'inception': inception_cifar}
 
 
 def lr_schedule(schedule, lr, epochs):
-    """[(epoch, lr)] points for tensorpack's ScheduledHyperParamSetter (a value holds from the
-    epoch after the one named), and its interpolation."""
+    """[(epoch, lr)] points for tensorpack's ScheduledHyperParamSetter, and its interpolation.
+
+    A point (e, v) sets v after epoch e completes, so v holds from epoch e + 1 (epochs count from
+    1).  'paper' is the authors' list, [(1, 0.1), (82, 0.01), (123, 0.001), (300, 0.0002)] with
+    the learning rate starting at 0.01: 0.01 in epoch 1, 0.1 in epochs 2-82, 0.01 in 83-123,
+    0.001 in 124-300, 0.0002 from 301 (scaled by lr / 0.1).  'short': lr / 5 rising linearly to
+    lr over the first two epochs, then linear decay to 0 at the end."""
     if schedule == 'paper':
         scale = lr / 0.1
-        points = [(0, 0.01), (1, 0.1), (81, 0.01), (122, 0.001), (299, 0.0002)]
+        points = [(0, 0.01), (1, 0.1), (82, 0.01), (123, 0.001), (300, 0.0002)]
         return [(e, v * scale) for e, v in points if e < epochs], None
     warm = min(2, max(epochs - 1, 0))
     return [(0, lr / 5.0), (warm, lr), (epochs, 0.0)], 'linear'

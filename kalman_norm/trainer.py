@@ -57,6 +57,13 @@ KALMAN_NORMS = ('bkn', 'gkn')
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 
+#: The conventions a run was made under (in its identity; records without the key are version 1).
+#: 2: ``--seed`` seeds the training graph (initial weights, sampling ops) as well as the data order
+#: and augmentation; BN's and BKN's ``variance/EMA`` take the micro-batch variance unbiased
+#: (tensorpack's 4-D BatchNorm); BRN tracks σ as Ioffe's Algorithm 1; schedule 'paper' is the
+#: authors' to the epoch.  README, "Conventions", says what each changed.
+CONVENTIONS = 2
+
 COMMON_OPTIONS = [
     Opt('norm', 'bn', 'choice', 'normalization', choices=NORMS),
     Opt('batch', 128, 'int', 'samples per normalization (per GPU in the paper\'s sense)', minimum=1),
@@ -90,6 +97,8 @@ COMMON_OPTIONS = [
     Opt('keep_checkpoints', 2, 'int', 'checkpoints kept (the last N epochs)', minimum=1, identity=False),
     Opt('num_proc', 1, 'int', 'data worker processes (0: in the training process)', minimum=0,
         identity=False),
+    Opt('threads', None, 'int', 'CPU threads for TensorFlow (intra- and inter-op pools); default: every '
+        'core. Give it when another process shares the machine', minimum=1, nullable=True, identity=False),
     Opt('trainer', 'auto', 'choice', "auto: replicated towers on one machine, parameter servers on a "
         "cluster; replicated: replicated variables on a cluster too; horovod: Horovod's allreduce "
         "(if horovod.tensorflow imports)", choices=('auto', 'replicated', 'horovod')),
@@ -297,6 +306,7 @@ def identity(task, o):
     ident = {k: o[k] for k in keys}
     ident['program'] = task.prog
     ident['workers'] = o['workers']          # the same total batch over more devices is another run
+    ident['conventions'] = CONVENTIONS
     return ident
 
 
@@ -532,7 +542,7 @@ def make_config(task, o, data, rundir):
         logger.info('Resuming after epoch %d (the last epoch with both statistics and a checkpoint)' % done)
     config = TrainConfig(model=model, data=QueueInput(data.train), callbacks=callbacks, steps_per_epoch=steps,
                          monitors=[EventWriter(), JSONWriter(), ScalarPrinter()],   # tensorpack's defaults
-                         max_epoch=o['epochs'], starting_epoch=done + 1, session_config=runtime.session_config(),
+                         max_epoch=o['epochs'], starting_epoch=done + 1, session_config=runtime.session_config(o['threads']),
                          **kwargs)
     return config
 
@@ -614,9 +624,12 @@ def train(task, o, data, session_creator=None):
         logger.info('Data: ' + data.description)
         if o['seed'] is not None:
             np.random.seed(o['seed'])
-            tf.compat.v1.set_random_seed(o['seed'])
         steps_done = None
         with tf.Graph().as_default():
+            if o['seed'] is not None:
+                # a graph-level seed belongs to the graph being built: set outside it, the
+                # training graph's initial weights and sampling ops would be unseeded
+                tf.compat.v1.set_random_seed(o['seed'])
             config = make_config(task, o, data, rundir)
             if session_creator is not None:
                 config.session_creator = session_creator

@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument('--dry-run', action='store_true', help='list the runs, their state and estimated time; run nothing')
     p.add_argument('--data', help='dataset passed to the trainer (CIFAR: dir or .tar.gz; ImageNet: an ILSVRC-12 '
                    'style dir); default: the trainer\'s')
+    p.add_argument('--threads', type=int, help='CPU threads of each run (the trainer\'s --threads); give it when '
+                   'another process shares the machine')
     p.add_argument('--report-only', action='store_true', help='run nothing; rewrite the tables from the records')
     p.add_argument('--root', default=REPO, help='directory holding configs/, train_log/, results/ (default: the repo)')
     args = p.parse_args(argv)
@@ -117,12 +119,14 @@ def _rel(path, root):
     return path if rel.startswith('..') else rel
 
 
-def trainer_command(run, data, root):
+def trainer_command(run, data, root, threads=None):
     """The command line of the run's trainer (its table's), run from ``root``."""
     cmd = [sys.executable, _rel(TRAINERS[run['trainer']], root), '--config', _rel(run['config'], root),
            '--seed', str(run['seed']), '--logdir', _rel(run['logdir'], root)]
     if data:
         cmd += ['--data', os.path.abspath(data)]
+    if threads:
+        cmd += ['--threads', str(threads)]
     return cmd
 
 
@@ -170,7 +174,7 @@ def execute(args, study, run):
     and stdout.log are written once the trainer has taken the directory (options.json exists;
     at once when resuming); the launch time is taken before.  A trainer that stops before (a bad
     option, a missing dataset) leaves nothing in the log dir: its output is printed instead."""
-    cmd = trainer_command(run, args.data, args.root)
+    cmd = trainer_command(run, args.data, args.root, args.threads)
     study.check_logdir_config(run['logdir'], run['config'])
     launched = study.utc_now()
     print('[%s] %s seed %d: %s' % (launched, run['row'], run['seed'], ' '.join(map(shlex.quote, cmd))), flush=True)

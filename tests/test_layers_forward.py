@@ -58,6 +58,8 @@ def _random_value(name, shape, seed):
         return rng.normal(0.0, 0.7, shape)
     if name.endswith('variance/EMA'):
         return rng.uniform(0.3, 3.0, shape)
+    if name.endswith('/stddev/EMA'):             # BRN's σ: the state its variance/EMA is σ² - ε of
+        return np.sqrt(_random_value(name[:-len('stddev/EMA')] + 'variance/EMA', shape, seed) + EPS)
     if name.endswith('prior_offset/EMA'):
         return rng.normal(0.0, 0.3, shape)
     if name.endswith('prior_log_ratio/EMA'):
@@ -796,18 +798,26 @@ def _ema_layer(kind, name, x, **kw):
 
 
 def _ema_target(kind, x):
-    """The statistics folded into the EMA: the mean over groups of the group statistics
-    (BKN: of the Eq. 7 posterior)."""
+    """The statistics folded into the EMA: the mean over groups of the group statistics, the
+    variance unbiased (n/(n-1)·S, n = g·H·W); BKN: of the Eq. 7 posterior, its q·S unbiased."""
     xc = to_nc(x, 'NHWC')
     mean, var = ref_group_moments(xc, 2)
+    n = 2.0 * HW * HW
+    unbiased = var * n / (n - 1.0)
     if kind == 'bkn':
         pm, pv = [np.asarray(a, np.float64) for a in _EMA_PRIOR]
-        mean, var = ref_eq7(pm, pv, mean, var, 0.1)
-    return mean.mean(0), var.mean(0)
+        mean, posterior = ref_eq7(pm, pv, mean, var, 0.1)
+        return mean.mean(0), (posterior + 0.1 * (unbiased - var)).mean(0)
+    return mean.mean(0), unbiased.mean(0)
 
 
 def _expected_ema(kind, x, m0, v0):
     tm, tv = _ema_target(kind, x)
+    if kind == 'brn':
+        # Algorithm 1: the EMA of σ_B = sqrt(S + ε), S biased; variance/EMA = σ² - ε
+        _, var = ref_group_moments(to_nc(x, 'NHWC'), 2)
+        sigma = MOM * np.sqrt(v0 + EPS) + (1 - MOM) * np.sqrt(var + EPS).mean(0)
+        return MOM * m0 + (1 - MOM) * tm, sigma ** 2 - EPS
     return MOM * m0 + (1 - MOM) * tm, MOM * v0 + (1 - MOM) * tv
 
 
@@ -908,7 +918,7 @@ def test_ema_update_runs_after_the_output(kind, mode):
         assign_ops = [op for op in tf1.get_default_graph().get_operations()
                       if op.type in ('AssignSubVariableOp', 'AssignSub', 'AssignVariableOp')
                       and 'ema_op' in op.name]
-        assert len(assign_ops) == 2
+        assert len(assign_ops) == (3 if kind == 'brn' else 2)     # BRN: mean, σ, and variance = σ² - ε
         pre_output = y.op.inputs[0].op            # y = identity(output)
         for op in assign_ops:
             assert pre_output in _ancestors(op), op.name
@@ -918,7 +928,7 @@ def test_ema_update_runs_after_the_output(kind, mode):
         v = init_vars(sess, 55)
         xc = to_nc(x, 'NHWC')
         exp = ref_brn(xc, 2, v['L/gamma'], v['L/beta'], v['L/mean/EMA'], v['L/variance/EMA'], 3.0, 5.0)
-        init = tf.group(*[get_var('L/' + n).assign(v['L/' + n]) for n in ('mean/EMA', 'variance/EMA')])
+        init = tf.group(*[get_var('L/' + n).assign(v['L/' + n]) for n in ('mean/EMA', 'variance/EMA', 'stddev/EMA')])
         for _ in range(15):
             sess.run(init)
             out = sess.run([y] + update_ops, {xt: x})[0]

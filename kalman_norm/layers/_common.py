@@ -6,7 +6,7 @@ from tensorpack.tfutils.tower import get_current_tower_context
 
 from ..data_format import DATA_FORMATS, canonical_data_format  # noqa: F401  (re-exported)
 
-__all__ = ['Layout', 'resolve_training', 'affine_params', 'EMA', 'to_float32', 'EVAL_STATS']
+__all__ = ['Layout', 'resolve_training', 'affine_params', 'EMA', 'to_float32', 'EVAL_STATS', 'bessel_factor']
 
 EVAL_STATS = ('moving', 'batch')
 
@@ -107,6 +107,17 @@ class Layout(object):
         mean, var = moments(grouped)
         return grouped, mean, var
 
+    def values_per_statistic(self, x, group_size):
+        """n, the number of values behind one group statistic: g·H·W (4-D) or g (2-D), with
+        g = ``group_size`` or the whole tower batch; a Python float where the shape is static."""
+        dims = [group_size if group_size is not None else self.batch] + [self.shape[a] for a in self.spatial_axes]
+        if all(d is not None for d in dims):
+            return float(np.prod(dims))
+        shape = tf.shape(x)
+        dynamic = [tf.constant(d) if d is not None else shape[0 if i == 0 else self.spatial_axes[i - 1]]
+                   for i, d in enumerate(dims)]
+        return tf.cast(tf.reduce_prod(tf.stack(dynamic)), tf.float32)
+
     def broadcast(self, stat, grouped_rank):
         """[G, C] → shape broadcastable against the grouped tensor [G, g, ...]."""
         shape = [-1] + [1] * (grouped_rank - 1)
@@ -132,6 +143,15 @@ class Layout(object):
         scale = gamma * tf.math.rsqrt(var + epsilon)
         offset = beta - mean * scale
         return x * self.channel_broadcast(scale) + self.channel_broadcast(offset)
+
+
+def bessel_factor(count):
+    """n / (n - 1): turns the biased variance of n values into the unbiased one (what TF's fused
+    batch norm, and so tensorpack's 4-D ``BatchNorm``, feed their moving variance).  n = 1 gives 1:
+    one value has zero variance either way."""
+    if isinstance(count, float):
+        return count / max(count - 1.0, 1.0)
+    return count / tf.maximum(count - 1.0, 1.0)
 
 
 def to_float32(x):
@@ -192,7 +212,8 @@ class EMA(object):
         return training and ctx.is_training and ctx.is_main_training_tower and self.ema_update != 'skip'
 
     def update(self, output, mean, var, training):
-        """Fold per-group statistics ([G, C], averaged over groups) into the EMA."""
+        """Fold per-group statistics ([G, C], averaged over groups) into the EMA.  ``var`` is what
+        the layer wants ``variance/EMA`` to track (the caller applies its variance convention)."""
         if not self.should_update(training):
             return tf.identity(output, name='output')
         mean = tf.reduce_mean(tf.stop_gradient(mean), axis=0)
@@ -201,6 +222,11 @@ class EMA(object):
         # (Batch Renorm's r, d) would otherwise race with the update run in the same step.
         return self.fold(output, [(self.mean, mean, 'mean_ema_op'), (self.variance, var, 'var_ema_op')])
 
+    def track(self, variable):
+        """Save and restore another moving statistic of the layer with the EMA's (model variables)."""
+        if get_current_tower_context().is_main_training_tower:
+            tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.MODEL_VARIABLES, variable)
+
     def fold(self, output, updates, name='output'):
         """Move each ``(variable, value, op_name)`` towards its value with this EMA's momentum, after
         ``output`` is computed, by the update policy; returns the output (with a dependency on the
@@ -208,6 +234,11 @@ class EMA(object):
         with tf.control_dependencies([output]):
             ops = [moving_averages.assign_moving_average(variable, value, self.momentum, zero_debias=False,
                                                          name=op_name) for variable, value, op_name in updates]
+        return self.attach(output, ops, name)
+
+    def attach(self, output, ops, name='output'):
+        """Run update ``ops`` by the update policy: to ``UPDATE_OPS`` ('collection') or before the
+        returned output ('internal')."""
         if self.ema_update == 'collection':
             for op in ops:
                 tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, op)

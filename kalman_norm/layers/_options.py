@@ -92,6 +92,7 @@ BATCH_STAT_CHECKS = dict(COMMON_CHECKS, **{
     'momentum': check_momentum,
     'training': check_training,
     'ema_update': _check_ema_update,
+    'unbiased_variance': lambda v: check_bool('unbiased_variance', v),
 })
 
 

@@ -1,12 +1,13 @@
 """The paper's baselines: BN and BRN over micro-batch groups, GN, LN, WN, and no normalization."""
 import tensorflow as tf
+from tensorflow.python.training import moving_averages
 from tensorpack.models import layer_register
 from tensorpack.tfutils.common import get_global_step_var
 
-from ._common import EMA, Layout, affine_params, resolve_training, to_float32
+from ._common import EMA, Layout, affine_params, bessel_factor, resolve_training, to_float32
 from ._groupnorm import group_norm_apply, group_norm_view, num_channel_groups
-from ._options import (BATCH_STAT_CHECKS, COMMON_CHECKS, check_data_format, check_number, check_options,
-                       layer_options)
+from ._options import (BATCH_STAT_CHECKS, COMMON_CHECKS, check_bool, check_data_format, check_number,
+                       check_options, layer_options)
 
 __all__ = ['MicroBatchNorm', 'MicroBatchRenorm', 'GroupNorm', 'LayerNormalization', 'BiasOnly',
            'weight_normalize', 'renorm_clip_schedule', 'check_micro_batch_norm_options',
@@ -32,6 +33,8 @@ def _check_warmup(warmup):
 def check_micro_batch_renorm_options(**options):
     """Validate options of :func:`MicroBatchRenorm`."""
     check_options(options, BATCH_STAT_CHECKS)
+    if 'moving_stddev' in options:
+        check_bool('moving_stddev', options['moving_stddev'])
     if 'rmax' in options:
         check_number('rmax', options['rmax'])
         if options['rmax'] < 1.0:
@@ -65,7 +68,7 @@ def check_bias_only_options(**options):
 @layer_register()
 def MicroBatchNorm(x, *, group_size=None, eval_stats='moving', momentum=0.9, epsilon=1e-5,
                    center=True, scale=True, gamma_init=1.0, training=None, ema_update='default',
-                   data_format=None):
+                   unbiased_variance=True, data_format=None):
     """Batch Normalization whose statistics come from micro-batch groups of ``group_size`` samples.
 
     A tower batch of N samples is split into N / group_size consecutive groups, each normalised
@@ -74,9 +77,16 @@ def MicroBatchNorm(x, *, group_size=None, eval_stats='moving', momentum=0.9, eps
     is ordinary BN over the tower batch.  With a group of one 4-D sample the statistics are over
     its positions; a 2-D group of one has zero variance (the output is β).
 
-    Moving averages track the mean over groups of the group statistics (what per-GPU BN's EMA
-    tracks).  ``eval_stats='batch'`` normalises test batches with their own group statistics
-    (the paper's option B).  Variables and EMA conventions are tensorpack's BatchNorm's.
+    What enters the EMA: ``mean/EMA`` tracks the mean over groups of the group means (what
+    per-GPU BN's EMA tracks); ``variance/EMA`` the mean over groups of the group variances taken
+    unbiased, n/(n-1)·S with n = g·H·W values per statistic (``unbiased_variance=True``), as
+    tensorpack's 4-D ``BatchNorm`` (TF's fused kernel), tf-keras's fused BN and PyTorch do, so a
+    checkpoint means what it means there.  ``unbiased_variance=False`` keeps the biased S (the
+    convention of this package before 0.2, of tensorpack on 2-D inputs and of tf-keras unfused);
+    it matters most for 2-D or 1×1 layers with small groups (n = 2 halves the fresh share).
+    Training normalises with the biased S either way.  ``eval_stats='batch'`` normalises test
+    batches with their own group statistics (the paper's option B).  Variable names are
+    tensorpack's BatchNorm's.
     """
     check_micro_batch_norm_options(**layer_options(locals()))
     layout = Layout(x, data_format)
@@ -89,7 +99,8 @@ def MicroBatchNorm(x, *, group_size=None, eval_stats='moving', momentum=0.9, eps
         return tf.identity(restore(out), name='output')
     _, mean, var = layout.group_moments(x32, group_size)
     out = layout.normalize_grouped(x32, group_size, mean, var, gamma, beta, epsilon)
-    return ema.update(restore(out), mean, var, training)
+    ema_var = var * bessel_factor(layout.values_per_statistic(x32, group_size)) if unbiased_variance else var
+    return ema.update(restore(out), mean, ema_var, training)
 
 
 def renorm_clip_schedule(rmax=3.0, dmax=5.0, warmup=(5000, 40000, 25000), step=None):
@@ -118,22 +129,34 @@ def renorm_clip_schedule(rmax=3.0, dmax=5.0, warmup=(5000, 40000, 25000), step=N
 @layer_register()
 def MicroBatchRenorm(x, *, group_size=None, rmax=3.0, dmax=5.0, warmup=(5000, 40000, 25000),
                      eval_stats='moving', momentum=0.99, epsilon=1e-5, center=True, scale=True,
-                     gamma_init=1.0, training=None, ema_update='default', data_format=None):
+                     gamma_init=1.0, training=None, ema_update='default', moving_stddev=True,
+                     data_format=None):
     """Batch Renormalization (Ioffe 2017) over micro-batch groups.
 
-    Training output, per group with statistics (µ_B, σ_B) and moving (µ, σ):
+    Training output, per group with statistics µ_B, σ_B = sqrt(S + ε) (S biased) and moving µ, σ:
         r = stop_grad(clip(σ_B / σ, 1/r_max, r_max)),  d = stop_grad(clip((µ_B - µ) / σ, -d_max, d_max))
         y = γ ((x - µ_B) / σ_B · r + d) + β
-    r_max/d_max follow :func:`renorm_clip_schedule` on the global step.  The moving averages are
-    updated from the group statistics (first training tower) and used at inference
-    (``eval_stats='moving'``), or test groups use their own statistics (``'batch'``).
-    Ioffe uses momentum 0.99, the default here.
+    r_max/d_max follow :func:`renorm_clip_schedule` on the global step.
+
+    What enters the EMA (first training tower; means over groups): ``mean/EMA`` tracks µ_B.
+    With ``moving_stddev=True`` (default) σ is the EMA of σ_B itself, as in the paper's
+    Algorithm 1 and tf-keras (``moving_stddev``): it is kept in ``stddev/EMA`` (initial
+    sqrt(1 + ε)), and ``variance/EMA`` holds σ² - ε, so that inference with moving statistics
+    (``eval_stats='moving'``) and tensorpack's BatchNorm read the variable they expect.
+    ``moving_stddev=False``: ``variance/EMA`` is the EMA of S and σ = sqrt(variance/EMA + ε)
+    (this package's convention before 0.2).  Test groups may use their own statistics
+    (``'batch'``).  Ioffe uses momentum 0.99, the default here.
     """
     check_micro_batch_renorm_options(**layer_options(locals()))
     layout = Layout(x, data_format)
     x32, restore = to_float32(x)
     gamma, beta = affine_params(layout.channels, center, scale, gamma_init)
     ema = EMA(layout.channels, momentum, ema_update)
+    stddev_ema = None
+    if moving_stddev:
+        stddev_ema = tf.compat.v1.get_variable('stddev/EMA', [layout.channels], trainable=False,
+                                               initializer=tf.constant_initializer((1.0 + epsilon) ** 0.5))
+        ema.track(stddev_ema)
     training = resolve_training(training)
     if not training and eval_stats == 'moving':
         out = layout.normalize_global(x32, ema.mean, ema.variance, gamma, beta, epsilon)
@@ -144,7 +167,7 @@ def MicroBatchRenorm(x, *, group_size=None, rmax=3.0, dmax=5.0, warmup=(5000, 40
         return tf.identity(restore(out), name='output')
     r_max, d_max = renorm_clip_schedule(rmax, dmax, warmup)
     std = tf.sqrt(var + epsilon)
-    moving_std = tf.sqrt(ema.variance + epsilon)
+    moving_std = stddev_ema if moving_stddev else tf.sqrt(ema.variance + epsilon)
     r = tf.stop_gradient(tf.clip_by_value(std / moving_std, 1.0 / r_max, r_max))
     d = tf.stop_gradient(tf.clip_by_value((mean - ema.mean) / moving_std, -d_max, d_max))
     # y = γ r (x - µ_B)/σ_B + (γ d + β): a grouped affine normalisation with scale γr/σ_B
@@ -154,8 +177,22 @@ def MicroBatchRenorm(x, *, group_size=None, rmax=3.0, dmax=5.0, warmup=(5000, 40
     rank = grouped.shape.rank
     out = (grouped - layout.broadcast(mean, rank)) / layout.broadcast(std, rank)
     out = out * layout.broadcast(eff_gamma, rank) + layout.broadcast(eff_beta, rank)
-    out = tf.reshape(out, tf.shape(x32))
-    return ema.update(restore(out), mean, var, training)
+    out = restore(tf.reshape(out, tf.shape(x32)))
+    if not moving_stddev:
+        return ema.update(out, mean, var, training)
+    if not ema.should_update(training):
+        return tf.identity(out, name='output')
+    batch_mean = tf.reduce_mean(tf.stop_gradient(mean), axis=0)
+    batch_std = tf.reduce_mean(tf.stop_gradient(std), axis=0)
+    with tf.control_dependencies([out]):
+        # after the output: r and d above read the values from before this step
+        mean_op = moving_averages.assign_moving_average(ema.mean, batch_mean, momentum, zero_debias=False,
+                                                        name='mean_ema_op')
+        std_op = moving_averages.assign_moving_average(stddev_ema, batch_std, momentum, zero_debias=False,
+                                                       name='stddev_ema_op')
+        # variance/EMA follows the new σ, for inference and for readers of tensorpack's names
+        var_op = tf.compat.v1.assign(ema.variance, tf.nn.relu(tf.square(std_op) - epsilon), name='var_ema_op')
+    return ema.attach(out, [mean_op, var_op])
 
 
 @layer_register()

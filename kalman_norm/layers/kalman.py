@@ -24,7 +24,7 @@ from tensorpack.models import layer_register
 from tensorpack.tfutils.tower import get_current_tower_context
 
 from ..estimate import Estimate, get_estimate, set_estimate
-from ._common import EMA, Layout, affine_params, resolve_training, to_float32
+from ._common import EMA, Layout, affine_params, bessel_factor, resolve_training, to_float32
 from ._groupnorm import group_norm_apply, group_norm_view, num_channel_groups
 from ._options import (BATCH_STAT_CHECKS, COMMON_CHECKS, check_bool, check_choice, check_group_size,
                        check_options, check_positive, check_training, layer_options)
@@ -408,7 +408,7 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
                     process_noise=False, noise_param='relative', noise_init=None, pooled_variance=True,
                     guard_ratio=100.0, propagate='output', prior_source='flow', prior_gradient=True,
                     eval_stats='moving', momentum=0.9, epsilon=1e-5, center=True, scale=True, gamma_init=1.0,
-                    training=None, ema_update='default', data_format=None):
+                    training=None, ema_update='default', unbiased_variance=True, data_format=None):
     """Batch Kalman Normalization, Eq. 7 of the paper, over micro-batch groups.
 
     Args:
@@ -455,7 +455,16 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
             posterior (paper's option A); ``'batch'`` runs the filter online on the test groups
             (option B, Tables 4, 5, 7).
         momentum, epsilon, center, scale, gamma_init, ema_update: as tensorpack's BatchNorm.
+        unbiased_variance: what enters ``variance/EMA`` (below).  Default True.
         training: None follows the tower context.
+
+    What enters the EMA (means over groups): ``mean/EMA`` tracks the posterior mean µ̂_{k|k};
+    ``variance/EMA`` the posterior variance Σ̂_{k|k} with the micro-batch's own share taken
+    unbiased: q·S becomes q·S·n/(n-1) (n = g·H·W values per statistic), and a group without a
+    prior (or rejected by the guard) contributes n/(n-1)·S, exactly what BN's EMA tracks.  So
+    BKN with q = 1 keeps BN's moving averages, and the prior's share, a prediction of the
+    population variance rather than a sample's, is not inflated.  ``unbiased_variance=False``
+    tracks the posterior as used in training (this package's convention before 0.2).
 
     Variables: ``gamma``, ``beta``, ``mean/EMA``, ``variance/EMA`` (as tensorpack's BatchNorm),
     and, only in layers that receive a prior, ``gain_logit`` if the gain is learned and
@@ -514,7 +523,13 @@ def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1
     out = layout.normalize_grouped(x32, group_size, mean, var, gamma, beta, epsilon)
     if calibration is not None:
         out = calibration.update(out, raw_prior[0], raw_prior[1], batch_mean, batch_var, training, epsilon)
-    out = ema.update(restore(out), mean, var, training)
+    ema_var = var
+    if unbiased_variance:
+        # Eq. 7's q·S with S unbiased: add (n/(n-1) - 1)·(the batch variance's weight)·S
+        weight = 1.0 if trusted is None else tf.where(trusted, tf.broadcast_to(gain_.q, tf.shape(batch_var[..., :1])),
+                                                       tf.ones_like(batch_var[..., :1]))
+        ema_var = var + (bessel_factor(layout.values_per_statistic(x32, group_size)) - 1.0) * weight * batch_var
+    out = ema.update(restore(out), mean, ema_var, training)
     out.posterior = Estimate(mean, var)
     set_estimate(out, out.posterior if propagate == 'input' else
                  _output_estimate(mean, var, mean, var, gamma, beta, epsilon))
