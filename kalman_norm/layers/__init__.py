@@ -11,3 +11,8 @@ from .baselines import (BiasOnly, GroupNorm, LayerNormalization, MicroBatchNorm,
 from .kalman import (NOISE_PARAMS, PROPAGATE_MODES, PRIOR_SOURCES, kn_diagnostics, BatchKalmanNorm,  # noqa: F401
                      GroupKalmanNorm, KNDiagnostic, kalman_update, check_batch_kalman_norm_options,
                      check_group_kalman_norm_options)
+from .field_norms import (EvoNormB0, EvoNormS0, FilterResponseNorm, center_weights,  # noqa: F401
+                          check_evonorm_b0_options, check_evonorm_s0_options,
+                          check_filter_response_norm_options, fused_activation_linear, weight_standardize)
+from .mabn import (MABN_HISTORY_MODES, MovingAverageBatchNorm,  # noqa: F401
+                   check_moving_average_batch_norm_options)
