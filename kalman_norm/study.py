@@ -57,10 +57,9 @@ Numbers: a run's accuracy is 100 × (1 − the validation error of its *last* ep
 epoch: choosing the best epoch on the test set flatters every row).  "moving" (option A) is
 ``val-error-moving``, or ``val-error`` for norms without moving averages (GN, LN, WN: their one
 evaluation); "batch" (option B) is ``val-error-batch``.  Over seeds: mean ± sample standard
-deviation (ddof 1).  A claim's verdict compares the difference of the means with the seed spread,
-the larger of the two rows' standard deviations: within it, "within the seed spread"; outside it,
-"ordering holds" if the sign is the paper's, else "does not hold"; for a claim without a paper number
-(an ablation or a control of this project's), "beyond the seed spread".
+deviation (ddof 1).  A claim's Δ, 95% CI and p come from Welch's t-test (the paired t-test for
+a claim on one row's two evaluations); each table applies Holm's correction over its tests and
+judges every claim at the adjusted p (:func:`claim_verdict`).
 
 Run states (:func:`run_state`):
     recorded   results/runs/... holds the record: skipped
@@ -399,16 +398,37 @@ def run_state(logdir, record, config_epochs):
     return 'unfinished'
 
 
+#: paths whose changes do not make a run's code dirty: the records and reports themselves
+NOT_CODE = ('results',)
+
+
 def git_commit(repo):
-    """``git rev-parse HEAD``, + "-dirty" when the work tree has changes; "unknown" outside git."""
+    """``git rev-parse HEAD``, + "-dirty" when tracked files outside results/ differ from it (changed
+    code, not a regenerated report); "unknown" outside git."""
+    state = code_state(repo)
+    return state['git_commit']
+
+
+def code_state(repo):
+    """{git_commit, code_diff_sha256, results_differ}: the commit (+ "-dirty" as :func:`git_commit`),
+    the sha256 of ``git diff HEAD`` over tracked files outside results/ (None when the code is the
+    commit's), and whether tracked files under results/ differ.  The diff's hash pins a dirty run's
+    code: two runs with the same commit and hash ran the same code."""
+    def git(*args):
+        return subprocess.run(['git'] + list(args), cwd=repo, capture_output=True, timeout=60).stdout
+
     try:
-        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True, text=True,
-                              timeout=30).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=repo,
-                               capture_output=True, text=True, timeout=60).stdout.strip()
+        head = git('rev-parse', 'HEAD').decode().strip()
+        if not head:
+            return {'git_commit': 'unknown', 'code_diff_sha256': None, 'results_differ': None}
+        excluded = [':(exclude)%s' % p for p in NOT_CODE]
+        diff = git('diff', 'HEAD', '--binary', '--', '.', *excluded)
+        results = git('diff', 'HEAD', '--name-only', '--', *NOT_CODE)
     except (OSError, subprocess.SubprocessError):
-        return 'unknown'
-    return (head + ('-dirty' if dirty else '')) if head else 'unknown'
+        return {'git_commit': 'unknown', 'code_diff_sha256': None, 'results_differ': None}
+    return {'git_commit': head + ('-dirty' if diff else ''),
+            'code_diff_sha256': hashlib.sha256(diff).hexdigest() if diff else None,
+            'results_differ': bool(results.strip())}
 
 
 def machine():
@@ -450,15 +470,16 @@ def start_run_json(logdir, row, profile, config, seed, command, repo, config_fil
     old = read_json(path, {})
     check_logdir_config(logdir, config_file or config)
     sha = file_sha256(config_file or config)
-    run = dict(old) if old else {
+    code = code_state(repo)
+    run = dict(old) if old else dict({
         'row': row, 'profile': profile, 'config': config, 'config_sha256': sha,
         'config_settings_sha256': config_settings_sha256(config_file or config), 'seed': seed,
-        'command': command, 'git_commit': git_commit(repo), 'started': started or utc_now(), 'machine': machine()}
+        'command': command}, **code, started=started or utc_now(), machine=machine())
     for key in ('finished', 'exit_code'):
         run.pop(key, None)
     run.setdefault('attempts', [])
-    run['attempts'].append({'started': started or utc_now(),
-                            'git_commit': git_commit(repo) if old else run['git_commit']})
+    # each attempt (a resume) pins its own code: a resumed run may have run two versions
+    run['attempts'].append(dict({'started': started or utc_now()}, **code))
     run['command'] = command
     write_json(path, run)
     return run
@@ -593,6 +614,30 @@ def summarize_row(records):
     return out
 
 
+#: what the conventions column means (kalman_norm/trainer.py, CONVENTIONS; README, "Conventions")
+CONVENTIONS_NOTE = ('Conventions: the trainer\'s version of what a run means, in its options.json. 1 (records '
+                    'without the key): BN\'s and BKN\'s variance moving average biased, `--seed` fixes the data '
+                    'order only; 2: that average unbiased, BRN tracks σ, `--seed` also fixes the initial weights. '
+                    'A row\'s mean and the claims pool the seeds of both.')
+
+
+def record_conventions(rec):
+    """The conventions a record was made under: its identity's ``conventions``, 1 before the key."""
+    return ((rec.get('options') or {}).get('identity') or {}).get('conventions', 1)
+
+
+def seed_ranges(seeds):
+    """'1–3, 5' for [1, 2, 3, 5]."""
+    out, start = [], None
+    for k, s in enumerate(seeds):
+        if start is None:
+            start = s
+        if k + 1 == len(seeds) or seeds[k + 1] != s + 1:
+            out.append(str(start) if start == s else '%d–%d' % (start, s))
+            start = None
+    return ', '.join(out)
+
+
 def describe_machine(m):
     if not m:
         return 'unknown'
@@ -606,63 +651,147 @@ def claim_evals(claim):
     return claim.get('eval_a', which), claim.get('eval_b', which)
 
 
-def claim_verdict(claim, summaries, not_run=None):
-    """(text, verdict) of a claim: accuracy(a) − accuracy(b) vs the paper's gap.  ``not_run``:
-    {row: reason} of the rows this profile does not run (a claim on one of them is never measured).
+#: the level of every test; a table's verdicts use its Holm-adjusted p-values at this level
+ALPHA = 0.05
 
-    A claim on one row compares its two evaluations (Table 7: moving vs online statistics) run by
-    run: its gap is the mean of the per-seed differences and its spread their std, since both
-    numbers of a seed come from one trained network."""
+
+def welch(a, b):
+    """Welch's two-sample t on a and b: {diff, low, high, p, df, se} with the (1 - ALPHA) CI of
+    mean(a) - mean(b); None when a sample has fewer than 2 values or both have no spread (the
+    test is undefined)."""
+    from scipy import stats
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return None
+    (ma, sa, _), (mb, sb, _) = mean_std(a), mean_std(b)
+    va, vb = sa * sa / na, sb * sb / nb
+    if va + vb == 0:
+        return None
+    se = math.sqrt(va + vb)
+    # Welch-Satterthwaite degrees of freedom
+    df = (va + vb) ** 2 / (va * va / (na - 1) + vb * vb / (nb - 1))
+    return _t_result(ma - mb, se, df, stats)
+
+
+def paired(a, b):
+    """The paired t on a[i] - b[i] (two numbers of one trained network): as :func:`welch`, df n - 1."""
+    from scipy import stats
+    d = [x - y for x, y in zip(a, b)]
+    if len(d) < 2:
+        return None
+    m, s, n = mean_std(d)
+    if s == 0:
+        return None
+    return _t_result(m, s / math.sqrt(n), n - 1, stats)
+
+
+def _t_result(diff, se, df, stats):
+    half = stats.t.ppf(1 - ALPHA / 2, df) * se
+    return {'diff': diff, 'low': diff - half, 'high': diff + half, 'se': se, 'df': df,
+            'p': float(2 * stats.t.sf(abs(diff) / se, df))}
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment of the p-values (None entries are not tests and stay None)."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m, out, running = len(tested), list(pvalues), 0.0
+    for rank, (p, i) in enumerate(tested):
+        # the k-th smallest p is multiplied by the number of hypotheses not yet rejected, and the
+        # adjusted values are made monotone, so rejecting at ALPHA is Holm's procedure
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def claim_values(claim, summaries):
+    """(values of a, values of b, is_paired) of a claim; a claim on one row compares its two
+    evaluations seed by seed (both numbers of a seed come from one trained network)."""
     which_a, which_b = claim_evals(claim)
-    paired = claim['a'] == claim['b']
-    if paired:
+    if claim['a'] == claim['b']:
         pairs = summaries[claim['a']]['paired']
-        a = [p[EVALS.index(which_a)] for p in pairs]
-        b = [p[EVALS.index(which_b)] for p in pairs]
-    else:
-        a, b = summaries[claim['a']][which_a], summaries[claim['b']][which_b]
-    paper = claim.get('paper')
-    paper_txt = 'paper: no number' if paper is None else 'paper: no gain' if paper == 0 else 'paper %+g' % paper
+        return [p[EVALS.index(which_a)] for p in pairs], [p[EVALS.index(which_b)] for p in pairs], True
+    return summaries[claim['a']][which_a], summaries[claim['b']][which_b], False
+
+
+def claim_test(claim, summaries, not_run=None):
+    """The statistics of one claim: {values, paired, test (see :func:`welch`) or None, reason}.
+    ``reason`` says why there is no test (a row not run in this profile, fewer than 2 seeds)."""
     reasons = [(not_run or {})[r] for r in (claim['a'], claim['b']) if r in (not_run or {})]
     if reasons:
-        return '%s: %s, ours: %s' % (claim['label'], paper_txt, reasons[0]), 'not run'
-    if not a or not b:
-        text = '%s: %s, ours: not measured yet (%d and %d seeds done)' % (claim['label'], paper_txt, len(a), len(b))
-        return text, 'not measured'
-    # every seed's value, in seed order: at 2-3 seeds they say more than any summary of them
-    per_seed = 'per seed %s vs %s' % (', '.join('%.2f' % v for v in a), ', '.join('%.2f' % v for v in b))
-    if paired:
-        d, spread, n = mean_std([x - y for x, y in zip(a, b)])
-        ours = ('ours %+.2f (%s; %s)' % (d, 'spread ± %.2f of the per-seed differences, %d seeds' % (spread, n)
-                                         if spread is not None else '1 seed: spread unknown', per_seed))
-    else:
-        ma, sa, na = mean_std(a)
-        mb, sb, nb = mean_std(b)
-        d = ma - mb
-        spreads = [s for s in (sa, sb) if s is not None]
-        spread = max(spreads) if len(spreads) == 2 else None
-        if spread is not None:
-            ours = 'ours %+.2f (spread ± %.2f; %d and %d seeds; %s)' % (d, spread, na, nb, per_seed)
-        else:
-            ours = 'ours %+.2f (%d and %d seeds: spread unknown; %s)' % (d, na, nb, per_seed)
-    if spread is not None and abs(d) <= spread:
-        verdict = 'within the seed spread'
-    elif paper is None:
-        # a question of this project's (an ablation, a control): the spread is the only yardstick
-        verdict = ('beyond the seed spread' if spread is not None
-                   else 'one seed: no spread to judge by') + ' (no paper number)'
-    elif paper == 0:
-        verdict = 'does not hold (the paper: no gain)'
-    elif (d > 0) == (paper > 0):
-        verdict = 'ordering holds'
-    else:
-        verdict = 'does not hold'
-    if spread is None and verdict.startswith(('ordering holds', 'does not hold')):
-        verdict += ' (one seed: no spread to judge by)'
+        return {'a': [], 'b': [], 'paired': claim['a'] == claim['b'], 'test': None, 'reason': reasons[0]}
+    a, b, is_paired = claim_values(claim, summaries)
+    test = paired(a, b) if is_paired else welch(a, b)
+    reason = None
+    if test is None:
+        reason = ('fewer than 2 seeds in a row' if min(len(a), len(b)) < 2
+                  else 'no spread in either row: the t-test is undefined')
+    return {'a': a, 'b': b, 'paired': is_paired, 'test': test, 'reason': reason}
+
+
+def claim_verdict(claim, result, p_holm):
+    """One of 'holds', 'reversed', 'not established' (module doc): from the Holm-adjusted p.
+
+    A directional paper claim holds when the difference is established with the paper's sign,
+    and is reversed when it is established with the other.  "No gain" (paper = 0) cannot be
+    established by a test of difference: it is reversed by an established gain, otherwise not
+    established (the line states the gain the CI rules out).  A claim without a paper number
+    (this project's question) holds when a difference is established, in the observed direction,
+    which the line names."""
+    test = result['test']
+    if test is None or p_holm is None or not p_holm < ALPHA:
+        return 'not established'
+    paper = claim.get('paper')
+    if paper is None:
+        return 'holds'
+    if paper == 0:
+        return 'reversed' if test['diff'] > 0 else 'not established'
+    return 'holds' if (test['diff'] > 0) == (paper > 0) else 'reversed'
+
+
+def _signed(x):
+    return ('+%.2f' % x) if x >= 0 else ('−%.2f' % -x)
+
+
+def _p(p):
+    return '—' if p is None else '< 0.001' if p < 0.001 else '%.3f' % p
+
+
+def claim_rows(claims, summaries, not_run=None):
+    """The claims' table rows (Markdown cells) and the number of claims with a test."""
+    results = [claim_test(c, summaries, not_run) for c in claims]
+    adjusted = holm([r['test']['p'] if r['test'] else None for r in results])
     option = {'moving': 'A', 'batch': 'B'}
-    options = ('option %s' % option[which_a] if which_a == which_b
-               else 'option %s vs %s' % (option[which_a], option[which_b]))
-    return '%s (%s): %s, %s: **%s**' % (claim['label'], options, paper_txt, ours, verdict), verdict
+    rows = []
+    for c, r, p_holm in zip(claims, results, adjusted):
+        which_a, which_b = claim_evals(c)
+        paper = c.get('paper')
+        verdict = claim_verdict(c, r, p_holm)
+        test = r['test']
+        if paper is None:
+            paper_txt = '— (no paper number)'
+        else:
+            paper_txt = 'no gain (0)' if paper == 0 else _signed(paper)
+        per_seed = '%s vs %s' % (', '.join('%.2f' % v for v in r['a']) or '—', ', '.join('%.2f' % v for v in r['b']) or '—')
+        n = ('%d pairs' % len(r['a'])) if r['paired'] else '%d, %d' % (len(r['a']), len(r['b']))
+        note = ''
+        if test is None:
+            note = r['reason']
+            diff = _signed(mean_std(r['a'])[0] - mean_std(r['b'])[0]) if r['a'] and r['b'] else '—'
+            ci = '—'
+        else:
+            diff, ci = _signed(test['diff']), '[%s, %s]' % (_signed(test['low']), _signed(test['high']))
+            if paper == 0:
+                note = ('rules out gains above %s' % _signed(test['high']) if test['high'] > 0
+                        else 'rules out any gain: a − b is below %s' % _signed(test['high']))
+            elif paper is None:
+                note = '%s: a − b %s 0' % ('the difference' if verdict == 'holds' else 'observed direction',
+                                           '>' if test['diff'] > 0 else '<')
+        kind = ('—' if test is None else 'paired t, df %d' % round(test['df']) if r['paired']
+                else 'Welch, df %.1f' % test['df'])
+        rows.append([c['label'], option[which_a] if which_a == which_b else '%s − %s' % (option[which_a], option[which_b]),
+                     paper_txt, diff, ci, kind, _p(test and test['p']), _p(p_holm), n, per_seed,
+                     '**%s**%s' % (verdict, ' (%s)' % note if note else '')])
+    return rows, sum(r['test'] is not None for r in results)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -803,6 +932,81 @@ def _budget(root, table, profile):
     return sorted(parts)
 
 
+def table_summaries(root, table, profile):
+    """({row: summarize_row(...)} of the rows this profile runs, {row: reason} of the others)."""
+    summaries, not_run = {}, {}
+    for r in table['rows']:
+        if not row_available(r, profile):
+            not_run[r['row']] = r['reason']
+            summaries[r['row']] = summarize_row([])
+            continue
+        recs = [load_record(record_dir(root, profile, r['row'], s)) for s in planned_seeds(table, r, profile)]
+        summaries[r['row']] = summarize_row([x for x in recs if x])
+    return summaries, not_run
+
+
+#: a generated block of a Markdown file: ``<!-- reproduce: claims SELECTOR ... -->`` ... ``<!-- /reproduce -->``
+BLOCK_START, BLOCK_END = '<!-- reproduce: claims ', '<!-- /reproduce -->'
+
+
+def _claim_selected(claim, selector):
+    """Whether ``claim`` is picked by a selector's 'a/b' or 'a/b/eval' part (eval: moving, batch or
+    moving-batch for a claim on one row's two evaluations)."""
+    parts = selector.split('/')
+    if (claim['a'], claim['b']) != tuple(parts[:2]):
+        return False
+    evals = claim_evals(claim)
+    want = parts[2] if len(parts) > 2 else 'moving'
+    return want == ('%s-%s' % evals if evals[0] != evals[1] else evals[0])
+
+
+def claims_block(root, selectors, link_prefix, profile='cpu'):
+    """The Markdown table of the claims the selectors pick ('table' = all its claims, 'table/a/b' or
+    'table/a/b/eval' = one), each with its table's statistics and Holm-adjusted verdict."""
+    from tabulate import tabulate
+    tables, picked = {}, []
+    for sel in selectors:
+        name = sel.split('/')[0]
+        if name not in tables:
+            t = load_table(table_path(root, name))
+            summaries, not_run = table_summaries(root, t, profile)
+            tables[name] = (t, claim_rows(t['claims'], summaries, not_run)[0])
+        t, rows = tables[name]
+        chosen = [row for c, row in zip(t['claims'], rows) if sel == name or _claim_selected(c, sel.split('/', 1)[1])]
+        _need(chosen, 'generated block: %s picks no claim of table %s' % (sel, name))
+        picked += [['[%s](%s%s.md)' % (name, link_prefix, name)] + [row[k] for k in (0, 1, 2, 3, 4, 6, 7, 8)]
+                   + [row[-1]] for row in chosen]
+    return tabulate(picked, headers=['table', 'claim (a − b)', 'eval', 'paper', 'Δ ours', '95% CI', 'p', 'p (Holm)',
+                                     'n', 'verdict (Holm-adjusted p < %g)' % ALPHA],
+                    tablefmt='github', disable_numparse=True)
+
+
+def rewrite_blocks(root, path, profile='cpu'):
+    """Rewrite every generated claims block of the Markdown file ``path`` from the records; True
+    if the file changed.  The links are relative to the file (results/<table>.md)."""
+    with open(path) as f:
+        text = f.read()
+    prefix = os.path.relpath(os.path.join(root, 'results'), os.path.dirname(os.path.abspath(path)))
+    prefix = '' if prefix == '.' else prefix + '/'
+    out, pos = [], 0
+    while True:
+        start = text.find(BLOCK_START, pos)
+        if start < 0:
+            break
+        head_end = text.index('-->', start) + len('-->')
+        end = text.find(BLOCK_END, head_end)
+        _need(end >= 0, '%s: a generated block opened at character %d is not closed by %s' % (path, start, BLOCK_END))
+        selectors = text[start + len(BLOCK_START):head_end - len('-->')].split()
+        out += [text[pos:head_end], '\n', claims_block(root, selectors, prefix, profile), '\n']
+        pos = end
+    out.append(text[pos:])
+    new = ''.join(out)
+    if new != text:
+        with open(path, 'w') as f:
+            f.write(new)
+    return new != text
+
+
 def render_table(root, table, profile, command, figures=()):
     """The Markdown text of results/<table>.md, from the records under results/runs/ only."""
     from tabulate import tabulate
@@ -814,8 +1018,13 @@ def render_table(root, table, profile, command, figures=()):
         recs = []
         seeds = planned_seeds(table, r, profile) if available else []
         stale = 0
+        conventions = {}
         if available:
-            recs = [x for x in (load_record(record_dir(root, profile, name, s)) for s in seeds) if x]
+            by_seed = [(seed, load_record(record_dir(root, profile, name, seed))) for seed in seeds]
+            recs = [x for _, x in by_seed if x]
+            for seed, x in by_seed:
+                if x:
+                    conventions.setdefault(record_conventions(x), []).append(seed)
             config = find_config(root, profile, name)
             if config:
                 stale = sum(record_is_stale(record_dir(root, profile, name, seed), config) for seed in seeds)
@@ -828,7 +1037,7 @@ def render_table(root, table, profile, command, figures=()):
         if 'paper' in r:
             paper += ', ' + r['paper_source']
         if not available:
-            rows.append([r['label'], paper, r['reason'], '— (not run)', '— (not run)', '—', '—', '—', '—'])
+            rows.append([r['label'], paper, r['reason'], '— (not run)', '— (not run)', '—', '—', '—', '—', '—'])
             continue
         waiting = 'not run yet' if not s['n_done'] else None
         a = fmt_mean_std(s['moving']) or waiting or 'no such evaluation'
@@ -842,7 +1051,8 @@ def render_table(root, table, profile, command, figures=()):
             done += ' (%d made with an earlier version of the config: see its config.toml)' % stale
         rows.append([r['label'], paper, a, b, fmt_mean_std(s['train_error']) or waiting or 'not logged', done,
                      ', '.join(map(str, s['epochs'])) or waiting, ', '.join(s['data']) or waiting,
-                     ', '.join(s['machine']) or waiting])
+                     ', '.join(s['machine']) or waiting,
+                     '; '.join('%d: %s' % (c, seed_ranges(conventions[c])) for c in sorted(conventions)) or waiting])
     lines = ['# %s' % table['title'], '',
              'The paper: %s' % table['claim'], '',
              'Profile **%s**. Budget: %s. Data: %s. Hardware: %s.' % (
@@ -852,19 +1062,32 @@ def render_table(root, table, profile, command, figures=()):
     if profile == 'cpu':
         lines += ['**A short CPU schedule does not reach the paper\'s absolute numbers** (the paper trains '
                   '%s). The claims under test here are the orderings and the gaps between '
-                  'rows, each judged against the spread over seeds.' % PAPER_BUDGET[table['trainer']], '']
+                  'rows.' % PAPER_BUDGET[table['trainer']], '']
     lines += ['Accuracy (%%) of the last epoch on the %s, mean ± sample std over seeds. A: moving '
               'statistics (for norms without moving averages, their one evaluation); B: online batch '
               'statistics.' % EVAL_SET[table['trainer']], '']
     headers = ['row', 'paper', 'ours A (moving)', 'ours B (online)', 'train error (%)', 'seeds done / planned',
-               'epochs', 'data', 'machine']
+               'epochs', 'data', 'machine', 'conventions: seeds']
     lines.append(tabulate(rows, headers=headers, tablefmt='github', disable_numparse=True))
-    lines.append('')
+    lines += ['', CONVENTIONS_NOTE, '']
     if table['claims']:
-        lines += ['## Claims', '']
         not_run = {r['row']: r['reason'] for r in table['rows'] if not row_available(r, profile)}
-        for c in table['claims']:
-            lines.append('* ' + claim_verdict(c, summaries, not_run)[0])
+        claim_cells, tested = claim_rows(table['claims'], summaries, not_run)
+        lines += ['## Claims', '',
+                  'This table tests %d of its %d claims%s. '
+                  'Δ = mean(a) − mean(b) in points, its 95%% CI and the two-sided p-value of Welch\'s t-test; a '
+                  'claim on one row\'s two evaluations pairs them by seed (both come from one trained network: '
+                  'a paired t-test). Holm\'s correction runs over the %d tests of this table, and **the verdict '
+                  'uses the Holm-adjusted p < %g**: **holds** (the difference is established with the claimed '
+                  'sign), **reversed** (established with the other sign), **not established** (otherwise, and '
+                  'whenever a row has fewer than 2 seeds). "No gain" (paper 0) is never "holds": the line '
+                  'gives the gain its 95%% CI rules out; a question of this project\'s (no paper number) holds when '
+                  'a difference is established, in the direction the line names.'
+                  % (tested, len(table['claims']), ' (the others lack 2 seeds in a row, or are not run here)'
+                     if tested < len(table['claims']) else '', tested, ALPHA), '']
+        lines.append(tabulate(claim_cells, headers=['claim (a − b)', 'eval', 'paper', 'Δ ours', '95% CI', 'test',
+                                                    'p', 'p (Holm)', 'n', 'per seed (a vs b)', 'verdict'],
+                              tablefmt='github', disable_numparse=True))
         lines.append('')
     if table.get('discussion', '').strip():
         lines += ['## Discussion', '', table['discussion'].strip(), '']

@@ -48,6 +48,16 @@ def curves(root, profile, row, seeds=None, which='moving'):
     return out
 
 
+def data_digest(data, title, which):
+    """sha256 of what a figure draws: labels, each seed's epochs and errors, title, evaluation."""
+    import hashlib
+    import json
+    blob = json.dumps([title, which, [[label, sorted((int(s), list(e), [round(v, 10) for v in err])
+                                                     for s, (e, err) in by_seed.items())]
+                                      for label, by_seed in data]])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def plot_rows(root, profile, rows, out, title='', seeds=None, which='moving'):
     """One PNG with a curve per (row, label) that has records; returns ``out``, or None if no row has any.
 
@@ -89,7 +99,10 @@ def plot_rows(root, profile, rows, out, title='', seeds=None, which='moving'):
         ax.legend(fontsize=8)
     # long table titles wrap instead of running off the figure
     ax.set_title(textwrap.fill(title, 80) + '\nmean over seeds, band: min-max', fontsize=9)
-    fig.savefig(out, dpi=100, bbox_inches='tight')      # 'tight': the outside legend is kept
+    # the PNG names the numbers it draws (a hash): a figure redrawn by another matplotlib version
+    # may differ in pixels, never in this (tests/test_results_regenerate.py)
+    fig.savefig(out, dpi=100, bbox_inches='tight',     # 'tight': the outside legend is kept
+                metadata={'Description': 'data sha256 ' + data_digest(data, title, which)})
     plt.close(fig)
     return out
 

@@ -76,6 +76,12 @@ def check_args(args, study):
         fail('--data %s: no such file or directory' % args.data)
     if not os.path.isdir(args.root):
         fail('--root %s: no such directory' % args.root)
+    if not args.dry_run:
+        # the report (after any run) draws figures and tests the claims: say so now, not after hours
+        import importlib.util
+        missing = [m for m in ('matplotlib', 'scipy') if importlib.util.find_spec(m) is None]
+        if missing:
+            fail('the report needs %s: pip install -e ".[plots]"' % ' and '.join(missing))
     rows = [r.strip() for r in args.rows.split(',') if r.strip()] if args.rows else None
     if args.rows is not None and not rows:
         fail('--rows is empty')
@@ -86,7 +92,8 @@ def check_args(args, study):
             fail('table %s: no such file %s' % (name, path))
         t = study.load_table(path)
         tables.append(t)
-    study.check_one_trainer(tables)
+    if not args.report_only:            # a report reads records only: it needs no --data
+        study.check_one_trainer(tables)
     if rows:
         known = {r['row'] for t in tables for r in t['rows']}
         unknown = [r for r in rows if r not in known]
@@ -267,6 +274,14 @@ def main(argv=None):
         if code:
             return code
     written = report(args, study, tables)
+    if args.profile == 'cpu':
+        # the READMEs' claim summaries are generated from the same records (their marked blocks)
+        for doc in (os.path.join(args.root, 'README.md'), os.path.join(args.root, 'results', 'README.md')):
+            try:
+                if os.path.isfile(doc) and study.rewrite_blocks(args.root, doc):
+                    written.append(doc)
+            except study.StudyError as e:
+                fail(str(e))
     paths = [os.path.relpath(p, args.root) for p in recorded + written]
     if paths:
         print('\nto commit: git add %s' % ' '.join(map(shlex.quote, paths)))
@@ -314,8 +329,8 @@ def report(args, study, tables):
     """results/<table>.md and its figures (one of all rows, one per [[figures]] entry)."""
     from plot_curves import plot_rows
     written = []
-    command = command_line(args, tables)
     for t in tables:
+        command = command_line(args, [t])          # the command that makes this table, whatever was run
         stem = study.results_stem(args.root, t['name'], args.profile)
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         rows = {r['row']: r for r in t['rows'] if study.row_available(r, args.profile)}

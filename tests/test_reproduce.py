@@ -165,48 +165,128 @@ def _summaries(a, b):
     return {'a': {'moving': a, 'batch': []}, 'b': {'moving': b, 'batch': []}}
 
 
+@pytest.mark.parametrize('na, nb, shift, seed', [(2, 2, 0.0, 0), (2, 3, 1.5, 1), (3, 3, 2.1, 2), (8, 8, 0.7, 3),
+                                                   (5, 2, -3.0, 4), (4, 7, 0.1, 5)])
+def test_welch_against_scipy(na, nb, shift, seed):
+    from scipy import stats
+    rng = np.random.RandomState(seed)
+    a, b = list(78 + shift + rng.randn(na) * 1.3), list(78 + rng.randn(nb) * rng.uniform(0.3, 3))
+    got = study.welch(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert got['diff'] == pytest.approx(np.mean(a) - np.mean(b), rel=1e-12)
+    assert got['p'] == pytest.approx(ref.pvalue, rel=1e-9) and got['df'] == pytest.approx(ref.df, rel=1e-12)
+    assert (got['low'], got['high']) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
+
+
+@pytest.mark.parametrize('n, seed', [(2, 0), (3, 1), (8, 2)])
+def test_paired_against_scipy(n, seed):
+    from scipy import stats
+    rng = np.random.RandomState(seed)
+    a = list(75 + rng.randn(n) * 2)
+    b = [x + 1.3 + rng.randn() * 0.4 for x in a]
+    got, ref = study.paired(a, b), stats.ttest_rel(a, b)
+    ci = ref.confidence_interval(0.95)
+    assert got['diff'] == pytest.approx(np.mean(np.subtract(a, b)), rel=1e-12) and got['df'] == n - 1
+    assert got['p'] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (got['low'], got['high']) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
+
+
+def test_no_test_below_two_values_or_without_spread():
+    assert study.welch([80.0], [78.0, 78.5]) is None and study.welch([80.0, 81.0], []) is None
+    assert study.welch([80.0, 80.0], [78.0, 78.0]) is None
+    assert study.paired([80.0], [78.0]) is None and study.paired([80.0, 81.0], [79.0, 80.0]) is None
+
+
+def test_holm_is_the_step_down_procedure():
+    # by hand: m = 4, sorted p 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (monotone), 0.5
+    assert study.holm([0.03, None, 0.5, 0.01, 0.02]) == [pytest.approx(0.06), None, pytest.approx(0.5),
+                                                         pytest.approx(0.04), pytest.approx(0.06)]
+    assert study.holm([]) == [] and study.holm([None]) == [None] and study.holm([0.7, 0.9]) == [1.0, 1.0]
+    rng = np.random.RandomState(0)
+    for _ in range(200):
+        p = list(rng.uniform(0, 0.1, rng.randint(1, 9)) ** rng.uniform(0.5, 2))
+        alpha = rng.choice([0.01, 0.05, 0.1])
+        # Holm (1979): reject the k-th smallest while p_(k) <= alpha / (m - k + 1); stop at the first not
+        rejected, m = set(), len(p)
+        for k, i in enumerate(np.argsort(p, kind='stable')):
+            if p[i] > alpha / (m - k):
+                break
+            rejected.add(i)
+        assert {i for i, q in enumerate(study.holm(p)) if q <= alpha} == rejected
+
+
+def _verdict(a, b, paper, others=()):
+    """The verdict of claim a - b in a table with further claims whose p-values are ``others``."""
+    claim = {'label': 'A - B', 'a': 'a', 'b': 'b', 'paper': paper}
+    result = study.claim_test(claim, _summaries(a, b))
+    p = study.holm([result['test']['p'] if result['test'] else None] + list(others))[0]
+    return study.claim_verdict(claim, result, p)
+
+
 @pytest.mark.parametrize('a, b, paper, verdict', [
-    ([80.0, 81.0], [78.0, 78.5], 1.5, 'ordering holds'),
-    ([76.0, 76.5], [78.0, 78.5], 1.5, 'does not hold'),
-    ([78.0, 80.0], [78.5, 79.0], 1.5, 'within the seed spread'),        # +0.25 within std 1.41
-    ([80.0], [78.0], 1.5, 'ordering holds (one seed: no spread to judge by)'),
-    ([80.0, 80.2], [78.0, 78.1], 0.0, 'does not hold (the paper: no gain)'),
-    ([76.0], [78.0, 78.5], 0.0, 'does not hold (the paper: no gain) (one seed: no spread to judge by)'),
-    ([80.0, 80.2], [], 1.5, 'not measured'),
-    ([76.0, 76.5], [78.0, 78.5], None, 'beyond the seed spread (no paper number)'),
-    ([78.0, 80.0], [78.5, 79.0], None, 'within the seed spread'),
-    ([76.0], [78.0, 78.5], None, 'one seed: no spread to judge by (no paper number)'),
+    ([80.0, 81.0, 80.5], [78.0, 78.5, 78.2], 1.5, 'holds'),
+    ([76.0, 76.5, 76.2], [78.0, 78.5, 78.2], 1.5, 'reversed'),
+    ([76.0, 76.5, 76.2], [78.0, 78.5, 78.2], -0.6, 'holds'),
+    ([78.0, 80.0], [78.5, 79.0], 1.5, 'not established'),
+    ([80.0], [78.0, 78.5], 1.5, 'not established'),                 # n < 2: no test
+    ([80.0, 80.2], [], 1.5, 'not established'),
+    ([80.0, 80.2, 80.1], [78.0, 78.1, 78.3], 0.0, 'reversed'),      # a gain where the paper says none
+    ([76.0, 76.2, 76.1], [78.0, 78.1, 78.3], 0.0, 'not established'),   # no gain: never "holds"
+    ([76.0, 76.5, 76.2], [78.0, 78.5, 78.2], None, 'holds'),        # this project's question: a difference
+    ([78.0, 80.0], [78.5, 79.0], None, 'not established'),
 ])
 def test_claim_verdicts(a, b, paper, verdict):
-    text, got = study.claim_verdict({'label': 'A - B', 'a': 'a', 'b': 'b', 'paper': paper}, _summaries(a, b))
-    assert got == verdict, text
-    assert text.startswith('A - B')
-    if b:
-        d = np.mean(a) - np.mean(b)
-        paper_txt = 'paper: no number' if paper is None else ('paper %+g' % paper) if paper else 'paper: no gain'
-        assert ('%+.2f' % d) in text and paper_txt in text
-        assert 'per seed %s vs %s' % (', '.join('%.2f' % v for v in a), ', '.join('%.2f' % v for v in b)) in text
+    assert _verdict(a, b, paper) == verdict
+
+
+def test_verdicts_use_the_holm_adjusted_p():
+    a, b = [80.0, 81.3, 80.4], [78.0, 79.4, 78.6]
+    p = study.welch(a, b)['p']
+    assert 0.05 / 3 < p < 0.05 and _verdict(a, b, 1.5) == "holds"
+    assert _verdict(a, b, 1.5, others=[0.3, 0.6]) == 'not established'        # the smallest of 3: 3p > 0.05
+    assert _verdict(a, b, 1.5, others=[0.001, 0.002]) == 'holds'       # the largest of 3: p itself
+
+
+def test_claim_rows_state_the_statistics():
+    from scipy import stats
+    a, b = [79.20, 81.32, 78.85], [76.61, 79.22, 77.26]
+    claims = [{'label': 'BKN - BN', 'a': 'a', 'b': 'b', 'paper': 1.5},
+              {'label': 'GN - BN', 'a': 'b', 'b': 'a', 'paper': 0.0},
+              {'label': 'q0 - q01', 'a': 'a', 'b': 'b'},
+              {'label': 'not run', 'a': 'a', 'b': 'c', 'paper': 0.5}]
+    summaries = dict(_summaries(a, b), c={'moving': [], 'batch': []})
+    rows, tested = study.claim_rows(claims, summaries, not_run={'c': 'not run here: no data'})
+    assert tested == 3
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert rows[0][:8] == ['BKN - BN', 'A', '+1.50', '%+.2f' % (np.mean(a) - np.mean(b)),
+                           '[%s, %s]' % (('%+.2f' % ci.low).replace('-', '−'), '%+.2f' % ci.high),
+                           'Welch, df %.1f' % ref.df, '%.3f' % ref.pvalue, '%.3f' % min(1, 3 * ref.pvalue)]
+    assert rows[0][8:] == ['3, 3', '79.20, 81.32, 78.85 vs 76.61, 79.22, 77.26', '**not established**']
+    assert rows[1][2] == 'no gain (0)' and rows[1][-1] == '**not established** (rules out gains above +%.2f)' % -ci.low
+    assert rows[2][2] == '— (no paper number)' and rows[2][-1] == '**not established** (observed direction: a − b > 0)'
+    assert rows[3][3:8] == ['—', '—', '—', '—', '—'] and rows[3][-1] == '**not established** (not run here: no data)'
 
 
 def test_claim_on_one_row_compares_its_two_evaluations_seed_by_seed():
     # Table 7's question: does a row score the same with moving (A) and online (B) statistics?
-    # Both numbers of a seed come from one network, so the gap is the mean per-seed difference
-    # and its spread their std (here 0.1), not the seeds' spread (~2 points)
-    row = {'moving': [78.0, 80.0], 'batch': [78.5, 80.6], 'paired': [(78.0, 78.5), (80.0, 80.6)]}
+    # Both numbers of a seed come from one network: a paired t-test on the per-seed differences
+    from scipy import stats
+    row = {'moving': [78.0, 80.0, 79.0], 'batch': [78.5, 80.6, 79.4],
+           'paired': [(78.0, 78.5), (80.0, 80.6), (79.0, 79.4)]}
     claim = {'label': 'KN: moving - online', 'a': 'kn', 'b': 'kn', 'eval_a': 'moving', 'eval_b': 'batch',
              'paper': 0.0}
-    text, verdict = study.claim_verdict(claim, {'kn': row})
-    assert verdict == 'does not hold (the paper: no gain)', text
-    assert text == ('KN: moving - online (option A vs B): paper: no gain, ours -0.55 (spread ± 0.07 of the '
-                    'per-seed differences, 2 seeds; per seed 78.00, 80.00 vs 78.50, 80.60): '
-                    '**does not hold (the paper: no gain)**')
-    row['paired'] = [(78.0, 78.5), (80.0, 79.7)]            # -0.5 and +0.3: within their spread
-    assert study.claim_verdict(claim, {'kn': row})[1] == 'within the seed spread'
-    row['paired'] = [(78.0, 78.5)]
-    text, verdict = study.claim_verdict(dict(claim, paper=-0.6), {'kn': row})
-    assert verdict == 'ordering holds (one seed: no spread to judge by)' and '1 seed: spread unknown' in text
+    rows, tested = study.claim_rows([claim], {'kn': row})
+    ref = stats.ttest_rel([78.0, 80.0, 79.0], [78.5, 80.6, 79.4])
+    assert tested == 1 and rows[0][1] == 'A − B' and rows[0][3] == '−0.50' and rows[0][5] == 'paired t, df 2'
+    assert rows[0][6] == '%.3f' % ref.pvalue and rows[0][8] == '3 pairs'
+    assert rows[0][-1] == '**not established** (rules out any gain: a − b is below %s)' % (
+        '%+.2f' % ref.confidence_interval().high).replace('-', '−')
+    result = study.claim_test(dict(claim, paper=-0.6), {'kn': row})
+    assert study.claim_verdict(dict(claim, paper=-0.6), result, result['test']['p']) == 'holds'
     # the pairs come from the records: only runs with both evaluations
-    assert study.claim_verdict(claim, {'kn': dict(row, paired=[])})[1] == 'not measured'
+    assert study.claim_test(claim, {'kn': dict(row, paired=[(78.0, 78.5)])})['test'] is None
 
 
 def test_summary_pairs_the_two_evaluations_of_each_run(tmp_path):
@@ -235,8 +315,10 @@ def test_rendered_table_from_records_only(tmp_path):
     assert lines['BN (bs=2), CIFAR-100'][1] == 'not run here: no data'
     assert all(all(cell for cell in cells) for cells in lines.values()), 'an empty cell'
     assert 'does not reach the paper\'s absolute numbers' in text and 'ResNet-8, 2 epochs (schedule short)' in text
-    assert ('* BN - GN (option A): paper +1.5, ours +4.00 (2 and 1 seeds: spread unknown; '
-            'per seed 78.00, 80.00 vs 75.00): **ordering holds (one seed: no spread to judge by)**') in text
+    assert _row_cells(text, 'BN - GN') == ['BN - GN', 'A', '+1.50', '+4.00', '—', '—', '—', '—', '2, 1',
+                                           '78.00, 80.00 vs 75.00', '**not established** (fewer than 2 seeds in a row)']
+    assert 'This table tests 0 of its 1 claims' in text
+    assert _row_cells(text, 'BN (bs=2)')[-1] == '1: 1–2' and _row_cells(text, 'GN (bs=2)')[-1] == '1: 1'
     assert '![All rows](tiny.png)' in text and 'python scripts/reproduce.py tiny' in text
     paper_text, _ = study.render_table(root, table, 'paper', 'cmd')
     assert 'does not reach' not in paper_text and 'not run yet' in paper_text
@@ -260,11 +342,11 @@ def test_unrun_rows_say_why(tmp_path):
     text, _ = study.render_table(root, table, 'cpu', 'cmd')
     row = [line for line in text.splitlines() if line.startswith('| GN (bs=2)')][0]
     assert row.count('not run yet') >= 3 and '0 / 3' in row
-    assert 'not measured yet (0 and 0 seeds done)' in text
-    # a claim on a row this profile never runs says why, not "not measured yet"
+    assert _row_cells(text, 'BN - GN')[-1] == '**not established** (fewer than 2 seeds in a row)'
+    # a claim on a row this profile never runs says why
     table['claims'].append({'label': 'BN - BN, CIFAR-100', 'a': 'tiny_c100', 'b': 'tiny_bn', 'paper': 0.5})
     text, _ = study.render_table(root, table, 'cpu', 'cmd')
-    assert '* BN - BN, CIFAR-100: paper +0.5, ours: not run here: no data' in text
+    assert _row_cells(text, 'BN - BN, CIFAR-100')[-1] == '**not established** (not run here: no data)'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,6 +455,40 @@ def test_run_json_lifecycle_and_another_config_is_refused(tmp_path):
         f.write('lr = 0.2\n')
     with pytest.raises(study.StudyError, match='was made with another config'):
         study.start_run_json(logdir, 'tiny_bn', 'cpu', 'c', 1, ['python', 'x'], REPO, config_file=config)
+
+
+def test_records_pin_their_code_not_their_reports(tmp_path):
+    import hashlib
+    import subprocess
+    repo = tmp_path / 'repo'
+    (repo / 'results').mkdir(parents=True)
+    (repo / 'code.py').write_text('x = 1\n')
+    (repo / 'results' / 't.md').write_text('table\n')
+
+    def git(*args):
+        return subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t'] + list(args), cwd=repo,
+                              check=True, capture_output=True).stdout
+    git('init', '-q')
+    git('add', '.')
+    git('commit', '-qm', 'start')
+    head = git('rev-parse', 'HEAD').decode().strip()
+    assert study.code_state(str(repo)) == {'git_commit': head, 'code_diff_sha256': None, 'results_differ': False}
+    (repo / 'results' / 't.md').write_text('regenerated\n')            # a report: the code is the commit's
+    assert study.code_state(str(repo)) == {'git_commit': head, 'code_diff_sha256': None, 'results_differ': True}
+    (repo / 'untracked.py').write_text('y = 2\n')                       # untracked files are not the run's code
+    assert study.git_commit(str(repo)) == head
+    (repo / 'code.py').write_text('x = 2\n')
+    state = study.code_state(str(repo))
+    diff = git('diff', 'HEAD', '--binary', '--', '.', ':(exclude)results')
+    assert b'+x = 2' in diff and state['git_commit'] == head + '-dirty'
+    assert state['code_diff_sha256'] == hashlib.sha256(diff).hexdigest() and state['results_differ']
+    logdir = tmp_path / 'log'
+    logdir.mkdir()
+    config = tmp_path / 'c.toml'
+    config.write_text('norm = "bn"\n')
+    run = study.start_run_json(str(logdir), 'r', 'cpu', 'c.toml', 1, ['python'], str(repo), config_file=str(config))
+    assert {k: run[k] for k in state} == state and {k: run['attempts'][0][k] for k in state} == state
+    assert study.code_state(str(logdir))['git_commit'] == 'unknown'                  # outside git
 
 
 def test_estimates_measured_from_records_else_default(tmp_path):
