@@ -134,7 +134,7 @@ class CifarTask(trainer.Task):
             return get_dataflow(test_images, test_labels, batch_size, train=False, remainder=remainder)
 
         return trainer.Data(train_df, len(ds.train_labels), test, ds.num_classes, ds.channel_mean,
-                            ds.channel_std, (32, 32, 3), describe(ds))
+                            ds.channel_std, (32, 32, 3), describe(ds), ds.content_hash())
 
 
 TASK = CifarTask()

@@ -67,9 +67,12 @@ import collections
 import json
 import os
 import re
+import socket
+import time
 
 import kalman_norm  # noqa: F401  (sets up the TF/tensorpack stack first)
 from kalman_norm import runtime
+from kalman_norm.rundir import RunFailed
 import tensorflow as tf
 from tensorpack.graph_builder.training import DataParallelBuilder
 from tensorpack.graph_builder.utils import allreduce_grads_naive, split_grad_list
@@ -81,7 +84,7 @@ from tensorpack.utils import logger
 
 tfv1 = tf.compat.v1
 
-__all__ = ['ClusterError', 'ClusterTask', 'parse_cluster', 'start_server', 'run_parameter_server',
+__all__ = ['ClusterError', 'ClusterTimeout', 'ClusterTask', 'wait_for_tasks', 'DEFAULT_TIMEOUT', 'parse_cluster', 'start_server', 'run_parameter_server',
            'make_distributed_trainer', 'SyncDistributedTrainer', 'follow_chief', 'horovod_trainer', 'JOBS',
            'MODES']
 
@@ -92,6 +95,8 @@ JOBS = ('ps', 'worker')
 #: every update (tensorpack's "distributed_replicated" variable update)
 MODES = ('ps', 'replicated')
 _JOB_NAMES = {'ps': 'ps', 'worker': 'worker', 'workers': 'worker'}
+#: seconds a worker waits for the parameter servers (and a non-chief for the chief) by default
+DEFAULT_TIMEOUT = 600.0
 _ADDRESS = re.compile(r'^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.-]*):([0-9]+)$')
 
 
@@ -105,6 +110,10 @@ ClusterTask = collections.namedtuple('ClusterTask', ['cluster', 'job', 'index'])
 
 # ----------------------------------------------------------------------------------------------
 # cluster description
+
+class ClusterTimeout(RunFailed):
+    """A task of the cluster did not answer within the worker's timeout (``--cluster-timeout``)."""
+
 
 def _job_name(name, where):
     job = _JOB_NAMES.get(str(name).strip())
@@ -287,7 +296,37 @@ def run_parameter_server(cluster, index, config=None):
     raise RuntimeError('tf.distribute.Server.join() returned; it should block forever')
 
 
-def make_distributed_trainer(cluster, job, index, gpus_per_worker=1, mode='ps', config=None):
+def wait_for_tasks(cluster, tasks, timeout, poll_seconds=1.0, report_seconds=30.0, who='this worker'):
+    """Wait until every ``(job, index)`` of ``tasks`` accepts connections on its address.
+
+    TensorFlow's session creation waits for them forever, and its "still waiting" lines are
+    hidden at the trainers' log level, so a parameter server that never started would leave a
+    worker silent.  Here the wait is logged (every ``report_seconds``) naming the task and
+    address, and ends with :class:`ClusterTimeout` after ``timeout`` seconds."""
+    start = time.time()
+    last_report = None
+    for job, index in tasks:
+        address = cluster.task_address(job, index)
+        host, port = address.rsplit(':', 1)
+        while True:
+            try:
+                with socket.create_connection((host.strip('[]'), int(port)), timeout=min(poll_seconds, 5.0)):
+                    break
+            except OSError as e:
+                waited = time.time() - start
+                if waited >= timeout:
+                    raise ClusterTimeout('%s waited %.0f s for %s:%d at %s, which does not answer (%s): start it, '
+                                         'check the address, or give a longer --cluster-timeout'
+                                         % (who, waited, job, index, address, e.strerror or e))
+                if last_report is None or time.time() - last_report >= report_seconds:
+                    logger.info('%s is waiting for %s:%d at %s (not answering yet; giving up after %.0f s, '
+                                '--cluster-timeout)' % (who.capitalize(), job, index, address, timeout))
+                    last_report = time.time()
+                time.sleep(poll_seconds)
+
+
+def make_distributed_trainer(cluster, job, index, gpus_per_worker=1, mode='ps', config=None,
+                             timeout=DEFAULT_TIMEOUT):
     """A tensorpack trainer for this task of the cluster, for ``launch_train_with_config``.
 
     Args:
@@ -297,6 +336,8 @@ def make_distributed_trainer(cluster, job, index, gpus_per_worker=1, mode='ps', 
             machines they all run on the CPU).  Every worker must use the same number.
         mode: one of :data:`MODES`.
         config: the server's ``tf.compat.v1.ConfigProto`` (default :func:`default_server_config`).
+        timeout: seconds a worker waits for the parameter servers, and a non-chief worker for
+            the chief's initialised variables, before :class:`ClusterTimeout`.
     """
     if mode not in MODES:
         raise ClusterError("mode must be 'ps' or 'replicated', got %r" % (mode,))
@@ -306,7 +347,7 @@ def make_distributed_trainer(cluster, job, index, gpus_per_worker=1, mode='ps', 
     if job == 'ps':
         run_parameter_server(cluster, index, config)
     server = start_server(cluster, job, index, config)
-    return SyncDistributedTrainer(server, gpus_per_worker, mode)
+    return SyncDistributedTrainer(server, gpus_per_worker, mode, timeout=timeout)
 
 
 def horovod_trainer(average=True):
@@ -367,7 +408,7 @@ class SyncDistributedTrainer(SingleCostTrainer):
         is_chief: worker 0; it runs the chief-only callbacks (saving, validation).
     """
 
-    def __init__(self, server, towers=1, mode='ps'):
+    def __init__(self, server, towers=1, mode='ps', timeout=DEFAULT_TIMEOUT):
         if mode not in MODES:
             raise ClusterError("mode must be 'ps' or 'replicated', got %r" % (mode,))
         server_def = server.server_def
@@ -381,6 +422,7 @@ class SyncDistributedTrainer(SingleCostTrainer):
         self.num_workers = self.cluster.num_tasks('worker')
         self.is_chief = self.task_index == 0
         self.mode = mode
+        self.timeout = timeout
         self.devices = list(range(towers))
         self._worker_cpu = '/job:worker/task:%d/cpu:0' % self.task_index
         on_gpu = bool(tf.config.list_physical_devices('GPU'))
@@ -564,8 +606,17 @@ class _ClusterSessionCreator(tfv1.train.SessionCreator):
                 recovery_wait_secs=wait_secs)
 
     def create_session(self):
-        target = self.trainer.server.target
-        if self.trainer.is_chief:
+        trainer = self.trainer
+        target = trainer.server.target
+        who = 'worker %d' % trainer.task_index
+        wait_for_tasks(trainer.cluster, [('ps', i) for i in range(trainer.cluster.num_tasks('ps'))],
+                       trainer.timeout, who=who)
+        if trainer.is_chief:
             return self._manager.prepare_session(target, init_op=self._init_op, config=self.config)
-        logger.info('Worker %d: waiting for the chief to initialise the variables ...' % self.trainer.task_index)
-        return self._manager.wait_for_session(target, config=self.config)
+        logger.info('Worker %d: waiting for the chief to initialise the variables ...' % trainer.task_index)
+        try:
+            return self._manager.wait_for_session(target, config=self.config, max_wait_secs=trainer.timeout)
+        except tf.errors.DeadlineExceededError:
+            raise ClusterTimeout('%s waited %.0f s for the chief (worker:0 at %s) to initialise the variables: '
+                                 'start it, or give a longer --cluster-timeout'
+                                 % (who, trainer.timeout, trainer.cluster.task_address('worker', 0)))

@@ -138,7 +138,9 @@ def build_parser(prog, description, opts):
         elif o.kind == 'float':
             p.add_argument(*names, dest=o.key, type=float, help=o.help + default)
         elif o.kind == 'bool':
-            p.add_argument(*names, dest=o.key, type=_bool_flag, metavar='{true,false}', help=o.help + default)
+            # a bare flag means true (--fake-data), and an explicit value is accepted too (--fake-data false)
+            p.add_argument(*names, dest=o.key, type=_bool_flag, nargs='?', const=True, metavar='true|false',
+                           help=o.help + default)
         elif o.kind == 'choice' and all(isinstance(c, str) for c in o.choices):
             p.add_argument(*names, dest=o.key, choices=o.choices, help=o.help + default)
         else:

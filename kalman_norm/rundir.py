@@ -10,8 +10,12 @@ directory, so the directory guards itself:
 * **One process.**  ``.lock`` is held with ``flock`` for the life of the training process; the
   kernel releases it when the process dies, however it dies, so a killed run never blocks its
   own resume, while a second live run on the same directory fails at once.
-* **Status.**  ``status.json`` says ``running``, ``finished`` or ``diverged`` (with the step and
-  loss), written atomically; a diverged run is never reported as a result.
+* **Status.**  ``status.json`` says ``running``, ``finished``, ``stopped``, ``diverged`` (with the
+  step and loss), ``interrupted`` (SIGINT/SIGTERM; resumable) or ``failed`` (a run-time failure
+  such as a checkpoint that cannot be written; resumable), written atomically; a diverged run is
+  never reported as a result.
+* **Data.**  ``options.json`` records the training and test data's content hash
+  (``data_hash``); a resume with other data is refused.
 
 Resuming from any kill point is :func:`last_complete_epoch`: the last epoch that is both recorded
 in ``stats.json`` and has its checkpoint.
@@ -26,7 +30,7 @@ import re
 
 from .options import OptionError
 
-__all__ = ['RunDir', 'identity_hash', 'atomic_write_json', 'last_complete_epoch', 'RunDiverged']
+__all__ = ['RunDir', 'identity_hash', 'atomic_write_json', 'last_complete_epoch', 'RunDiverged', 'RunFailed']
 
 OPTIONS_FILE = 'options.json'
 STATUS_FILE = 'status.json'
@@ -36,13 +40,23 @@ LAUNCHER_FILES = ('run.json', 'stdout.log')
 
 
 class RunDiverged(RuntimeError):
-    """Training produced a non-finite loss; the run was stopped and recorded as diverged."""
+    """Training produced a non-finite loss, or left a non-finite state after an epoch's last step
+    (weights, or the validation's logits); the run was stopped and recorded as diverged.
 
-    def __init__(self, step, epoch, loss, hint):
-        self.step, self.epoch, self.loss = step, epoch, loss
-        super(RunDiverged, self).__init__(
-            'training diverged: the loss is %s at global step %d (epoch %d). %s'
-            % (loss, step, epoch, hint))
+    ``state``: None for a non-finite loss, else what was found not finite (one phrase)."""
+
+    def __init__(self, step, epoch, loss, hint, state=None):
+        self.step, self.epoch, self.loss, self.state = step, epoch, loss, state
+        if state:
+            what = '%s after global step %d (epoch %d)' % (state, step, epoch)
+        else:
+            what = 'the loss is %s at global step %d (epoch %d)' % (loss, step, epoch)
+        super(RunDiverged, self).__init__('training diverged: %s. %s' % (what, hint))
+
+
+class RunFailed(RuntimeError):
+    """The run cannot go on for a reason outside its options (a checkpoint that cannot be
+    written, a cluster task that never answers); the message is one line saying what to do."""
 
 
 def _now():
@@ -81,8 +95,9 @@ def _read_json(path):
                           'pass another --logdir' % (path, e))
 
 
-def last_complete_epoch(logdir, steps_per_epoch):
-    """The last epoch whose statistics are in stats.json AND whose checkpoint exists, or 0.
+def last_complete_epoch(logdir, steps_per_epoch, before=None):
+    """The last epoch (before epoch ``before``, if given) whose statistics are in stats.json AND
+    whose checkpoint exists, or 0.
 
     tensorpack saves an epoch's checkpoint before the validation that completes its stats, so a
     kill in between leaves a checkpoint one epoch ahead of stats.json; a kill during the first
@@ -91,6 +106,8 @@ def last_complete_epoch(logdir, steps_per_epoch):
     stats = _read_json(os.path.join(logdir, 'stats.json')) or []
     recorded = sorted({int(s['epoch_num']) for s in stats if 'epoch_num' in s})
     for epoch in reversed(recorded):
+        if before is not None and epoch >= before:
+            continue
         prefix = os.path.join(logdir, 'model-%d' % (epoch * steps_per_epoch))
         if os.path.exists(prefix + '.index') and any(
                 f.startswith('model-%d.data-' % (epoch * steps_per_epoch)) for f in os.listdir(logdir)):
@@ -123,6 +140,8 @@ class RunDir(object):
             parent = os.path.dirname(parent)
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
             raise OptionError('--logdir %s: cannot create it under %s' % (path, parent))
+        if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+            raise OptionError('--logdir %s is not writable: make it writable, or pass another --logdir' % path)
 
     def recorded_options(self):
         return _read_json(os.path.join(self.path, OPTIONS_FILE))
@@ -143,6 +162,7 @@ class RunDir(object):
                                   'pass an empty or new --logdir' % (self.path, ', '.join(sorted(entries)[:4]),
                                                                      OPTIONS_FILE))
             return
+        self._check_data(recorded)
         old = recorded['identity']
         diff = sorted(k for k in set(old) | set(self.identity) if old.get(k, '<unset>') != self.identity.get(k, '<unset>'))
         if diff:
@@ -156,13 +176,24 @@ class RunDir(object):
             raise OptionError('--logdir %s holds a run that diverged (%s); it is kept as evidence. '
                               'Change the options or pass another --logdir' % (self.path, status.get('message')))
 
+    def _check_data(self, recorded):
+        old, new = recorded.get('data_hash'), self.record.get('data_hash')
+        if old and new and old != new:
+            raise OptionError('--logdir %s was trained on other data (content hash %s, now %s from %s); pass '
+                              'the same data, or another --logdir' % (self.path, old[:12], new[:12],
+                                                                     self.record.get('data') or 'the default data'))
+
     # -- taking the directory -------------------------------------------------------------------
     def claim(self):
         """Create the directory, take its lock (OptionError if a live process holds it) and
         record the options on first use.  Call only after everything else was checked."""
         self.check_identity()
-        os.makedirs(self.path, exist_ok=True)
-        fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:       # a read-only directory or file system, a full disk
+            raise OptionError('--logdir %s cannot be written (%s): make it writable, or pass another --logdir'
+                              % (self.path, e.strerror or e))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -178,8 +209,13 @@ class RunDir(object):
         self.check_identity()          # again, now that no other process can write here
         if self.recorded_options() is None:
             # flat: every resolved option at the top level (what tools read), plus the identity
-            atomic_write_json(os.path.join(self.path, OPTIONS_FILE),
-                              dict(self.record, identity=self.identity, created=_now()))
+            try:
+                atomic_write_json(os.path.join(self.path, OPTIONS_FILE),
+                                  dict(self.record, identity=self.identity, created=_now()))
+            except OSError as e:
+                self.release()
+                raise OptionError('--logdir %s: cannot record the options (%s): free space or pass another '
+                                  '--logdir' % (self.path, e.strerror or e))
         return self
 
     def release(self):

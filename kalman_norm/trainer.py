@@ -21,6 +21,7 @@ import inspect
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections import namedtuple
@@ -30,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 from tensorpack import ModelDesc, QueueInput, SimpleTrainer, SyncMultiGPUTrainerReplicated, TrainConfig
 from tensorpack import launch_train_with_config
-from tensorpack.callbacks import (Callback, ClassificationError, EstimatedTimeLeft, InferenceRunner, JSONWriter,
-                                  ModelSaver, ScalarPrinter, ScheduledHyperParamSetter, TFEventWriter)
+from tensorpack.callbacks import (Callback, ClassificationError, EstimatedTimeLeft, Inferencer, InferenceRunner,
+                                  JSONWriter, ModelSaver, ScalarPrinter, ScheduledHyperParamSetter, TFEventWriter)
 from tensorpack.tfutils.common import get_global_step_var
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.tfutils.summary import add_moving_summary
@@ -43,7 +44,7 @@ from .distributed import ClusterError, horovod_trainer, make_distributed_trainer
     run_parameter_server
 from . import runtime
 from .options import Opt, OptionError, resolve
-from .rundir import RunDir, RunDiverged, atomic_write_json, default_logdir, last_complete_epoch
+from .rundir import RunDir, RunDiverged, RunFailed, atomic_write_json, default_logdir, last_complete_epoch
 from .spec import KN_RECIPES, NORMS, NormSpec
 from .transition import METHODS as PRIOR_METHODS
 
@@ -54,8 +55,14 @@ EVAL_MODES = ('moving', 'batch', 'both')
 #: norms with moving averages, for which --eval-stats chooses between options A and B
 EMA_NORMS = ('bn', 'bkn', 'brn')
 KALMAN_NORMS = ('bkn', 'gkn')
+EXIT_FAILED = 1          # a run-time failure (a checkpoint that cannot be written, a silent cluster)
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+#: norm layer options that the trainer sets itself, and the flag that gives each
+TRAINER_NORM_OPTIONS = {'data_format': "the model's layout (--model-option data_format)",
+                        'training': 'the tower (training, or inference towers)',
+                        'eval_stats': '--eval-stats', 'group_size': '--batch',
+                        'prior_method': '--prior', 'prior_samples': '--prior-samples'}
 
 #: The conventions a run was made under (in its identity; records without the key are version 1).
 #: 2: ``--seed`` seeds the training graph (initial weights, sampling ops) as well as the data order
@@ -106,13 +113,17 @@ COMMON_OPTIONS = [
         identity=False),
     Opt('task', None, 'str', "this process's task in the cluster, JOB:INDEX (ps:0, worker:1)",
         nullable=True, identity=False),
+    Opt('cluster_timeout', 600.0, 'float', 'seconds a cluster worker waits for the parameter servers '
+        '(and a non-chief worker for the chief) before giving up with an error', above=0.0, identity=False),
 ]
 
 #: What a task's data loader returns.  ``train``: a dataflow of one tower's training batches;
 #: ``train_size``: images per epoch; ``test(batch_size, whole_groups_of)``: a fresh dataflow of the
 #: test set in batches of ``batch_size`` (a partial last batch only if it holds whole groups).
+#: ``content_hash``: a hash of the images and labels (None: not known), recorded with the run so
+#: that a resume on other data is refused.
 Data = namedtuple('Data', ['train', 'train_size', 'test', 'num_classes', 'channel_mean', 'channel_std',
-                           'image_shape', 'description'])
+                           'image_shape', 'description', 'content_hash'], defaults=(None,))
 
 
 def auto_gain(batch):
@@ -285,6 +296,11 @@ def finish_gain_and_spec(o):
 def make_spec(o):
     """The NormSpec of the options (layer options validated by the layer's own checks)."""
     options = dict(o['norm_options'])
+    owned = sorted(set(options) & set(TRAINER_NORM_OPTIONS))
+    if owned:
+        raise OptionError('--norm-option %s: the trainer sets %s itself (%s)' % (
+            ', '.join(owned), 'it' if len(owned) == 1 else 'them',
+            '; '.join('%s: %s' % (k, TRAINER_NORM_OPTIONS[k]) for k in owned)))
     kw = {}
     if o['norm'] in KALMAN_NORMS:
         options.setdefault('gain', o['gain'])
@@ -349,6 +365,7 @@ class ClassifierModel(ModelDesc):
                               name='xentropy')
         wrong = tf.cast(tf.logical_not(tf.compat.v1.nn.in_top_k(logits, label, 1)), tf.float32, name='wrong')
         if not ctx.is_training:
+            tf.reduce_all(tf.math.is_finite(logits), name='logits_finite')     # for FiniteLogits
             return xent
         # L2 on conv and FC kernels only (not on gamma/beta, KN's q and R), as the authors do
         kernels = [v for v in tf.compat.v1.trainable_variables()
@@ -364,6 +381,20 @@ class ClassifierModel(ModelDesc):
         lr = tf.compat.v1.get_variable('learning_rate', initializer=float(self.o['lr']), trainable=False)
         tf.compat.v1.summary.scalar('lr', lr)
         return tf.compat.v1.train.MomentumOptimizer(lr, self.o['momentum'], use_nesterov=self.o['nesterov'])
+
+
+def check_fused_prior(o):
+    """KALMAN_NORM_FUSED_PRIOR=1 demands the fused op: if it cannot be built, say so in one line
+    now, not in a traceback from the middle of the graph build."""
+    from .ops import ENV_SWITCH, FusedOpUnavailable, fused_prior_enabled
+    if os.environ.get(ENV_SWITCH, '').strip() in ('', '0') or not o['spec'].propagates:
+        return
+    try:
+        fused_prior_enabled()
+    except (FusedOpUnavailable, ValueError) as e:
+        lines = str(e).strip().splitlines()
+        raise OptionError('%s%s' % (lines[0], ' (the compiler\'s output follows it in the exception)'
+                                    if len(lines) > 1 else ''))
 
 
 def check_graph(task, o, num_classes):
@@ -388,11 +419,15 @@ def check_graph(task, o, num_classes):
 # callbacks
 
 class StopOnDivergence(Callback):
-    """Stops training at the first non-finite loss (checked every step: one scalar fetch).
+    """Stops training at the first non-finite loss (checked every step: one scalar fetch), and
+    at the end of each epoch if any variable is not finite.
 
-    The step that produced it has already applied its update, so the weights in memory are
-    unusable; no checkpoint is written after this point, and the last one on disk is the end of
-    the last complete epoch.
+    A step's loss is computed before its update, so the loss alone misses an update that leaves
+    non-finite weights after an epoch's last step: the epoch-end check (one boolean per
+    variable) catches that before the checkpoint and the validation of the epoch, which is why
+    this callback must come before the checkpoint saver.  Once either fires, the weights in
+    memory are unusable; no checkpoint is written after this point, and the last one on disk is
+    the end of the last complete epoch.
 
     The divergence is kept in :attr:`diverged` and the loop is ended with tensorpack's
     ``StopTraining``: any other exception passes through tensorpack 0.11's main loop, whose
@@ -407,6 +442,19 @@ class StopOnDivergence(Callback):
 
     def _setup_graph(self):
         self._cost = self.get_tensors_maybe_in_tower(['cost:0'])[0]
+        self._variables = [v for v in tf.compat.v1.global_variables() if v.dtype.base_dtype.is_floating]
+        self._finite = [tf.reduce_all(tf.math.is_finite(v)) for v in self._variables]
+
+    def _trigger_epoch(self):
+        finite = self.trainer.sess.run(self._finite)
+        bad = [v.op.name for v, ok in zip(self._variables, finite) if not ok]
+        if bad:
+            self.stop('%d variable(s) are not finite, e.g. %s' % (len(bad), ', '.join(bad[:3])))
+
+    def stop(self, state):
+        """Record a non-finite ``state`` found after this epoch's last step and end the loop."""
+        self.diverged = RunDiverged(self.global_step, self.epoch_num, None, self.HINT, state=state)
+        raise StopTraining(str(self.diverged))
 
     def _before_run(self, _):
         return [self._cost]
@@ -418,6 +466,65 @@ class StopOnDivergence(Callback):
         if not math.isfinite(loss):
             self.diverged = RunDiverged(self.global_step + 1, self.epoch_num, loss, self.HINT)
             raise StopTraining(str(self.diverged))
+
+
+class FiniteLogits(Inferencer):
+    """Ends the run as diverged if an inference tower's logits are not finite.
+
+    Weights can stay finite and still be too large for a forward pass (an update with a huge
+    learning rate): every logit is then inf or NaN, and the validation error (100%) would be
+    reported as a result.  Writes no statistic."""
+
+    def __init__(self, divergence, tower):
+        self.divergence, self.tower = divergence, tower
+
+    def _before_inference(self):
+        self.finite = True
+
+    def _get_fetches(self):
+        return ['logits_finite']
+
+    def _on_fetches(self, results):
+        self.finite = self.finite and bool(results[0])
+
+    def _after_inference(self):
+        if not self.finite:
+            self.divergence.stop("the %s tower's logits are not finite" % self.tower)
+        return {}
+
+
+class CheckpointSaver(ModelSaver):
+    """tensorpack's ModelSaver, except that a checkpoint that cannot be written stops the run.
+
+    tensorpack's logs the error (disk full, permission denied) and carries on, so a run would end
+    'finished' with no checkpoint to resume from or evaluate.  The failure is kept in
+    :attr:`failure` and the loop ended with ``StopTraining`` (see :class:`StopOnDivergence` for why
+    not another exception)."""
+
+    def __init__(self, **kwargs):
+        super(CheckpointSaver, self).__init__(**kwargs)
+        self.failure = None
+
+    def _fail(self, what, e):
+        text = (getattr(e, 'message', None) or getattr(e, 'strerror', None) or str(e)).strip().splitlines()
+        self.failure = RunFailed('cannot write %s in %s (%s): free space or make it writable; the run '
+                                 'resumes from its last checkpoint' % (what, self.checkpoint_dir,
+                                                                        text[0] if text else type(e).__name__))
+        raise StopTraining(str(self.failure))
+
+    def _before_train(self):
+        try:
+            super(CheckpointSaver, self)._before_train()
+        except (OSError, tf.errors.OpError) as e:
+            self._fail('the graph', e)
+
+    def _trigger(self):
+        try:
+            self.saver.save(tf.compat.v1.get_default_session(), self.path,
+                            global_step=tf.compat.v1.train.get_global_step(), write_meta_graph=False)
+        except (OSError, tf.errors.OpError) as e:
+            self._fail('the checkpoint of epoch %d' % self.epoch_num, e)
+        logger.info('Model saved to %s-%d.' % (self.path, self.global_step))
 
 
 class WallClock(Callback):
@@ -503,7 +610,8 @@ def make_trainer(o):
     if o['job'] is not None:
         cluster = parse_cluster(o['cluster'], o['task'])
         return make_distributed_trainer(cluster.cluster, cluster.job, cluster.index, gpus_per_worker=o['gpus'],
-                                        mode='replicated' if o['trainer'] == 'replicated' else 'ps')
+                                        mode='replicated' if o['trainer'] == 'replicated' else 'ps',
+                                        timeout=o['cluster_timeout'])
     if o['gpus'] == 1:
         return SimpleTrainer()
     # Replicated data parallelism: one tower per device, gradients averaged, each tower
@@ -523,18 +631,25 @@ def make_config(task, o, data, rundir):
         raise OptionError('The training set (%d images) is smaller than one step of %d samples'
                           % (data.train_size, o['total_batch']))
     eval_bs = task.eval_batch_size(o)
-    callbacks = [ModelSaver(max_to_keep=o['keep_checkpoints'], keep_checkpoint_every_n_hours=1e6),
-                 StopOnDivergence(), WallClock(), EstimatedTimeLeft()]
+    # the divergence check first: its epoch-end check must run before the checkpoint is written
+    divergence = StopOnDivergence()
+    callbacks = [divergence,
+                 CheckpointSaver(max_to_keep=o['keep_checkpoints'], keep_checkpoint_every_n_hours=1e6),
+                 WallClock(), EstimatedTimeLeft()]
     points, interp = task.lr_schedule(o)
     callbacks.append(ScheduledHyperParamSetter('learning_rate', points, interp=interp))
-    for tower_name, tag in eval_tags(o):
-        # With batch statistics a partial last batch must still be whole groups; else drop it.
-        callbacks.append(InferenceRunner(data.test(eval_bs, o['batch'] if tag.endswith('batch') else 1),
-                                         [ClassificationError('wrong', tag)], tower_name=tower_name))
+    tags = eval_tags(o)
+    # With batch statistics a partial last batch must still be whole groups, else it is dropped;
+    # then the moving statistics are evaluated on the same images, so that the two compare.
+    whole_groups_of = o['batch'] if any(tag.endswith('batch') for _, tag in tags) else 1
+    for tower_name, tag in tags:
+        callbacks.append(InferenceRunner(data.test(eval_bs, whole_groups_of),
+                                         [ClassificationError('wrong', tag), FiniteLogits(divergence, tower_name)],
+                                         tower_name=tower_name))
     if rundir is not None:
         callbacks.append(EpochStatus(rundir, o['epochs']))
     model = ClassifierModel(task, o, data.channel_mean, data.channel_std, data.num_classes)
-    done = last_complete_epoch(o['logdir'], steps)
+    done = restorable_epoch(o['logdir'], steps)
     _truncate_stats(o['logdir'], done)
     kwargs = {}
     if done:
@@ -545,6 +660,39 @@ def make_config(task, o, data, rundir):
                          max_epoch=o['epochs'], starting_epoch=done + 1, session_config=runtime.session_config(o['threads']),
                          **kwargs)
     return config
+
+
+def unreadable_checkpoint(prefix):
+    """Why the checkpoint ``prefix`` cannot be restored (one line), or None if every tensor reads."""
+    try:
+        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as e:      # OpError subclasses, and IndexError for a truncated data file
+        text = (getattr(e, 'message', None) or str(e)).strip().splitlines()
+        return text[0] if text else type(e).__name__
+    return None
+
+
+def restorable_epoch(logdir, steps):
+    """The last complete epoch (:func:`~kalman_norm.rundir.last_complete_epoch`) whose checkpoint
+    reads back whole; a damaged one (truncated by a full disk, say) is named in the log and the
+    previous kept checkpoint with its epoch's statistics is used instead."""
+    epoch = last_complete_epoch(logdir, steps)
+    while epoch:
+        prefix = os.path.join(logdir, 'model-%d' % (epoch * steps))
+        problem = unreadable_checkpoint(prefix)
+        if problem is None:
+            return epoch
+        earlier = last_complete_epoch(logdir, steps, before=epoch)
+        if not earlier:
+            raise OptionError('the checkpoint %s (epoch %d) cannot be read (%s) and no earlier checkpoint with '
+                              'its epoch\'s statistics is kept: move %s away to train from scratch'
+                              % (prefix, epoch, problem, logdir))
+        logger.warn('The checkpoint %s (epoch %d) cannot be read (%s); resuming from epoch %d\'s instead'
+                    % (prefix, epoch, problem, earlier))
+        epoch = earlier
+    return 0
 
 
 def _truncate_stats(logdir, epoch):
@@ -560,16 +708,24 @@ def _truncate_stats(logdir, epoch):
         atomic_write_json(path, kept) if kept else os.remove(path)
 
 
-def summarize(task, o, status=None):
-    """One line: best and last validation error per eval option, or the divergence."""
+def _read_stats(o):
     path = os.path.join(o['logdir'], 'stats.json')
-    stats = []
-    if os.path.exists(path):
-        with open(path) as f:
-            stats = json.load(f)
-    head = '%s %s norm=%s batch=%d gpus=%d epochs=%d' % (
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
+def _head(task, o, stats):
+    return '%s %s norm=%s batch=%d gpus=%d epochs=%d' % (
         task.dataset_name(o), task.model_name(o), o['norm'], o['batch'], o['gpus'],
         stats[-1]['epoch_num'] if stats else 0)
+
+
+def summarize(task, o, status=None):
+    """One line: best and last validation error per eval option, or the divergence."""
+    stats = _read_stats(o)
+    head = _head(task, o, stats)
     if status and status.get('status') == 'diverged':
         return 'DIVERGED %s: %s (no result: the run is recorded as diverged)' % (head, status.get('message'))
     parts = []
@@ -598,9 +754,15 @@ def prepare(task, argv=None):
         run_parameter_server(cluster.cluster, cluster.index)
     rundir = RunDir(o['logdir'], o['identity'], recorded_options(o))
     rundir.check_identity()
+    check_fused_prior(o)
     if task.dry_build:
         check_graph(task, o, num_classes=task.num_classes(o))
     data = task.load_data(o)
+    if data.content_hash is not None:
+        # recorded with the run (options.json); a resume on other data is refused here, and again
+        # once the directory is locked
+        o['data_hash'] = data.content_hash
+        RunDir(o['logdir'], o['identity'], recorded_options(o)).check_identity()
     steps = min(data.train_size // o['total_batch'], o['steps_per_epoch'] or data.train_size)
     if steps != o['steps_per_epoch_estimate']:
         # schedules inside layers (BRN's warm-up) are in steps: size them to the real data
@@ -613,6 +775,7 @@ def train(task, o, data, session_creator=None):
     """Train with prepared options and data; returns (summary line, exit code).
     ``session_creator`` replaces tensorpack's (tests use one without grappler's slow rewrites)."""
     rundir = RunDir(o['logdir'], o['identity'], recorded_options(o)).claim()
+    config = None
     try:
         status = rundir.status()
         logger.set_logger_dir(o['logdir'], action='k')
@@ -646,30 +809,98 @@ def train(task, o, data, session_creator=None):
                 launch_train_with_config(config, make_trainer(o))
                 e = next(cb for cb in config.callbacks if isinstance(cb, StopOnDivergence)).diverged
                 if e is not None:
-                    status = dict(status='diverged', message=str(e), step=e.step, epoch=e.epoch, loss=str(e.loss))
+                    status = dict(status='diverged', message=str(e), step=e.step, epoch=e.epoch)
+                    status.update(loss=str(e.loss)) if e.state is None else status.update(state=e.state)
                     rundir.set_status(**status)
                     logger.error(str(e))
                     line = summarize(task, o, status)
                     return line, EXIT_DIVERGED
+                failure = next(cb for cb in config.callbacks if isinstance(cb, CheckpointSaver)).failure
+                if failure is not None:
+                    raise failure
         epochs = last_complete_epoch(o['logdir'], config.steps_per_epoch)
         rundir.set_status('finished' if epochs >= o['epochs'] else 'stopped', epochs_done=epochs, epochs=o['epochs'])
         return summarize(task, o), 0
+    except RunFailed as e:
+        logger.error(str(e))
+        _set_status_if_possible(rundir, 'failed', message=str(e), epochs_done=_epochs_done(o, config),
+                                epochs=o['epochs'])
+        return str(e), EXIT_FAILED
+    except KeyboardInterrupt as e:       # Ctrl-C, or SIGTERM through main()'s handler
+        signum = getattr(e, 'signum', signal.SIGINT)
+        name = signal.Signals(signum).name
+        done = _epochs_done(o, config)
+        logger.info('Interrupted by %s after epoch %d' % (name, done))
+        _set_status_if_possible(rundir, 'interrupted', signal=name, epochs_done=done, epochs=o['epochs'])
+        return ('INTERRUPTED %s: by %s after epoch %d of %d (recorded as interrupted; the same command resumes '
+                'after epoch %d)' % (_head(task, o, _read_stats(o)), name, done, o['epochs'], done)), 128 + signum
     finally:
         rundir.release()
 
 
-def main(task, argv=None):
-    """Command-line entry: exit 0 (trained or already done), 2 (bad input: one line on stderr,
-    nothing written), 3 (diverged: recorded as such)."""
+def _epochs_done(o, config):
+    """Epochs a resume would not redo (0 before the configuration exists)."""
+    return last_complete_epoch(o['logdir'], config.steps_per_epoch) if config is not None else 0
+
+
+def _set_status_if_possible(rundir, status, **fields):
+    # a full disk that stopped the run may refuse the status file too; the log says what happened
     try:
-        o, data = prepare(task, argv)
-        line, code = train(task, o, data)
-    except OptionError as e:
-        print('error: %s' % e, file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
-    except task.data_errors() as e:
-        print('error: %s' % e, file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
+        rundir.set_status(status, **fields)
+    except OSError as e:
+        logger.warn('Could not record the status %r in %s: %s' % (status, rundir.path, e))
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread (a KeyboardInterrupt, so that tensorpack's
+    main loop closes its session and data threads on the way out, as it does for Ctrl-C)."""
+
+    def __init__(self, signum):
+        self.signum = signum
+        super(Interrupted, self).__init__(signal.Signals(signum).name)
+
+
+def _interrupt(signum, frame):
+    # a second signal while the first is being handled ends the process at once
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+    raise Interrupted(signum)
+
+
+def _catch_signals():
+    """SIGINT and SIGTERM raise :class:`Interrupted` (main thread only); returns the old handlers."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def main(task, argv=None):
+    """Command-line entry: exit 0 (trained or already done), 1 (a run-time failure: one line on
+    stderr, recorded as failed, resumable), 2 (bad input: one line on stderr, nothing written),
+    3 (diverged: recorded as such), 128 + the signal (SIGINT 130, SIGTERM 143: recorded as
+    interrupted, resumable; a second signal ends the process at once)."""
+    handlers = _catch_signals()
+    try:
+        try:
+            o, data = prepare(task, argv)
+            line, code = train(task, o, data)
+        except OptionError as e:
+            print('error: %s' % e, file=sys.stderr)
+            raise SystemExit(EXIT_BAD_INPUT)
+        except task.data_errors() as e:
+            print('error: %s' % e, file=sys.stderr)
+            raise SystemExit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt as e:
+            name = signal.Signals(getattr(e, 'signum', signal.SIGINT)).name
+            print('interrupted by %s before training started; nothing was recorded' % name, file=sys.stderr)
+            raise SystemExit(128 + getattr(e, 'signum', signal.SIGINT))
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    if code == EXIT_FAILED:
+        print('error: %s' % line, file=sys.stderr, flush=True)
+        raise SystemExit(code)
     logger.info(line)
     print(line, flush=True)
     if code:

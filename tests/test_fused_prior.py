@@ -204,7 +204,8 @@ def test_build_is_cached_and_atomic(fresh_state, tmp_path):
     assert os.path.dirname(path) == str(tmp_path) and os.path.basename(path).startswith('conv_prior-')
     mtime = os.path.getmtime(path)
     assert ops.build() == path and os.path.getmtime(path) == mtime        # found, not rebuilt
-    assert os.listdir(tmp_path) == [os.path.basename(path)]                 # no temporary left behind
+    # no temporary left behind: the library and its size and hash (checked before each load)
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(path), os.path.basename(ops.checksum_path(path))]
     assert os.path.getsize(path) > 0
 
 

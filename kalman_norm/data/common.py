@@ -5,6 +5,7 @@ Nothing here reads a particular format; the source modules (``cifar``, ``svhn``,
 ``archive``) sit above this one.
 """
 import concurrent.futures
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import List
@@ -54,6 +55,18 @@ class Dataset:
     channel_std: np.ndarray
     source: str
     name: str = field(default="")
+
+    def content_hash(self):
+        """SHA-256 of the images, labels and class names of both splits (not of where they came
+        from): a run records it, and a resume on other data is refused.  Hashes the arrays in
+        place (about 0.5 s for CIFAR's 60,000 images)."""
+        h = hashlib.sha256()
+        for a in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            a = np.ascontiguousarray(a)
+            h.update(('%s %s\n' % (a.dtype.str, a.shape)).encode())
+            h.update(memoryview(a).cast('B'))
+        h.update('\n'.join(self.class_names).encode())
+        return h.hexdigest()
 
 
 def channel_stats(images):

@@ -10,7 +10,9 @@ TensorFlow's own ops (they run on the GPU, where these passes are cheap), so not
 needed there.  On a CPU-only machine the library is compiled once with the C++ compiler and
 TensorFlow's headers (``tf.sysconfig``; about 10 s), cached under ``$KALMAN_NORM_CACHE`` or
 ``~/.cache/kalman_norm`` by a hash of the source, the TensorFlow version and the CPU, and
-loaded by every later process.  If it cannot be built (no compiler, say) the prior falls back to
+loaded by every later process.  Its size and SHA-256 are written beside it (``.sha256``) and
+checked before every load: a damaged library (truncated by a full disk or a killed copy) would
+crash the process in ``dlopen`` (SIGBUS) naming no file, so it is rebuilt instead.  If it cannot be built (no compiler, say) the prior falls back to
 TensorFlow's ops with one warning: the same mathematics, only slower.
 
 ``KALMAN_NORM_FUSED_PRIOR``: unset = use the fused op where it applies (CPU only, no GPU seen);
@@ -74,16 +76,50 @@ def _library_path():
     return os.path.join(_cache_dir(), 'conv_prior-%s.so' % key.hexdigest()[:16])
 
 
+def _digest(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checksum_path(path):
+    """Where the size and SHA-256 of the library ``path`` are recorded."""
+    return path + '.sha256'
+
+
+def verify(path):
+    """None if the library at ``path`` has the size and hash recorded beside it, else why not."""
+    try:
+        with open(checksum_path(path)) as f:
+            size, digest = f.read().split()
+    except FileNotFoundError:
+        return 'no recorded size and hash (%s)' % os.path.basename(checksum_path(path))
+    except (OSError, ValueError) as e:
+        return 'its recorded size and hash cannot be read (%s)' % e
+    actual = os.path.getsize(path)
+    if actual != int(size):
+        return '%d bytes, %s bytes when built' % (actual, size)
+    if _digest(path) != digest:
+        return 'its SHA-256 differs from the one recorded when built'
+    return None
+
+
 def build(path=None, timeout=600):
     """Compile ``conv_prior.cc`` into ``path`` (default: the cache) and return the path.
 
-    The library is written under a temporary name and renamed into place, so processes that
-    build at the same time never load a half-written file.  Raises FusedOpUnavailable with the
-    compiler's message on failure.
+    A library already there is kept if it matches the size and hash recorded beside it, else
+    rebuilt.  The library and its record are written under temporary names and renamed into
+    place (the record first), so processes that build at the same time never load a
+    half-written file.  Raises FusedOpUnavailable with the compiler's message on failure.
     """
     path = path or _library_path()
     if os.path.exists(path):
-        return path
+        problem = verify(path)
+        if problem is None:
+            return path
+        logger.warning('KN fused prior: the cached library %s is damaged (%s); rebuilding it', path, problem)
     compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
     if compiler is None or shutil.which(compiler) is None:
         raise FusedOpUnavailable('no C++ compiler %s(set CXX, or install g++)'
@@ -98,6 +134,10 @@ def build(path=None, timeout=600):
         if proc.returncode != 0:
             raise FusedOpUnavailable('compiling %s failed:\n%s' % (_SOURCE, proc.stderr[-2000:]))
         os.chmod(tmp, 0o755)      # mkstemp made it private; the cache may be shared
+        record = '%s.%d' % (checksum_path(path), os.getpid())
+        with open(record, 'w') as f:
+            f.write('%d %s\n' % (os.path.getsize(tmp), _digest(tmp)))
+        os.replace(record, checksum_path(path))
         os.replace(tmp, path)
     except subprocess.TimeoutExpired:
         raise FusedOpUnavailable('compiling %s took longer than %d s' % (_SOURCE, timeout))
