@@ -565,6 +565,9 @@ class SyncDistributedTrainer(SingleCostTrainer):
         # dying) must not break this worker's session.
         del config.device_filters[:]
         config.device_filters.extend(['/job:ps', '/job:worker/task:%d' % self.task_index])
+        # before the session creator builds its ops (unrun ops would be reported at exit)
+        wait_for_tasks(self.cluster, [('ps', i) for i in range(self.cluster.num_tasks('ps'))], self.timeout,
+                       who='worker %d' % self.task_index)
         super(SyncDistributedTrainer, self).initialize(_ClusterSessionCreator(self, config), session_init)
 
     def main_loop(self, steps_per_epoch, starting_epoch, max_epoch):
@@ -609,8 +612,6 @@ class _ClusterSessionCreator(tfv1.train.SessionCreator):
         trainer = self.trainer
         target = trainer.server.target
         who = 'worker %d' % trainer.task_index
-        wait_for_tasks(trainer.cluster, [('ps', i) for i in range(trainer.cluster.num_tasks('ps'))],
-                       trainer.timeout, who=who)
         if trainer.is_chief:
             return self._manager.prepare_session(target, init_op=self._init_op, config=self.config)
         logger.info('Worker %d: waiting for the chief to initialise the variables ...' % trainer.task_index)

@@ -528,3 +528,44 @@ def test_cluster_trainer_rerun_of_a_finished_run_ends_on_every_worker(trainer_cl
     assert second['stats'] == first['stats']
     checkpoints = [[f for f in r['files'] if f.startswith('model-') or f == 'checkpoint'] for r in (first, second)]
     assert checkpoints[0] == checkpoints[1] and 'model-2.index' in checkpoints[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# a parameter server that never answers
+
+def test_waiting_for_a_task_that_never_answers_ends_with_one_line(caplog):
+    from kalman_norm.distributed import ClusterTimeout, wait_for_tasks
+    port, = _free_ports(1)             # nothing listens there
+    cluster = tf.train.ClusterSpec({'ps': ['127.0.0.1:%d' % port], 'worker': ['127.0.0.1:1']})
+    start = time.time()
+    with pytest.raises(ClusterTimeout, match=r'worker 1 waited [12] s for ps:0 at 127\.0\.0\.1:%d, which does not '
+                                             r'answer .*--cluster-timeout' % port):
+        wait_for_tasks(cluster, [('ps', 0)], timeout=1.5, poll_seconds=0.2, who='worker 1')
+    assert 1.5 <= time.time() - start < 10
+    assert 'Worker 1 is waiting for ps:0 at 127.0.0.1:%d' % port in caplog.text
+    # a task that listens is found at once
+    with socket.socket() as server:
+        server.bind(('127.0.0.1', 0))
+        server.listen()
+        cluster = tf.train.ClusterSpec({'ps': ['127.0.0.1:%d' % server.getsockname()[1]]})
+        wait_for_tasks(cluster, [('ps', 0)], timeout=1.0)
+
+
+def test_a_worker_whose_parameter_server_never_starts_gives_up(tmp_path):
+    """It used to print "Creating the session ..." and wait for ever (TensorFlow's own "still
+    waiting for /job:ps" lines are hidden at the trainers' log level)."""
+    ps, w0 = ['127.0.0.1:%d' % p for p in _free_ports(2)]
+    data = cifar_tests.write_folder(tmp_path / 'data', n_train=2)
+    logdir = tmp_path / 'log'
+    env = cifar_tests._env(tmp_path)
+    env.pop('TF_CONFIG', None)
+    r = subprocess.run([sys.executable, CIFAR_SCRIPT] + cifar_tests.TINY + [
+        '--data', data, '--logdir', str(logdir), '--cluster', 'ps=' + ps, '--cluster', 'worker=' + w0,
+        '--task', 'worker:0', '--cluster-timeout', '3'], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+        timeout=TRAINER_ROUND_SECONDS)
+    assert r.returncode == 1, cifar_tests._fail_text(r)
+    assert 'Traceback' not in r.stdout + r.stderr, cifar_tests._fail_text(r)
+    assert 'Worker 0 is waiting for ps:0 at %s' % ps in r.stdout, cifar_tests._fail_text(r)
+    assert r.stderr.strip().splitlines()[-1].startswith('error: worker 0 waited 3 s for ps:0 at %s' % ps)
+    status = json.loads((logdir / 'status.json').read_text())
+    assert status['status'] == 'failed' and 'ps:0' in status['message']
