@@ -8,7 +8,10 @@ setup(
                 "with trainers reproducing the NeurIPS 2018 paper",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["kalman_norm", "kalman_norm.*"]),
+    # the architectures live in the top-level models/ folder and install as kalman_norm.models, so
+    # that no top-level `models` package lands in site-packages
+    packages=find_packages(include=["kalman_norm", "kalman_norm.*"]) + ["kalman_norm.models"],
+    package_dir={"kalman_norm.models": "models"},
     # the fused prior's C++ source, compiled on first use (kalman_norm/ops/__init__.py)
     package_data={"kalman_norm.ops": ["*.cc"]},
     python_requires=">=3.10",

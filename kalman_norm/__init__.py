@@ -25,6 +25,7 @@ from . import compat  # noqa: E402
 
 compat.apply_all()
 
+from .norms import Norm, get_norm, norm_names, register_norm  # noqa: E402,F401
 from .spec import KN_RECIPES, NORMS, NormSpec, current_norm, norm_scope  # noqa: E402,F401
 from .estimate import Estimate, get_estimate, set_estimate  # noqa: E402,F401
 from . import flow  # noqa: E402,F401

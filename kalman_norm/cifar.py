@@ -15,12 +15,11 @@ import numpy as np
 
 from . import trainer
 from .data import DATASETS, OWN_DATASET, DataError, describe, get_dataflow, load_dataset
-from .models.inception_cifar import inception_cifar
-from .models.resnet_cifar import resnet_cifar
+from .models import get_model, model_names
 from .options import Opt, OptionError
 from .trainer import EMA_NORMS, KALMAN_NORMS  # noqa: F401  (the trainer's tests use them from here)
 
-MODELS = ('resnet', 'inception')
+MODELS = model_names('cifar')
 
 #: The schedules.
 #:  * 'paper': the authors' public CIFAR recipe — 400 epochs; lr 0.01 for the first epoch (a
@@ -37,7 +36,6 @@ SCHEDULES = tuple(SCHEDULE_RECIPES)
 TRAIN_SIZES = {'cifar10': 50000, 'cifar100': 50000, 'svhn': 73257}
 #: classes for the dry build of the graph before the data loads (a folder's are counted later)
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, OWN_DATASET: 10}
-_MODEL_FUNCTIONS = {'resnet': resnet_cifar, 'inception': inception_cifar}
 
 
 def lr_schedule(schedule, lr, epochs):
@@ -82,10 +80,12 @@ class CifarTask(trainer.Task):
         o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or TRAIN_SIZES.get(o['dataset'], 50000) // o['total_batch']
 
     def model_function(self, o):
-        return _MODEL_FUNCTIONS[o['model']], '--model %s' % o['model'], ('image', 'n', 'num_classes')
+        model = get_model(o['model'])
+        return (model.builder, '--model %s' % o['model'],
+                ('image', 'num_classes') + tuple(model.fixed) + tuple(model.trainer_arguments))
 
     def model_name(self, o):
-        return 'resnet%d' % (6 * o['depth'] + 2) if o['model'] == 'resnet' else 'inception'
+        return get_model(o['model']).display_name(o)
 
     def dataset_name(self, o):
         return o['dataset']
@@ -100,9 +100,7 @@ class CifarTask(trainer.Task):
         return [o['dataset'], self.model_name(o), o['norm'], 'b%d' % o['batch'], 'g%d' % o['gpus']]
 
     def build_logits(self, o, image, num_classes):
-        if o['model'] == 'resnet':
-            return resnet_cifar(image, n=o['depth'], num_classes=num_classes, **o['model_options'])
-        return inception_cifar(image, num_classes=num_classes, **o['model_options'])
+        return get_model(o['model']).build(image, num_classes, o)
 
     def lr_schedule(self, o):
         return lr_schedule(o['schedule'], o['lr'], o['epochs'])

@@ -13,11 +13,10 @@ from . import trainer
 from .data import DataError
 from .data.imagenet import (IMAGENET_MEAN, IMAGENET_STD, describe_imagenet, fake_imagenet_dataflow,
                             get_imagenet_dataflow, load_imagenet)
-from .models.inception_v2 import inception_v2
-from .models.resnet_imagenet import resnet_imagenet
+from .models import get_model, model_names
 from .options import Opt, OptionError
 
-ARCHS = ('resnet50', 'resnet101', 'inception_v2')
+ARCHS = model_names('imagenet')
 TRAIN_SIZE = 1281167
 FAKE_SIZES = dict(train=1281167, val=50000)
 
@@ -43,9 +42,6 @@ def lr_schedule(schedule, lr, epochs, total_batch):
         return points, 'linear' if warm else None
     warm = min(1, max(epochs - 1, 0))
     return [(0, peak / 5.0), (warm, peak), (epochs, 0.0)], 'linear'
-
-
-_ARCH_FUNCTIONS = {'resnet50': resnet_imagenet, 'resnet101': resnet_imagenet, 'inception_v2': inception_v2}
 
 
 class ImageNetTask(trainer.Task):
@@ -76,10 +72,12 @@ class ImageNetTask(trainer.Task):
         o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or TRAIN_SIZE // o['total_batch']
 
     def model_function(self, o):
-        return _ARCH_FUNCTIONS[o['arch']], '--arch %s' % o['arch'], ('image', 'depth', 'num_classes')
+        model = get_model(o['arch'])
+        return (model.builder, '--arch %s' % o['arch'],
+                ('image', 'num_classes') + tuple(model.fixed) + tuple(model.trainer_arguments))
 
     def model_name(self, o):
-        return o['arch']
+        return get_model(o['arch']).display_name(o)
 
     def dataset_name(self, o):
         return 'imagenet-fake' if o['fake_data'] else 'imagenet'
@@ -94,10 +92,7 @@ class ImageNetTask(trainer.Task):
         return [self.dataset_name(o), o['arch'], o['norm'], 'b%d' % o['batch'], 'g%d' % o['gpus']]
 
     def build_logits(self, o, image, num_classes):
-        if o['arch'] == 'inception_v2':
-            return inception_v2(image, num_classes=num_classes, **o['model_options'])
-        return resnet_imagenet(image, depth=int(o['arch'][len('resnet'):]), num_classes=num_classes,
-                               **o['model_options'])
+        return get_model(o['arch']).build(image, num_classes, o)
 
     def lr_schedule(self, o):
         return lr_schedule(o['schedule'], o['lr'], o['epochs'], o['total_batch'])

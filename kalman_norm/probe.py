@@ -51,6 +51,8 @@ from .flow import default_data_format
 from .layers import MicroBatchRenorm, renorm_clip_schedule
 from .layers._common import Layout
 from .layers.kalman import kn_diagnostics
+from .models import get_model, model_names
+from .norms import get_norm, norms_where
 from .spec import NormSpec
 
 __all__ = ['ProbeError', 'ESTIMATES', 'load_run', 'list_checkpoints', 'epoch_of_steps', 'build_probe',
@@ -63,8 +65,8 @@ ESTIMATES = ('group', 'prior', 'posterior', 'moving')
 #: The error summaries kept per estimate; ``var_log_ratio_mean`` is the signed mean of
 #: log(v / v_ref), the direction of a variance bias (> 0: the estimate is too large).
 ERROR_STATS = ('mean_err_mean', 'mean_err_median', 'var_err_mean', 'var_err_median', 'var_log_ratio_mean')
-#: Norms whose layers keep moving averages, and those that carry KN's prior and posterior.
-_EMA_KINDS = ('bn', 'bkn', 'brn')
+#: Norms whose layers keep moving averages (registry rows)
+_EMA_KINDS = norms_where('moving_averages')
 EPSILON = 1e-5
 
 
@@ -101,13 +103,17 @@ def load_run(logdir):
     o.update({k: v for k, v in raw.items() if k != 'spec'})   # 'spec' is a repr; rebuilt below
     o['norm_options'] = dict(o.get('norm_options') or {})
     o['model_options'] = dict(o.get('model_options') or {})
-    if o['norm'] in ('bkn', 'gkn') and 'kn_recipe' not in raw:
+    try:
+        kalman = get_norm(o['norm']).kalman
+    except ValueError as e:
+        raise ProbeError('%s: %s' % (path, e))
+    if kalman and 'kn_recipe' not in raw:
         o['norm_options'] = dict(PRE_RECIPE_KN_DEFAULTS, **o['norm_options'])
-    if o['norm'] in ('bkn', 'gkn') and o['gain'] in ('auto', None) and 'gain' not in o['norm_options']:
+    if kalman and o['gain'] in ('auto', None) and 'gain' not in o['norm_options']:
         raise ProbeError("%s: a KN run's options must hold the gain it trained with (a number or "
                          "'learned'; the trainer records the resolved value), got %r" % (path, o['gain']))
-    if o['model'] not in ('resnet', 'inception'):
-        raise ProbeError("%s: model must be 'resnet' or 'inception', got %r" % (path, o['model']))
+    if o['model'] not in model_names('cifar'):
+        raise ProbeError('%s: model must be one of %s, got %r' % (path, ', '.join(model_names('cifar')), o['model']))
     try:
         if o.get('steps_per_epoch_estimate') is None:      # BRN's warm-up needs it; older runs lack it
             o['steps_per_epoch_estimate'] = o.get('steps_per_epoch') or 50000 // o['total_batch']
@@ -252,12 +258,7 @@ Probe = collections.namedtuple('Probe', ['graph', 'images', 'layers', 'group_siz
 
 
 def _logits(options, image, num_classes):
-    model_options = dict(options.get('model_options') or {})
-    if options['model'] == 'resnet':
-        from .models.resnet_cifar import resnet_cifar
-        return resnet_cifar(image, n=options['depth'], num_classes=num_classes, **model_options)
-    from .models.inception_cifar import inception_cifar
-    return inception_cifar(image, num_classes=num_classes, **model_options)
+    return get_model(options['model']).build(image, num_classes, options)
 
 
 def build_probe(options, spec, num_classes, channel_mean, channel_std, image_shape=(32, 32, 3), seed=0):

@@ -15,29 +15,13 @@ import inspect
 import threading
 from types import MappingProxyType
 
-from .layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm, LayerNormalization,
-                     MicroBatchNorm, MicroBatchRenorm, check_batch_kalman_norm_options,
-                     check_bias_only_options, check_group_kalman_norm_options, check_group_norm_options,
-                     check_layer_normalization_options, check_micro_batch_norm_options,
-                     check_micro_batch_renorm_options)
+from .norms import get_norm, norm_names
 from .transition import METHODS
 
-__all__ = ['NORMS', 'KN_RECIPES', 'NormSpec', 'norm_scope', 'current_norm']
+__all__ = ['NORMS', 'KN_RECIPES', 'SPEC_OPTIONS', 'NormSpec', 'norm_scope', 'current_norm']
 
-#: name -> (layer, takes group_size, one-line description, option checker)
-_KINDS = {
-    'bn': (MicroBatchNorm, True, 'Batch Normalization over micro-batch groups', check_micro_batch_norm_options),
-    'bkn': (BatchKalmanNorm, True, 'Batch Kalman Normalization (Eq. 7)', check_batch_kalman_norm_options),
-    'gn': (GroupNorm, False, 'Group Normalization', check_group_norm_options),
-    'gkn': (GroupKalmanNorm, True, 'Group Kalman Normalization (Sect. 3.3)', check_group_kalman_norm_options),
-    'brn': (MicroBatchRenorm, True, 'Batch Renormalization over micro-batch groups',
-            check_micro_batch_renorm_options),
-    'ln': (LayerNormalization, False, 'Layer Normalization', check_layer_normalization_options),
-    'wn': (BiasOnly, False, 'Weight Normalization of conv/dense kernels (+ bias)', check_bias_only_options),
-    'none': (BiasOnly, False, 'no normalization (+ bias)', check_bias_only_options),
-}
-NORMS = tuple(_KINDS)
-_PROPAGATING = ('bkn', 'gkn')
+#: the built-in norms' names (the registry, :mod:`kalman_norm.norms`, may hold more)
+NORMS = norm_names()
 
 #: KN's recipes by name, each the keyword arguments of :class:`NormSpec` for 'bkn' or 'gkn': the
 #: prior method, and the options of Eq. 7 that the paper, the authors' code and this package set
@@ -56,7 +40,19 @@ KN_RECIPES = MappingProxyType({
                                    pooled_variance=False, guard_ratio=None, propagate='input')),
 })
 
+#: options of the spec itself, not of the layer (applied by the flow ops)
+SPEC_OPTIONS = ('weight_standardization',)
+
 _state = threading.local()
+
+
+def _check_spec_options(norm, options):
+    ws = options.get('weight_standardization', False)
+    if not isinstance(ws, bool):
+        raise ValueError('weight_standardization must be True or False, got %r' % (ws,))
+    if ws and norm.weight_norm:
+        raise ValueError("weight_standardization does not apply to %r: its kernels are weight-normalised "
+                         "already" % norm.name)
 
 
 def _stack():
@@ -77,6 +73,11 @@ class NormSpec(object):
             many-samples limit of 'mc', with no sampling noise) or 'mc' (the paper's Monte-Carlo
             prediction; see :mod:`kalman_norm.transition`).
         prior_samples: 'mc' only: sampled feature maps per group (the authors use 1).
+        weight_standardization: standardise every conv kernel per output channel over its fan-in
+            before the conv (Qiao et al. 2019; :func:`kalman_norm.layers.weight_standardize`);
+            composes with every norm but 'wn' (GN+WS is the paper's pairing; KN's prior is
+            predicted through the standardised kernel).  Dense layers are left as they are.  Kept
+            among the options (a config's ``norm_options``), so the spec's repr and records show it.
         **options: keyword arguments of the layer (see its docstring), checked here: unknown
             names against the layer's signature, values by the layer's ``check_*_options``
             function (so a bad value fails now, with one line, not while a model is built).
@@ -86,8 +87,7 @@ class NormSpec(object):
     """
 
     def __init__(self, kind, group_size=None, prior_method='analytic', prior_samples=1, **options):
-        if kind not in _KINDS:
-            raise ValueError('Unknown normalization %r; choose one of: %s' % (kind, ', '.join(NORMS)))
+        norm = get_norm(kind)
         if group_size is not None and (not isinstance(group_size, int) or isinstance(group_size, bool)
                                        or group_size < 1):
             raise ValueError('group_size must be a positive integer or None, got %r' % (group_size,))
@@ -95,33 +95,38 @@ class NormSpec(object):
             raise ValueError('Unknown prior method %r; choose one of %s' % (prior_method, METHODS))
         if not isinstance(prior_samples, int) or isinstance(prior_samples, bool) or prior_samples < 1:
             raise ValueError('prior_samples must be a positive integer, got %r' % (prior_samples,))
-        layer, grouped, _, check_options = _KINDS[kind]
-        accepted = set(inspect.signature(layer).parameters) - {'x', 'prior', 'group_size'}
+        accepted = set(inspect.signature(norm.layer).parameters) - {'x', 'prior', 'group_size'}
+        accepted |= set(SPEC_OPTIONS)
         unknown = sorted(set(options) - accepted)
         if unknown:
             raise ValueError('Option(s) %s do not apply to %r; it accepts: %s'
                              % (', '.join(unknown), kind, ', '.join(sorted(accepted)) or 'none'))
-        check_options(**options)
-        self.kind, self.group_size = kind, group_size
+        _check_spec_options(norm, options)
+        norm.check_options(**{k: v for k, v in options.items() if k not in SPEC_OPTIONS})
+        self.kind, self.norm, self.group_size = kind, norm, group_size
         self.prior_method, self.prior_samples = prior_method, prior_samples
         self.options = dict(options)
-        self._layer, self._grouped = layer, grouped
 
     @property
     def propagates(self):
         """Whether the flow ops predict priors (KN methods)."""
-        return self.kind in _PROPAGATING
+        return self.norm.kalman
 
     @property
     def weight_norm(self):
-        return self.kind == 'wn'
+        return self.norm.weight_norm
+
+    @property
+    def weight_standardization(self):
+        """Whether ``flow.conv2d`` standardises its kernels (the spec's option)."""
+        return bool(self.options.get('weight_standardization', False))
 
     def __call__(self, name, x, **overrides):
-        kwargs = dict(self.options)
-        if self._grouped:
+        kwargs = {k: v for k, v in self.options.items() if k not in SPEC_OPTIONS}
+        if self.norm.group_size:
             kwargs['group_size'] = self.group_size
         kwargs.update(overrides)
-        return self._layer(name, x, **kwargs)
+        return self.norm.layer(name, x, **kwargs)
 
     def replace(self, **changes):
         """A copy with some options changed (e.g. ``spec.replace(eval_stats='batch')``)."""

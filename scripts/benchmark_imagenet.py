@@ -41,16 +41,13 @@ from tensorpack.models.registry import disable_layer_logging  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
 from kalman_norm import ops, runtime  # noqa: E402
-from kalman_norm.models.inception_v2 import inception_v2  # noqa: E402
-from kalman_norm.models.resnet_imagenet import resnet_imagenet  # noqa: E402
+from kalman_norm.models import get_model  # noqa: E402
 
 tf1 = tf.compat.v1
 
 PAPER = {'BN': 325.74, 'KN': 320.94}          # Table 3: Inception-v2, examples/s on 4 Titan X
-ARCHITECTURES = collections.OrderedDict([
-    ('Inception-v2', lambda image, num_classes: inception_v2(image, num_classes=num_classes)),
-    ('ResNet-50', lambda image, num_classes: resnet_imagenet(image, depth=50, num_classes=num_classes)),
-])
+ARCHITECTURES = collections.OrderedDict((get_model(name).title, get_model(name).make)
+                                        for name in ('inception_v2', 'resnet50'))
 #: KN as the paper times it in Table 3: with its process noise R and the input hand-on (the
 #: layers' defaults have neither), the gain fixed
 _PAPER_KN = {'process_noise': True, 'propagate': 'input'}

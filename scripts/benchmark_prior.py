@@ -41,17 +41,15 @@ from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
 from kalman_norm import transition  # noqa: E402
 from kalman_norm.estimate import Estimate  # noqa: E402
-from kalman_norm.models.inception_v2 import inception_v2  # noqa: E402
-from kalman_norm.models.resnet_cifar import resnet_cifar  # noqa: E402
-from kalman_norm.models.resnet_imagenet import resnet_imagenet  # noqa: E402
+from kalman_norm.models import get_model  # noqa: E402
 
 tf1 = tf.compat.v1
 
 #: name -> (model, input size)
 ARCHITECTURES = collections.OrderedDict([
-    ('Inception-v2', (lambda image: inception_v2(image, num_classes=1000), 224)),
-    ('ResNet-50', (lambda image: resnet_imagenet(image, depth=50, num_classes=1000), 224)),
-    ('ResNet-20-CIFAR', (lambda image: resnet_cifar(image, n=3), 32)),
+    ('Inception-v2', (lambda image: get_model('inception_v2').make(image, 1000), 224)),
+    ('ResNet-50', (lambda image: get_model('resnet50').make(image, 1000), 224)),
+    ('ResNet-20-CIFAR', (lambda image: get_model('resnet').make(image, 10, n=3), 32)),
 ])
 
 #: one analytic conv prior: kernel [kh, kw, C_in, C_out], input (h, w), strides, padding, rectified

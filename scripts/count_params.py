@@ -29,8 +29,7 @@ from tabulate import tabulate  # noqa: E402
 from tensorpack.models.registry import disable_layer_logging  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
-from kalman_norm.models.inception_v2 import inception_v2  # noqa: E402
-from kalman_norm.models.resnet_imagenet import resnet_imagenet  # noqa: E402
+from kalman_norm.models import get_model, model_names  # noqa: E402
 
 #: The paper's Table 2 (millions of parameters, as printed).
 PAPER_TABLE2 = {
@@ -38,11 +37,7 @@ PAPER_TABLE2 = {
     'ResNet-101': {'BN': 44.55, 'GN': 44.55, 'KN': 44.60},
     'Inception-v2': {'BN': 11.29, 'GN': 11.29, 'KN': 11.30},
 }
-ARCHITECTURES = {
-    'ResNet-50': lambda image, num_classes: resnet_imagenet(image, depth=50, num_classes=num_classes),
-    'ResNet-101': lambda image, num_classes: resnet_imagenet(image, depth=101, num_classes=num_classes),
-    'Inception-v2': lambda image, num_classes: inception_v2(image, num_classes=num_classes),
-}
+ARCHITECTURES = {get_model(name).title: get_model(name).make for name in model_names('imagenet')}
 #: Table 2's column -> (norm name, norm options).  KN as the paper counts it: a learned R per channel
 #: (the layers' default has none).  The paper's learned q would add one scalar per KN layer, which
 #: Table 2's two decimals cannot show; the counts here keep q fixed, as they were first made.

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 import kalman_norm  # noqa: E402,F401
 from kalman_norm import data as datasets, probe  # noqa: E402
+from kalman_norm.norms import norms_where  # noqa: E402
 
 
 def run_label(logdir, options):
@@ -93,9 +94,9 @@ def main(argv=None):
             options, spec = probe.load_run(logdir)
             if not probe.list_checkpoints(logdir):
                 raise probe.ProbeError('%s holds no checkpoint (model-<step>.index)' % logdir)
-            if spec.kind not in ('bn', 'bkn', 'brn'):
-                raise probe.ProbeError('%s: norm %s has no moving variance; Fig. 5 needs bn, bkn or brn'
-                                       % (logdir, spec.kind))
+            if not spec.norm.moving_averages:
+                raise probe.ProbeError('%s: norm %s has no moving variance; Fig. 5 needs one of %s'
+                                       % (logdir, spec.kind, ', '.join(norms_where('moving_averages'))))
             runs.append((logdir, options, spec))
         loaded, gaps = {}, []
         for logdir, options, spec in runs:

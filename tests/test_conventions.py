@@ -280,3 +280,32 @@ def test_seed_fixes_the_initial_weights(tmp_path):
 def test_identity_names_the_conventions():
     o = cifar.parse_options(['--num-proc', '0', '--logdir', 'unused'])
     assert o['identity']['conventions'] == trainer.CONVENTIONS == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# what the BN convention does to a recorded accuracy: a checkpoint evaluated under either one
+
+def test_evaluate_checkpoint_converts_bn_variance_exactly(tmp_path):
+    import importlib.util
+    from test_cifar_trainer import write_cifar10
+    spec = importlib.util.spec_from_file_location(
+        'evaluate_checkpoint', os.path.join(os.path.dirname(__file__), '..', 'scripts', 'evaluate_checkpoint.py'))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = write_cifar10(tmp_path / 'data', n=8)
+    logdir = str(tmp_path / 'run')
+    o = cifar.parse_options(TINY + ['--norm', 'bn', '--data', data, '--logdir', logdir, '--epochs', '2'])
+    line, code = trainer.train(cifar.TASK, o, cifar.TASK.load_data(o), session_creator=no_grappler_session())
+    assert code == 0, line
+    result = script.evaluate(script.build_parser().parse_args([logdir, '--variance-ema', 'unbiased', 'biased']))
+    assert result['saved_convention'] == 'unbiased'
+    # ResNet-8 on 32x32: its smallest statistic is a group of 2 on the last stage's 8x8
+    assert result['min_values_per_statistic'] == 2 * 8 * 8
+    with open(os.path.join(logdir, 'stats.json')) as f:
+        moving_error = __import__('json').load(f)[-1]['val-error-moving']
+    assert result['accuracy']['unbiased'] == pytest.approx(100 * (1 - moving_error))
+    # the evaluation reads the rescaled EMA: a 2-D layer-free check of the factor itself
+    assert script.run_convention({'identity': {'conventions': 2}}) == 'unbiased'
+    assert script.run_convention({'identity': {}}) == 'biased'
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path), '--variance-ema', 'biased'])

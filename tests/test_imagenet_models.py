@@ -19,21 +19,21 @@ from tensorpack.models.registry import disable_layer_logging
 from tensorpack.tfutils.tower import TowerContext
 
 from kalman_norm.layers import kn_diagnostics
+from kalman_norm.models import get_model, model_names
 from kalman_norm.models.inception_v2 import MODULES, inception_v2
+from kalman_norm.norms import norms_where
 from kalman_norm.models.resnet_imagenet import BLOCKS_PER_STAGE, resnet_imagenet
 
 tf1 = tf.compat.v1
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 BATCH, SIZE, CLASSES = 2, 32, 1000
-BATCH_NORMS = ('bn', 'bkn', 'gkn', 'brn')       # the norms that take group_size
-EMA_NORMS = ('bn', 'bkn', 'brn')                # the norms that keep moving averages
+BATCH_NORMS = norms_where('group_size')          # registry rows
+EMA_NORMS = norms_where('moving_averages')
 LEARNING_RATE = 0.01
 
-ARCHS = {
-    'ResNet-50': lambda image, **kw: resnet_imagenet(image, depth=50, **kw),
-    'ResNet-101': lambda image, **kw: resnet_imagenet(image, depth=101, **kw),
-    'Inception-v2': lambda image, **kw: inception_v2(image, **kw),
-}
+ARCHS = {get_model(name).title: (lambda model: lambda image, num_classes=CLASSES, **kw:
+                                  model.make(image, num_classes, **kw))(get_model(name))
+         for name in model_names('imagenet')}   # every registered ImageNet model
 #: the norm layer on the image: the only one without a KN prior
 STEM_NORM = {'ResNet-50': 'bn0', 'ResNet-101': 'bn0', 'Inception-v2': 'conv1/bn'}
 

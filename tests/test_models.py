@@ -13,28 +13,29 @@ import tensorflow as tf
 from tensorpack.tfutils.tower import TowerContext
 
 from kalman_norm.layers import kn_diagnostics
+from kalman_norm.models import get_model, model_names
+from kalman_norm.norms import get_norm, norms_where
 from kalman_norm.models.inception_cifar import INCEPTION_BLOCKS, inception_cifar, scaled
 from kalman_norm.models.resnet_cifar import resnet_cifar
 
 tf1 = tf.compat.v1
 BATCH, GROUP = 8, 2
-BATCH_NORMS = ('bn', 'bkn', 'gkn', 'brn')       # the norms that take group_size
-KN_NORMS = ('bkn', 'gkn')
+BATCH_NORMS = norms_where('group_size')          # registry rows: every new norm is tested here
+KN_NORMS = norms_where('kalman')
 INCEPTION_WIDTH = 0.25
 
 
 def norm_options(norm, model):
     opts = {'group_size': GROUP} if norm in BATCH_NORMS else {}
-    if norm in ('gn', 'gkn') and model == 'inception':
+    if get_norm(norm).channel_groups and model == 'inception':
         # 208 and 48 (and their scaled versions) are not multiples of GN's default 32 groups
         opts['channel_groups'] = 8
     return opts
 
 
-MODELS = {
-    'resnet': lambda image, **kw: resnet_cifar(image, n=1, **kw),
-    'inception': lambda image, **kw: inception_cifar(image, width=INCEPTION_WIDTH, **kw),
-}
+# every registered CIFAR model at its smallest (ResNet-8, a quarter-width Inception)
+MODELS = {name: (lambda model: lambda image, num_classes=10, **kw: model.make(
+    image, num_classes, **dict(model.smallest, **kw)))(get_model(name)) for name in model_names('cifar')}
 
 
 def _session(graph=None):
@@ -105,9 +106,11 @@ def test_trains_two_steps_with_finite_loss(model, norm):
     assert run['logits_shape'] == [BATCH, 10]
     assert np.all(np.isfinite(run['losses'])), run['losses']
     assert run['losses'][-1] != run['losses'][0]              # the steps changed the weights
-    # norms with moving averages register their updates (mean and variance per layer)
-    if norm in ('bn', 'bkn', 'brn'):
-        assert run['num_updates'] == 2 * len(_gamma_channels(run['graph']))
+    # norms with moving averages register their updates: mean and variance per layer; EvoNorm-B0
+    # keeps a variance alone; MABN its second moment, step counter and window of statistics
+    if get_norm(norm).moving_averages:
+        per_layer = {'evonorm_b0': 1, 'mabn': 3}.get(norm, 2)
+        assert run['num_updates'] == per_layer * len(_gamma_channels(run['graph']))
     else:
         assert run['num_updates'] == 0
 

@@ -1,12 +1,17 @@
 """Shared machinery of the normalization layers: layouts, micro-batch groups, EMA, affine."""
+import functools
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.training import moving_averages
+from tensorpack.models import layer_register
 from tensorpack.tfutils.tower import get_current_tower_context
+from tensorpack.models.common import VariableHolder
 
 from ..data_format import DATA_FORMATS, canonical_data_format  # noqa: F401  (re-exported)
 
-__all__ = ['Layout', 'resolve_training', 'affine_params', 'EMA', 'to_float32', 'EVAL_STATS', 'bessel_factor']
+__all__ = ['Layout', 'resolve_training', 'affine_params', 'EMA', 'to_float32', 'EVAL_STATS', 'bessel_factor',
+           'norm_layer']
 
 EVAL_STATS = ('moving', 'batch')
 
@@ -143,6 +148,21 @@ class Layout(object):
         scale = gamma * tf.math.rsqrt(var + epsilon)
         offset = beta - mean * scale
         return x * self.channel_broadcast(scale) + self.channel_broadcast(offset)
+
+
+def norm_layer(layer):
+    """tensorpack's ``layer_register()``, and the output carries the layer's variables as
+    ``.variables`` (a ``VariableHolder``), as tensorpack's ``BatchNorm`` returns them: ``gamma``,
+    ``beta``, ``mean`` and ``variance`` (``mean/EMA``, ``variance/EMA``), and any other variable of
+    the layer under its name with '/EMA' dropped and '/' as '_' (``stddev``, ``gain_logit``, ...)."""
+    @functools.wraps(layer)
+    def with_variables(x, *args, **kwargs):
+        scope = tf.compat.v1.get_variable_scope().name + '/'
+        out = layer(x, *args, **kwargs)
+        held = {v.op.name[len(scope):]: v for v in tf.compat.v1.global_variables() if v.op.name.startswith(scope)}
+        out.variables = VariableHolder(**{name.replace('/EMA', '').replace('/', '_'): v for name, v in held.items()})
+        return out
+    return layer_register()(with_variables)
 
 
 def bessel_factor(count):

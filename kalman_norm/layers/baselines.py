@@ -1,10 +1,9 @@
 """The paper's baselines: BN and BRN over micro-batch groups, GN, LN, WN, and no normalization."""
 import tensorflow as tf
 from tensorflow.python.training import moving_averages
-from tensorpack.models import layer_register
 from tensorpack.tfutils.common import get_global_step_var
 
-from ._common import EMA, Layout, affine_params, bessel_factor, resolve_training, to_float32
+from ._common import EMA, Layout, affine_params, bessel_factor, norm_layer, resolve_training, to_float32
 from ._groupnorm import group_norm_apply, group_norm_view, num_channel_groups
 from ._options import (BATCH_STAT_CHECKS, COMMON_CHECKS, check_bool, check_data_format, check_number,
                        check_options, layer_options)
@@ -65,7 +64,7 @@ def check_bias_only_options(**options):
         check_data_format(options['data_format'])
 
 
-@layer_register()
+@norm_layer
 def MicroBatchNorm(x, *, group_size=None, eval_stats='moving', momentum=0.9, epsilon=1e-5,
                    center=True, scale=True, gamma_init=1.0, training=None, ema_update='default',
                    unbiased_variance=True, data_format=None):
@@ -126,7 +125,7 @@ def renorm_clip_schedule(rmax=3.0, dmax=5.0, warmup=(5000, 40000, 25000), step=N
     return 1.0 + (rmax - 1.0) * ramp(r_end), dmax * ramp(d_end)
 
 
-@layer_register()
+@norm_layer
 def MicroBatchRenorm(x, *, group_size=None, rmax=3.0, dmax=5.0, warmup=(5000, 40000, 25000),
                      eval_stats='moving', momentum=0.99, epsilon=1e-5, center=True, scale=True,
                      gamma_init=1.0, training=None, ema_update='default', moving_stddev=True,
@@ -195,7 +194,7 @@ def MicroBatchRenorm(x, *, group_size=None, rmax=3.0, dmax=5.0, warmup=(5000, 40
     return ema.attach(out, [mean_op, var_op])
 
 
-@layer_register()
+@norm_layer
 def GroupNorm(x, *, channel_groups=32, epsilon=1e-5, center=True, scale=True, gamma_init=1.0,
               data_format=None):
     """Group Normalization (Wu & He 2018): per sample, statistics over each group of channels and
@@ -214,7 +213,7 @@ def GroupNorm(x, *, channel_groups=32, epsilon=1e-5, center=True, scale=True, ga
     return tf.identity(restore(out), name='output')
 
 
-@layer_register()
+@norm_layer
 def LayerNormalization(x, *, epsilon=1e-5, center=True, scale=True, gamma_init=1.0, data_format=None):
     """Layer Normalization (Ba et al. 2016): per sample over all channels and positions, then
     γ, β per channel (the convolutional variant)."""
@@ -231,7 +230,7 @@ def LayerNormalization(x, *, epsilon=1e-5, center=True, scale=True, gamma_init=1
     return tf.identity(restore(out), name='output')
 
 
-@layer_register()
+@norm_layer
 def BiasOnly(x, *, data_format=None):
     """A per-channel bias ``beta``: the feature-side layer of 'wn' (the normalisation is in the
     kernel) and of 'none' (convs have no bias of their own)."""

@@ -20,11 +20,10 @@ import math
 import numbers
 
 import tensorflow as tf
-from tensorpack.models import layer_register
 from tensorpack.tfutils.tower import get_current_tower_context
 
 from ..estimate import Estimate, get_estimate, set_estimate
-from ._common import EMA, Layout, affine_params, bessel_factor, resolve_training, to_float32
+from ._common import EMA, Layout, affine_params, bessel_factor, norm_layer, resolve_training, to_float32
 from ._groupnorm import group_norm_apply, group_norm_view, num_channel_groups
 from ._options import (BATCH_STAT_CHECKS, COMMON_CHECKS, check_bool, check_choice, check_group_size,
                        check_options, check_positive, check_training, layer_options)
@@ -403,7 +402,7 @@ def _record_diagnostic(layout, x, prior, group_mean, group_var, trusted):
         tower_mean, tower_var, trusted, found['gain'], found['process_noise']))
 
 
-@layer_register()
+@norm_layer
 def BatchKalmanNorm(x, prior='auto', *, group_size=None, gain=0.1, gain_init=0.1,
                     process_noise=False, noise_param='relative', noise_init=None, pooled_variance=True,
                     guard_ratio=100.0, propagate='output', prior_source='flow', prior_gradient=True,
@@ -553,7 +552,7 @@ def _per_sample(stat, group_size, batch):
     return tf.repeat(stat, group_size, axis=0)
 
 
-@layer_register()
+@norm_layer
 def GroupKalmanNorm(x, prior='auto', *, group_size=None, channel_groups=32, gain=0.1, gain_init=0.1,
                     process_noise=False, noise_param='relative', noise_init=None, pooled_variance=True,
                     guard_ratio=100.0, propagate='output', epsilon=1e-5, center=True, scale=True,

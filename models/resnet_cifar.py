@@ -23,6 +23,8 @@ import tensorflow as tf
 
 from kalman_norm import flow as F
 
+from .registry import Model, register_model
+
 __all__ = ['resnet_cifar', 'residual_block', 'depth_of']
 
 
@@ -58,3 +60,7 @@ def resnet_cifar(image, n=5, num_classes=10, data_format='NHWC'):
                 x = residual_block('res%d.%d' % (stage + 1, block), x, channels, stride)
         x = F.global_avg_pool(x)
         return F.fully_connected('linear', x, num_classes)
+
+
+register_model(Model('resnet', resnet_cifar, 'cifar', 'resnet{depth}', 'ResNet-{depth} (CIFAR)', trainer_arguments={'n': 'depth'},
+                     smallest={'n': 1}))

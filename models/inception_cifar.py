@@ -58,6 +58,8 @@ import tensorflow as tf
 
 from kalman_norm import flow as F
 
+from .registry import Model, register_model
+
 __all__ = ['inception_cifar', 'inception_block', 'InceptionConfig', 'INCEPTION_BLOCKS', 'STEM_FILTERS',
            'POOLS', 'scaled']
 
@@ -141,3 +143,7 @@ def inception_cifar(image, num_classes=10, data_format='NHWC', pool='avg', width
             x = F.fully_connected('fc', x, fc_units, use_bias=False)
             x = F.relu(F.norm('bn_fc', x))
         return F.fully_connected('linear', x, num_classes)
+
+
+register_model(Model('inception', inception_cifar, 'cifar', 'inception', 'small Inception (CIFAR)',
+                     smallest={'width': 0.25}))

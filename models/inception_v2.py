@@ -53,7 +53,9 @@ import collections
 import tensorflow as tf
 
 from kalman_norm import flow as F
-from kalman_norm.models.resnet_imagenet import check_image
+
+from .registry import Model, register_model
+from .resnet_imagenet import check_image
 
 __all__ = ['inception_v2', 'inception_module', 'Module', 'MODULES']
 
@@ -130,3 +132,6 @@ def inception_v2(image, num_classes=1000, data_format='NHWC'):
             x = inception_module('inception_' + name, x, module)
         x = F.global_avg_pool(x)
         return F.fully_connected('linear', x, num_classes)
+
+
+register_model(Model('inception_v2', inception_v2, 'imagenet', 'inception_v2', 'Inception-v2'))

@@ -40,6 +40,8 @@ import tensorflow as tf
 
 from kalman_norm import flow as F
 
+from .registry import Model, register_model
+
 __all__ = ['resnet_imagenet', 'bottleneck_block', 'check_image', 'BLOCKS_PER_STAGE', 'STAGE_WIDTHS', 'EXPANSION']
 
 #: blocks per stage for each supported depth (He et al. 2016, Table 1)
@@ -56,7 +58,7 @@ def _channels(x):
 def _last_norm(name, x, zero_init):
     """The block's last norm; its gamma starts at 0 when asked and when the norm has a gamma."""
     from kalman_norm.spec import current_norm
-    if zero_init and current_norm().kind not in ('wn', 'none'):
+    if zero_init and current_norm().norm.affine:
         return F.norm(name, x, gamma_init=0.0)
     return F.norm(name, x)
 
@@ -117,3 +119,7 @@ def check_image(image, what, min_size):
     if min(shape[1], shape[2]) < min_size:
         raise ValueError('%s needs images of at least %d×%d, got %d×%d'
                          % (what, min_size, min_size, shape[1], shape[2]))
+
+
+register_model(Model('resnet50', resnet_imagenet, 'imagenet', 'resnet50', 'ResNet-50', fixed={'depth': 50}))
+register_model(Model('resnet101', resnet_imagenet, 'imagenet', 'resnet101', 'ResNet-101', fixed={'depth': 101}))

@@ -1,1 +1,0 @@
-"""Norm-agnostic models: the normalization is chosen by the enclosing ``kalman_norm.norm_scope``."""
