@@ -45,6 +45,7 @@ from .distributed import ClusterError, horovod_trainer, make_distributed_trainer
 from . import runtime
 from .options import Opt, OptionError, resolve
 from .rundir import RunDir, RunDiverged, RunFailed, atomic_write_json, default_logdir, last_complete_epoch
+from .norms import get_norm, norms_where
 from .spec import KN_RECIPES, NORMS, NormSpec
 from .transition import METHODS as PRIOR_METHODS
 
@@ -52,9 +53,9 @@ __all__ = ['Task', 'Data', 'COMMON_OPTIONS', 'ClassifierModel', 'prepare', 'trai
            'EMA_NORMS', 'KALMAN_NORMS', 'OptionError', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED']
 
 EVAL_MODES = ('moving', 'batch', 'both')
-#: norms with moving averages, for which --eval-stats chooses between options A and B
-EMA_NORMS = ('bn', 'bkn', 'brn')
-KALMAN_NORMS = ('bkn', 'gkn')
+#: norms with moving averages, for which --eval-stats chooses between options A and B (registry rows)
+EMA_NORMS = norms_where('moving_averages')
+KALMAN_NORMS = norms_where('kalman')
 EXIT_FAILED = 1          # a run-time failure (a checkpoint that cannot be written, a silent cluster)
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -305,7 +306,7 @@ def make_spec(o):
     if o['norm'] in KALMAN_NORMS:
         options.setdefault('gain', o['gain'])
         kw = dict(prior_method=o['prior'], prior_samples=o['prior_samples'])
-    if o['norm'] == 'brn' and 'warmup' not in options:
+    if get_norm(o['norm']).step_warmup and 'warmup' not in options:
         # Ioffe's warm-up (5k -> 40k/25k steps) is for ImageNet-length runs; scale it to this run.
         steps = o['epochs'] * o['steps_per_epoch_estimate']
         options['warmup'] = (int(steps * 0.05), int(steps * 0.4), int(steps * 0.25))
