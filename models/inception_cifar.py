@@ -1,57 +1,8 @@
-"""The small Inception net of the KN paper's CIFAR ablations (Wang et al., NeurIPS 2018, Sect. 4.3.2,
-Tables 7 and 8).
-
-The paper's table (partly garbled in the extracted text; the widths below are our reading of it,
-they have the Inception-v1 "3a/3b/4a" pattern and the stated output widths add up)::
-
-    type         spatial   filters   1×1   1×1→3×3   1×1→5×5   pool→1×1   out
-    conv         16×16     32
-    inception    16×16               64    96, 128   16, 32    32         256
-    inception    16×16               128   128, 192  32, 96    64         480
-    inception    16×16               192   96, 208   16, 48    64         512
-    avg pool     1×1                                                      512
-    (fully connected, 1000 outputs: "omitted" from the table, see below)
-
-The widths read from the table are :data:`INCEPTION_BLOCKS`; a branch's reduce conv and its
-3×3 / 5×5 conv are the pairs.  Every conv is followed by ``F.norm`` and ``F.relu`` (the paper
-stacks the norm after each convolution and before its ReLU), so the net has 1 + 3 × 6 = 19 norm
-layers (20 with ``fc_units``).  Trainable parameters under 'bn': 0.90M (1.42M with
-``fc_units=1000``; 61k at ``width=0.25``).
-
-Choices the paper leaves open, and what this module does:
-
-* **32×32 → 16×16.**  The CIFAR input is 32×32 but the first conv already works at 16×16; the
-  table gives its 32 filters but no kernel size ("1×1" in the extracted text is the header of the
-  next column).  We use one **3×3 conv with stride 2** (32 filters, SAME): a 1×1 conv with stride
-  2 would throw away three pixels in four, and a full-resolution conv followed by 2×2 pooling
-  costs 4× the stem compute for no gain at this depth.  The stride-2 conv keeps "every conv →
-  norm → ReLU": only the stem's norm (``bn0``) has no prior.
-* **The pool branch.**  Inception-v1/v2 uses 3×3 *max* pooling, stride 1, then a 1×1 conv.  The
-  default here is ``pool='avg'`` — 3×3 average pooling, stride 1, SAME (padding excluded from the
-  average, as in TensorFlow) — through which the prior is predicted exactly; Inception-v3 and
-  later use average pooling in this branch too.  With ``pool='max'`` the net is the literal
-  Inception-v2 block, and the prior passes the max pooling through its moment transition
-  (:func:`kalman_norm.flow.max_pool`: exact for independent Gaussian taps).  Either way every KN
-  layer but the stem's has a prior.
-* **The "fully connected layer with 1,000 output channels".**  The paper says it is omitted from
-  the table.  Inception-v1/v2 have no hidden FC layer after the global pool: their only FC layer
-  is the 1000-way ImageNet classifier, so we read the omitted layer as the classifier carried over
-  from the ImageNet template, which on CIFAR has ``num_classes`` outputs.  ``fc_units=1000`` adds
-  the literal reading instead: global pool → FC 1000 → norm → ReLU → classifier (the norm there
-  works on [N, 1000] features; GN/GKN then need ``channel_groups`` dividing 1000, e.g. 8).
-* **Width multiplier** ``width`` (default 1.0, the paper's net): every width is scaled and rounded
-  to a multiple of 8 (at least 8), so that ``width=0.25`` gives a net ~16× cheaper for tests and
-  smoke runs.  All paper widths are multiples of 8, so ``width=1`` is exact.
-* **GN / GKN.**  208 and 48 are not multiples of GN's default 32 channel groups; use
-  ``norm_scope('gn', channel_groups=16)`` (divides every width at ``width=1``) or 8 (every width
-  at any ``width``, with ``fc_units`` 1000 too).
-
-The stem and the classifier: ``conv0``/``bn0`` and ``linear`` (as in :mod:`models.resnet_cifar`);
-inception blocks are ``inception1..3`` with branches ``b1x1``, ``b3x3_reduce``, ``b3x3``,
-``b5x5_reduce``, ``b5x5``, ``pool_proj``, each holding its conv and its norm ``bn``.
-
-The norm is not an argument: wrap the call in ``with kalman_norm.norm_scope(...)``.
-"""
+"""The small Inception net of the KN paper's CIFAR ablations (Sect. 4.3.2, Tables 7 and 8): a
+stride-2 3×3 stem and three Inception blocks at 16×16 (widths :data:`INCEPTION_BLOCKS`, our
+reading of the paper's partly garbled table), global average pool, classifier.  Every conv is
+followed by ``F.norm`` and ``F.relu``.  The choices the paper leaves open (stem, pool branch, the
+omitted FC layer, width multiplier, GN groups) are argued in models/README.md."""
 import collections
 
 import tensorflow as tf

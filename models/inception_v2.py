@@ -1,53 +1,6 @@
-"""Inception-v2 = BN-Inception (Ioffe & Szegedy, ICML 2015, Sect. 4.1 and Fig. 5) for ImageNet.
-
-GoogLeNet with a norm after every convolution and the changes listed in that paper: the 5×5
-branch replaced by two stacked 3×3 convs ("double 3×3"), 28×28 modules 3a/3b/3c instead of two,
-average or max pooling with a 1×1 projection in the pool branch, and stride-2 "pass-through"
-modules (3c, 4e) whose pool branch is a 3×3/2 max pool without projection.  The widths are those
-of Fig. 5 (:data:`MODULES`)::
-
-    conv 7×7/2, 64 → max pool 3×3/2 → conv 1×1, 64 → conv 3×3, 192 → max pool 3×3/2
-    3a 3b 3c(/2)  4a 4b 4c 4d 4e(/2)  5a 5b → global average pool → fully connected (with bias)
-
-    module   1×1   3×3 reduce, 3×3   double 3×3 reduce, 3×3, 3×3   pool + proj    out
-    3a        64    64,  64           64,  96,  96                  avg + 32       256
-    3b        64    64,  96           64,  96,  96                  avg + 64       320
-    3c /2      0   128, 160           64,  96,  96                  max, pass      576
-    4a       224    64,  96           96, 128, 128                  avg + 128      576
-    4b       192    96, 128           96, 128, 128                  avg + 128      576
-    4c       160   128, 160          128, 160, 160                  avg + 128      608
-    4d        96   128, 192          160, 192, 192                  avg + 128      608
-    4e /2      0   128, 192          192, 256, 256                  max, pass     1056
-    5a       352   192, 320          160, 224, 224                  avg + 128     1024
-    5b       352   192, 320          192, 224, 224                  max + 128     1024
-
-(Fig. 5 prints 576 as the output of 4c and 4d; its own widths add up to 608, and we keep the
-widths.  TF-slim's ``inception_v2`` instead shrinks the pool projections of 4c/4d to 96 to get
-576: that net has 11.19M parameters, not the KN paper's 11.29M.)
-
-**Parameter count (Table 2 of the KN paper: 11.29M with BN).**  With these widths, a full 7×7
-first conv (3 → 64), convs without bias (the norm's beta is the bias; this is how Ioffe &
-Szegedy's net and TF-slim's are built), gamma + beta per norm channel, a 1024 → 1000 classifier
-with bias and no auxiliary classifier: 11,285,224 parameters = 11.29M.  The variants that do not
-give 11.29M: convs with biases (the Caffe BN-Inception often used as a pretrained backbone):
-11,295,240 = 11.30M; TF-slim's depthwise-separable first conv (depth multiplier 8): 11.28M; slim's
-576-wide 4c/4d: 11.19M; an auxiliary classifier adds about 1M.  With KN each norm layer that
-receives a prior adds one per-channel process noise R: every norm but the stem's first gets one
-(9,952 channels), 11,295,176 = 11.30M, the paper's KN column.
-
-Every convolution is followed by ``F.norm`` and ``F.relu``.  All convs and pools use SAME
-padding, so any input size ≥ 32 builds (224 → 7×7 before the global pool).
-
-KN's prior chain: only the first norm (``conv1/bn``, on the image) has no prior.  Its estimate
-flows through the stem's max pools, every module's avg/max pool branch
-(:func:`kalman_norm.flow.max_pool` carries it) and the channel concatenations, so every other
-norm layer gets a prior.
-
-Names: ``conv1``, ``conv2_reduce``, ``conv2``, modules ``inception_3a`` … ``inception_5b`` with
-branches ``b1x1``, ``b3x3_reduce``, ``b3x3``, ``double3x3_reduce``, ``double3x3a``,
-``double3x3b``, ``pool_proj``, each holding ``conv`` and its norm ``bn``; the classifier
-``linear``.  The norm is not an argument: wrap the call in ``with kalman_norm.norm_scope(...)``.
-"""
+"""Inception-v2 (BN-Inception, Ioffe & Szegedy 2015, Table 1 / Fig. 5 modules) for ImageNet, the
+KN paper's Tables 3 and 5 network.  Norm-agnostic; KN's prior flows through pools and
+concatenations.  Design notes: models/README.md."""
 import collections
 
 import tensorflow as tf

@@ -1,24 +1,6 @@
-"""ResNet for CIFAR (He et al., CVPR 2016, Sect. 4.2): 6n+2 layers, n=3/5/18 → ResNet-20/32/110.
-
-This is the *original* ResNet (conv → norm → ReLU, the addition followed by ReLU), not the
-pre-activation variant: the KN paper states that "BN is stacked after convolution and before the
-ReLU activation" and that KN "is applied by simply replacing BN", and the authors' CIFAR code
-builds this variant.  Every conv is followed by a norm, so each KN layer's prior is predicted
-through exactly one ReLU and one conv, as in the paper.
-
-Layout (input 32×32):  conv3×3,16 → norm → ReLU
-                        3 stages × n blocks, widths 16/32/64, the first block of stages 2 and 3
-                        with stride 2
-                        global average pool → fully connected → logits
-Block:  y = norm(conv3×3(relu(norm(conv3×3(x)))));  out = relu(y + shortcut(x)).
-Shortcut: identity, or for the strided, channel-doubling blocks the paper's option A —
-subsample by 2 and zero-pad the new channels — which adds no parameters.
-
-The norm is not an argument of the functions here: wrap the call in
-``with kalman_norm.norm_scope(...)``.  KN's prior flows through the blocks, across the
-shortcuts (subsampling and zero channels are propagated exactly) and the additions, without
-this code touching it.
-"""
+"""ResNet for CIFAR (He et al. 2016, Sect. 4.2): 6n+2 layers, conv → norm → ReLU, option-A
+shortcuts; n = 3/5/18 gives ResNet-20/32/110.  The norm comes from the enclosing ``norm_scope``;
+KN's prior flows through blocks, shortcuts and additions.  Design notes: models/README.md."""
 import tensorflow as tf
 
 from kalman_norm import flow as F

@@ -1,41 +1,6 @@
-"""ResNet-50 / ResNet-101 for ImageNet (He et al., CVPR 2016, Table 1), bottleneck blocks.
-
-The variant whose parameter counts are the KN paper's Table 2 with BN (25.56M / 44.55M at 1000
-classes: 25,557,032 and 44,549,160 trainable parameters), i.e. the widely used "v1.5" layout
-(torchvision, tensorpack's ``examples/ResNet``)::
-
-    conv 7×7/2, 64 → norm → ReLU → max pool 3×3/2
-    4 stages of bottleneck blocks, widths 64/128/256/512 (outputs 4× that),
-        ResNet-50: 3, 4, 6, 3 blocks     ResNet-101: 3, 4, 23, 3 blocks
-    global average pool → fully connected (with bias) → logits
-
-Bottleneck block (``groupS/blockB``)::
-
-    y = relu(norm1(conv1×1(x)))            width w
-    y = relu(norm2(conv3×3(y, stride s)))  width w        the stride sits on the 3×3 ("v1.5")
-    y = norm3(conv1×1(y))                  width 4w
-    out = relu(y + shortcut(x))
-
-The first block of stages 2-4 has stride 2.  The shortcut is the identity, or — where the stride
-or the width changes (the first block of every stage) — a projection: conv1×1 with the block's
-stride, then a norm (He et al.'s option B; ``shortcut/conv``, ``shortcut/bn``).  Convs have no
-bias (the norm's beta is the bias); norm layers hold gamma and beta.  Where the stride sits does
-not change the parameter count.
-
-``zero_init_residual`` (default True) starts every block's last gamma (``bn3``) at 0, so that
-each residual block starts as the identity (Goyal et al. 2017; tensorpack's ImageNet ResNet does
-the same).  It has no effect under 'wn' and 'none', whose feature-side layer has no gamma.
-With KN's default output hand-on (``propagate='output'``) a zero gamma hands on a point mass at
-beta for the residual branch, so the next prior is the shortcut's moments (plus beta); with the
-paper's ``propagate='input'`` KN's prior does not depend on gamma.
-
-KN's prior chain: the stem's norm (``bn0``) sees the image and has no prior; its estimate goes
-through ReLU, the max pool (:func:`kalman_norm.flow.max_pool`), and from there through every
-conv, ReLU and residual addition, so every other norm layer — projection shortcuts included —
-gets a prior.
-
-The norm is not an argument: wrap the call in ``with kalman_norm.norm_scope(...)``.
-"""
+"""ResNet-50/101 for ImageNet (He et al. 2016): bottleneck blocks with the stride on the 3×3
+conv, projection shortcuts, optional zero-initialised last gamma.  Norm-agnostic; KN's prior flows
+through the stem's max pool and every block.  Design notes: models/README.md."""
 import tensorflow as tf
 
 from kalman_norm import flow as F
