@@ -25,7 +25,7 @@ from tensorpack.models import layer_register
 
 from .data_format import canonical_data_format, data_format_scope, default_data_format
 from .estimate import Estimate, get_estimate, set_estimate
-from .layers import weight_normalize
+from .layers import center_weights, fused_activation_linear, weight_normalize, weight_standardize
 from .spec import current_norm
 from .transition import (avg_pool_estimate, conv_estimate, dense_estimate, global_avg_pool_estimate,
                          max_pool_estimate)
@@ -80,7 +80,10 @@ def conv2d(x, filters, kernel_size, strides=1, padding='SAME', use_bias=False,
     """2-D convolution with variables ``W`` [kh, kw, C_in, C_out] (and ``b``) as tensorpack's Conv2D.
 
     Default initialiser: He (variance scaling 2.0, fan-out, normal), the ResNet convention.
-    Under ``norm_scope('wn')`` the kernel is weight-normalised (``W`` is then v, plus ``wn_g``).
+    Under ``norm_scope('wn')`` the kernel is weight-normalised (``W`` is then v, plus ``wn_g``);
+    under a spec with ``weight_standardization=True`` it is standardised per output channel
+    (Qiao et al. 2019), under 'mabn' centred (Yan et al. 2020).  A KN prior is predicted through
+    the kernel the conv uses, after any of these.
     """
     data_format = _fmt(data_format)
     if padding.upper() not in ('SAME', 'VALID'):
@@ -95,6 +98,10 @@ def conv2d(x, filters, kernel_size, strides=1, padding='SAME', use_bias=False,
     spec = _spec()
     if spec is not None and spec.weight_norm:
         kernel = weight_normalize(kernel)
+    elif spec is not None and spec.weight_standardization:
+        kernel = weight_standardize(kernel)
+    elif spec is not None and spec.norm.centered_weights:
+        kernel = center_weights(kernel)
     conv_strides = [1, 1, sh, sw] if data_format == 'NCHW' else [1, sh, sw, 1]
     y = tf.nn.conv2d(x, tf.cast(kernel, x.dtype), strides=conv_strides, padding=padding.upper(),
                      data_format=data_format)
@@ -137,6 +144,10 @@ def fully_connected(x, units, use_bias=True, kernel_initializer=None):
 
 
 def relu(x, name=None):
+    """ReLU; after a layer whose nonlinearity is fused (FRN's TLU, EvoNorm) it is that layer's
+    own activation, as the papers replace BN + ReLU by the layer: x is returned as it is."""
+    if fused_activation_linear(x) is not None:
+        return x if name is None else tf.identity(x, name=name)
     y = tf.nn.relu(x, name=name)
     est = get_estimate(x)
     if est is not None:
@@ -146,7 +157,10 @@ def relu(x, name=None):
 
 def add(*xs, name=None):
     """Sum of tensors (e.g. a residual block's branch and shortcut).  The estimates add as for
-    independent branches; the authors' code adds the two branches' moments the same way."""
+    independent branches; the authors' code adds the two branches' moments the same way.  A
+    layer with a fused nonlinearity (FRN, EvoNorm) enters the sum by its affine output: the
+    papers' layer before a residual addition has no activation, as BN there has no ReLU."""
+    xs = [x if fused_activation_linear(x) is None else fused_activation_linear(x) for x in xs]
     y = tf.add_n(list(xs), name=name)
     ests = [get_estimate(x) for x in xs]
     if all(e is not None for e in ests):

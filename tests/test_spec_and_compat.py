@@ -19,14 +19,17 @@ from kalman_norm import flow as F
 from kalman_norm.layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm, LayerNormalization,
                                 MicroBatchNorm, MicroBatchRenorm, kn_diagnostics)
 
+from kalman_norm.norms import norms_where
+
 tf1 = tf.compat.v1
-BATCH_NORMS = ('bn', 'bkn', 'gkn', 'brn')
+BATCH_NORMS = norms_where('group_size')
 
 
 # =================================================================== NormSpec validation
 
-def test_norms_are_the_documented_eight():
-    assert set(NORMS) == {'bn', 'bkn', 'gn', 'gkn', 'brn', 'ln', 'wn', 'none'}
+def test_norms_are_the_documented_twelve():
+    assert set(NORMS) == {'bn', 'bkn', 'gn', 'gkn', 'brn', 'ln', 'wn', 'none',
+                          'frn', 'evonorm_s0', 'evonorm_b0', 'mabn'}
 
 
 def test_unknown_norm_lists_the_valid_names():
@@ -248,10 +251,14 @@ EXPECTED_VARS = {
     'bkn': {'gamma', 'beta', 'mean/EMA', 'variance/EMA'},
     'gn': {'gamma', 'beta'},
     'gkn': {'gamma', 'beta'},
-    'brn': {'gamma', 'beta', 'mean/EMA', 'variance/EMA'},
+    'brn': {'gamma', 'beta', 'mean/EMA', 'variance/EMA', 'stddev/EMA'},   # sigma: Algorithm 1
     'ln': {'gamma', 'beta'},
     'wn': {'beta'},
     'none': {'beta'},
+    'frn': {'gamma', 'beta', 'tau'},
+    'evonorm_s0': {'gamma', 'beta', 'v'},
+    'evonorm_b0': {'gamma', 'beta', 'v', 'variance/EMA'},
+    'mabn': {'gamma', 'beta', 'variance/EMA', 'step_count', 'x2_history', 'gz_history'},
 }
 
 
@@ -266,8 +273,8 @@ def test_norm_dispatches_to_the_layer_of_the_scope(kind):
     assert variables['conv2/W'] == [3, 3, 16, 16]
     with graph.as_default():
         ops = [op.name for op in graph.get_operations() if op.name.startswith('n2/')]
-        # Batch Renorm's clipped correction r, d; only in 'brn'
-        assert any('clip_by_value' in name for name in ops) == (kind == 'brn')
+        # Batch Renorm's clipped correction r, d; only in 'brn' and MABN's renormalising r (Sect. 4.3)
+        assert any('clip_by_value' in name for name in ops) == (kind in ('brn', 'mabn'))
         # only KN layers record diagnostics (the second layer, which has a prior)
         assert [d.layer for d in kn_diagnostics()] == (['n2'] if kind in ('bkn', 'gkn') else [])
 

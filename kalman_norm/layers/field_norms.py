@@ -7,9 +7,8 @@ built with ``nonlinearity=True`` returns its activated output and marks it
 its affine output, as the papers' layers before a residual addition have no nonlinearity.
 """
 import tensorflow as tf
-from tensorpack.models import layer_register
 
-from ._common import EMA, Layout, affine_params, bessel_factor, resolve_training, to_float32
+from ._common import EMA, Layout, affine_params, bessel_factor, norm_layer, resolve_training, to_float32
 from ._groupnorm import group_norm_view, num_channel_groups
 from ._options import (BATCH_STAT_CHECKS, COMMON_CHECKS, check_bool, check_options, check_positive,
                        layer_options)
@@ -96,7 +95,7 @@ def check_filter_response_norm_options(**options):
         check_positive('epsilon_init', options['epsilon_init'])
 
 
-@layer_register()
+@norm_layer
 def FilterResponseNorm(x, *, epsilon=1e-6, learned_epsilon=None, epsilon_init=1e-4, nonlinearity=True,
                        center=True, scale=True, gamma_init=1.0, data_format=None):
     """Filter Response Normalization with a Thresholded Linear Unit (Singh & Krishnan, CVPR 2020).
@@ -150,7 +149,7 @@ def check_evonorm_b0_options(**options):
         check_bool('nonlinearity', options['nonlinearity'])
 
 
-@layer_register()
+@norm_layer
 def EvoNormS0(x, *, channel_groups=32, epsilon=1e-5, nonlinearity=True, center=True, scale=True,
               gamma_init=1.0, data_format=None):
     """EvoNorm-S0 (Liu et al., NeurIPS 2020, Table 1): per sample,
@@ -177,7 +176,7 @@ def EvoNormS0(x, *, channel_groups=32, epsilon=1e-5, nonlinearity=True, center=T
     return _fused_output(activated, _affine(layout, x32, gamma, beta), restore)
 
 
-@layer_register()
+@norm_layer
 def EvoNormB0(x, *, group_size=None, eval_stats='moving', momentum=0.9, epsilon=1e-5, nonlinearity=True,
               center=True, scale=True, gamma_init=1.0, training=None, ema_update='default',
               unbiased_variance=True, data_format=None):

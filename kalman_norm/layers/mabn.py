@@ -2,10 +2,9 @@
 import numbers
 
 import tensorflow as tf
-from tensorpack.models import layer_register
 from tensorpack.tfutils.tower import get_current_tower_context
 
-from ._common import Layout, affine_params, resolve_training, to_float32
+from ._common import Layout, affine_params, norm_layer, resolve_training, to_float32
 from .field_norms import VarianceEMA
 from ._options import BATCH_STAT_CHECKS, check_choice, check_number, check_options, layer_options
 
@@ -63,7 +62,7 @@ def _window_count(steps_before, groups, mode, history_len):
     return tf.minimum(seen, float(history_len))
 
 
-@layer_register()
+@norm_layer
 def MovingAverageBatchNorm(x, *, group_size=None, history=16, history_mode='per_device', batch_stats_steps=100,
                            rmax=5.0, renorm_start=1000, eval_stats='moving', momentum=0.98, epsilon=1e-5,
                            center=True, scale=True, gamma_init=1.0, training=None, ema_update='default',
