@@ -17,6 +17,8 @@ import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+# the study package (scripts/study/) sits next to this script
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 #: more curves than this put the legend below the axes
@@ -27,7 +29,7 @@ LINE_STYLES = ('-', '--', ':')
 def curves(root, profile, row, seeds=None, which='moving'):
     """{seed: (epochs, error %)} of a row's records, diverged runs left out.  ``which``: moving
     (option A, or a norm's one evaluation) or batch (option B)."""
-    from kalman_norm import study
+    import study
     base = os.path.join(root, 'results', 'runs', profile, row)
     out = {}
     if not os.path.isdir(base):
@@ -119,7 +121,7 @@ def main(argv=None):
     p.add_argument('--root', default=REPO, help='directory holding configs/ and results/')
     args = p.parse_args(argv)
     import kalman_norm  # noqa: F401
-    from kalman_norm import study
+    import study
 
     def fail(msg):
         print('error: %s' % msg, file=sys.stderr)

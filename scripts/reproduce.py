@@ -17,7 +17,8 @@ run the same command again.  Then results/<table>.md and its curves are written 
 only (profile paper: results/<table>-paper.md).  The records are committed by you: the script
 prints the `git add` line.
 
-The logic (states, records, numbers, the Markdown) is in kalman_norm/study.py.
+The logic is in scripts/study/: schema (tables, configs), records (states, run.json, records),
+stats (the claims' tests), render (the Markdown), cost (the dry run's estimate).
 """
 import argparse
 import os
@@ -33,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-#: a table's trainer (its ``trainer`` key, kalman_norm.study.TRAINERS) -> the script that runs its rows
+#: a table's trainer (its ``trainer`` key, study.TRAINERS) -> the script that runs its rows
 TRAINERS = {'cifar': os.path.join(REPO, 'scripts', 'cifar_resnet.py'),
             'imagenet': os.path.join(REPO, 'scripts', 'imagenet.py')}
 #: what --data is, per trainer, in the report's command line when no --data was given
@@ -254,7 +255,7 @@ def main(argv=None):
     args = parse_args(argv)
     args.root = os.path.abspath(args.root)
     import kalman_norm  # noqa: F401  (sets up the stack for the plots' and the study's imports)
-    from kalman_norm import study
+    import study
     try:
         tables, plans = check_args(args, study)
     except study.StudyError as e:

@@ -1,4 +1,4 @@
-"""The study machinery: kalman_norm/study.py on synthetic records, and scripts/reproduce.py end to
+"""The study machinery: scripts/study/ on synthetic records, and scripts/reproduce.py end to
 end on a tiny generated image folder (two trainer runs: one fresh, one resumed after a kill).
 
 Nothing here reads /work/shared or the repository's results/: every root is a tmp_path.
@@ -6,14 +6,15 @@ Nothing here reads /work/shared or the repository's results/: every root is a tm
 import importlib.util
 import os
 import shutil
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from kalman_norm import study
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'scripts'))
+import study  # noqa: E402  (scripts/study/: the study tooling lives with the scripts, not in the library)
 try:            # the trainer takes a tiny image folder as dataset "folder" (a "cifar10" must be complete)
     from kalman_norm.data.common import DATASETS
 except ImportError:

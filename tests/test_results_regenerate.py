@@ -102,7 +102,8 @@ def test_kn_study_prose_matches_its_records():
     """The sentences of the KN study's discussion that quote a record: bkn_q0 seed 1 collapsed in
     epoch 2 before the learning rate peaked and ended at 21.6%; four runs of output-hand-on variants
     collapsed (bkn_q0 s1, bkn_calibrated s2, bkn_calibrated_q03 s1 and s2), none of bkn_output."""
-    from kalman_norm import study
+    sys.path.insert(0, os.path.join(REPO, 'scripts'))
+    import study
     with open(os.path.join(REPO, 'configs', 'tables', 'kn_study.toml')) as f:
         text = ' '.join(f.read().split())
     assert "its record's `lr` for epoch 2 is 0.06; 0.1 is reached in epoch 3" in text
