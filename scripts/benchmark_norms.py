@@ -42,13 +42,22 @@ NORMS = [                    # (label, norm, spec options)
     ('LN', 'ln', {}),
     ('WN', 'wn', {}),
     ('none', 'none', {}),
+    # the micro-batch field beside KN (issue 22)
+    ('GN+WS', 'gn', dict(weight_standardization=True)),
+    ('BN+WS', 'bn', dict(weight_standardization=True)),
+    ('BKN+WS analytic prior', 'bkn', dict(prior_method='analytic', weight_standardization=True, **KN_THEN)),
+    ('FRN+TLU', 'frn', {}),
+    ('EvoNorm-S0', 'evonorm_s0', {}),
+    ('EvoNorm-B0', 'evonorm_b0', {}),
+    ('MABN per device', 'mabn', {}),
+    ('MABN official simulation', 'mabn', dict(history_mode='official_simulation')),
 ]
 WARMUP = 15
 # -------------------------------------------------------------------------------------------
 
 
 class Run(object):
-    def __init__(self, norm, group_size, options, images, labels):
+    def __init__(self, norm, group_size, options, images, labels, config=None):
         self.graph = tf.Graph()
         with self.graph.as_default():
             x = tf.constant(images)
@@ -59,7 +68,7 @@ class Run(object):
             opt = tf.compat.v1.train.MomentumOptimizer(0.01, 0.9)
             with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
                 self.step = opt.minimize(loss, global_step=tf.compat.v1.train.get_or_create_global_step())
-            self.sess = tf.compat.v1.Session(graph=self.graph)
+            self.sess = tf.compat.v1.Session(graph=self.graph, config=config)
             self.sess.run(tf.compat.v1.global_variables_initializer())
         self.times = []
 
@@ -77,10 +86,16 @@ def machine():
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--steps', type=int, default=20, help='timed rounds (median over them)')
-    p.add_argument('--norms', help='comma-separated labels subset, e.g. "BN,BKN analytic prior"')
+    p.add_argument('--norms', help='comma-separated labels subset, e.g. "BN,BKN analytic prior,MABN per device"')
     p.add_argument('--groupings', default=','.join(map(str, GROUPINGS)))
     p.add_argument('--out', help='also write the table as Markdown here')
+    p.add_argument('--threads', type=int, help='intra- and inter-op threads of every session (default: '
+                   "TensorFlow's); set it when the machine is shared, as the ratios assume equal conditions")
     args = p.parse_args()
+    if args.threads is not None and args.threads < 1:
+        p.error('--threads must be >= 1, got %d' % args.threads)
+    config = None if args.threads is None else tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=args.threads, inter_op_parallelism_threads=args.threads)
     rng = np.random.RandomState(0)
     images = rng.randn(BATCH, 32, 32, 3).astype(np.float32)
     labels = rng.randint(0, 10, BATCH).astype(np.int32)
@@ -89,7 +104,7 @@ def main():
     runs = {}
     for g in groupings:
         for label, norm, opts in chosen:
-            runs[(label, g)] = Run(norm, g, opts, images, labels)
+            runs[(label, g)] = Run(norm, g, opts, images, labels, config)
             print('built %-32s groups of %d' % (label, g), flush=True)
     for _ in range(WARMUP):
         for r in runs.values():
@@ -114,10 +129,12 @@ def main():
     if args.out:
         with open(args.out, 'w') as f:
             f.write('# Training-step time of each norm relative to BN\n\n')
-            f.write('Produced by `python scripts/benchmark_norms.py --steps %d --out %s` (ResNet-32, %d samples per step, '
-                    'random data, SGD+momentum; %d warm-up rounds, median of %d interleaved rounds).\n\n'
-                    % (args.steps, args.out, BATCH, WARMUP, args.steps))
-            f.write('Machine: %s, no GPU.\n\n' % machine())
+            threads = '' if args.threads is None else ' --threads %d' % args.threads
+            f.write('Produced by `python scripts/benchmark_norms.py --steps %d%s --out %s` (ResNet-32, %d samples per '
+                    'step, random data, SGD+momentum; %d warm-up rounds, median of %d interleaved rounds).\n\n'
+                    % (args.steps, threads, args.out, BATCH, WARMUP, args.steps))
+            f.write('Machine: %s, no GPU%s.\n\n' % (machine(), '' if args.threads is None
+                                                      else ', %d thread(s) per session' % args.threads))
             f.write(table + '\n')
 
 
