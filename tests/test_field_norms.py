@@ -509,7 +509,8 @@ def test_norm_scope_options_of_the_new_rows():
 
 
 _BAD = {
-    'frn epsilon': (lambda: FilterResponseNorm('L', tf.zeros([4, 3, 3, 4]), epsilon=0.0), 'epsilon must be a number > 0'),
+    'frn epsilon': (lambda: FilterResponseNorm('L', tf.zeros([4, 3, 3, 4]), epsilon=0.0),
+                    'epsilon must be a number > 0'),
     'frn learned_epsilon': (lambda: kn.NormSpec('frn', learned_epsilon='yes'), r'learned_epsilon .* True or False'),
     's0 channels': (lambda: EvoNormS0('L', tf.zeros([4, 3, 3, 6]), channel_groups=4),
                     '6 channels are not divisible by channel_groups=4'),
