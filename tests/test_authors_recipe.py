@@ -22,6 +22,8 @@ import pytest
 import tensorflow as tf
 from tensorpack.tfutils.tower import TowerContext
 
+from conftest import make_session
+
 tf1 = tf.compat.v1
 EPS = 1e-5
 H = 2.0 ** -7                 # finite-difference step, exact in float32
@@ -35,11 +37,7 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 _RECIPE_KEYS = ('prior', 'prior_samples', 'gain')
 
 
-def _session(graph):
-    config = tf1.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=1)
-    # tiny graphs run a few times: Grappler's rewrites would cost more than they save
-    config.graph_options.rewrite_options.disable_meta_optimizer = True
-    return tf1.Session(graph=graph, config=config)
+_session = make_session      # tiny graphs run a few times: no Grappler rewrites
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,12 +256,13 @@ def test_moving_averages_follow_the_mean_over_all_groups(kind):
             sess.run(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS))
             ema_mean, ema_var = sess.run(sorted(ema, key=lambda v: v.op.name))
     bm, bv = _group_moments(x, 2)                                     # [4 groups, 4 channels]
+    unbiased = bv * 18.0 / 17.0                  # the EMA takes S unbiased: n = 2 samples x 3 x 3
     if kind == 'bkn':
         q, p = 0.1, 0.9
         mean = p * pm + q * bm
-        var = p * pv + q * bv + p * q * (bm - pm) ** 2
+        var = p * pv + q * unbiased + p * q * (bm - pm) ** 2
     else:
-        mean, var = bm, bv
+        mean, var = bm, unbiased
     np.testing.assert_allclose(ema_mean, 0.2 * mean.mean(0), rtol=1e-5, atol=1e-6)    # EMA starts at 0
     np.testing.assert_allclose(ema_var, 0.8 + 0.2 * var.mean(0), rtol=1e-5)           # and at 1
     assert np.abs(ema_mean - 0.2 * mean[0]).max() > 0.1               # group 0 alone is far off

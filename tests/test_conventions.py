@@ -23,9 +23,11 @@ from tensorpack.tfutils.tower import TowerContext
 
 from test_cifar_trainer import TINY, memory_dataset, no_grappler_session
 
+from conftest import session_config
+
 tf1 = tf.compat.v1
 EPS = 1e-5
-_CONFIG = tf1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
+_CONFIG = session_config()
 
 
 def _one_step(build, x_value, fetch):

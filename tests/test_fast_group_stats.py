@@ -15,8 +15,10 @@ import pytest
 import tensorflow as tf
 from tensorpack.tfutils.tower import TowerContext
 
+from conftest import session_config
+
 tf1 = tf.compat.v1
-_CONFIG = tf1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
+_CONFIG = session_config()
 N, C, HW = 8, 3, 4
 
 

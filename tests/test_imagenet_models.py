@@ -24,6 +24,8 @@ from kalman_norm.models.inception_v2 import MODULES, inception_v2
 from kalman_norm.norms import norms_where
 from kalman_norm.models.resnet_imagenet import BLOCKS_PER_STAGE, resnet_imagenet
 
+from conftest import make_session
+
 tf1 = tf.compat.v1
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 BATCH, SIZE, CLASSES = 2, 32, 1000
@@ -45,11 +47,7 @@ def load_script(name):
     return module
 
 
-def _session(graph):
-    """Without Grappler's rewrites: they cost seconds on big graphs and are not what is tested."""
-    config = tf1.ConfigProto()
-    config.graph_options.rewrite_options.disable_meta_optimizer = True
-    return tf1.Session(graph=graph, config=config)
+_session = make_session
 
 
 @functools.lru_cache(maxsize=None)

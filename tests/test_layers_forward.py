@@ -6,7 +6,6 @@ policies and towers; input validation messages; NaN/Inf behaviour.
 
 Everything is graph mode: ``tf.Graph`` + tensorpack ``TowerContext`` + ``tf.compat.v1.Session``.
 """
-import contextlib
 import zlib
 
 import kalman_norm as kn  # noqa: I001  (must be imported before tensorflow / tensorpack)
@@ -20,28 +19,18 @@ import pytest
 import tensorflow as tf
 from tensorpack.tfutils.tower import TowerContext, TrainTowerContext
 
+from conftest import graph_session
+
 tf1 = tf.compat.v1
 EPS = 1e-5
 N, C, HW = 8, 4, 3                     # tower batch, channels, spatial size
 LAYOUTS = ('NHWC', 'NCHW', '2D')
 ATOL = RTOL = 1e-4
-_CONFIG = tf1.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=2)
 
 
 # ----------------------------------------------------------------------------------------------
 # graph / session helpers
 # ----------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def graph_session():
-    graph = tf.Graph()
-    with graph.as_default():
-        sess = tf1.Session(graph=graph, config=_CONFIG)
-        try:
-            yield sess
-        finally:
-            sess.close()
-
 
 def _seed(name, seed):
     return zlib.crc32(('%s/%d' % (name, seed)).encode())

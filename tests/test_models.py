@@ -18,6 +18,8 @@ from kalman_norm.norms import get_norm, norms_where
 from kalman_norm.models.inception_cifar import INCEPTION_BLOCKS, inception_cifar, scaled
 from kalman_norm.models.resnet_cifar import resnet_cifar
 
+from conftest import make_session
+
 tf1 = tf.compat.v1
 BATCH, GROUP = 8, 2
 BATCH_NORMS = norms_where('group_size')          # registry rows: every new norm is tested here
@@ -38,12 +40,7 @@ MODELS = {name: (lambda model: lambda image, num_classes=10, **kw: model.make(
     image, num_classes, **dict(model.smallest, **kw)))(get_model(name)) for name in model_names('cifar')}
 
 
-def _session(graph=None):
-    """A session without Grappler's graph rewrites: they cost seconds on the first run of
-    these small graphs and are not what is tested here."""
-    config = tf1.ConfigProto()
-    config.graph_options.rewrite_options.disable_meta_optimizer = True
-    return tf1.Session(graph=graph, config=config)
+_session = make_session
 
 
 def _images(n, seed=0):
