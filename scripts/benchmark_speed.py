@@ -32,7 +32,6 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, '..'))
 
 BATCH = 128                  # samples per step (the paper's CIFAR protocol)
 DEPTH_N = 3                  # ResNet-20

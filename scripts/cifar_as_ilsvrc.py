@@ -23,7 +23,6 @@ import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import kalman_norm  # noqa: E402,F401  (before tensorpack / cv2)
 import cv2  # noqa: E402

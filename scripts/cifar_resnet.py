@@ -9,7 +9,6 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from kalman_norm.cifar import main  # noqa: E402
 

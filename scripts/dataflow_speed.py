@@ -11,7 +11,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import kalman_norm  # noqa: E402,F401  (before tensorpack)
 from kalman_norm.data import DataError, describe, get_dataflow, load_dataset  # noqa: E402

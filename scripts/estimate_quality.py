@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 import kalman_norm  # noqa: E402,F401
 from kalman_norm import data as datasets, probe  # noqa: E402

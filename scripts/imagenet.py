@@ -11,7 +11,6 @@ over all GPUs and workers.  See --help and README.md ("Training on a cluster").
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from kalman_norm.imagenet import main  # noqa: E402
 

@@ -16,7 +16,6 @@ import sys
 import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 # the study package (scripts/study/) sits next to this script
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -31,7 +31,6 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 #: a table's trainer (its ``trainer`` key, study.TRAINERS) -> the script that runs its rows

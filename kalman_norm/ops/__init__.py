@@ -38,6 +38,9 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'conv_prior.c
 # NaN and Inf still propagate, so a diverging run is still caught downstream.
 _OPT_FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-fassociative-math', '-fno-signed-zeros',
               '-fno-trapping-math', '-w']
+# TensorFlow 2.21's Eigen has AVX512-FP16 packet code that g++ 12 cannot compile; -march=native
+# turns it on where the CPU has the feature.  The op computes in float32 only, so it is left off.
+_NO_FP16 = '-mno-avx512fp16'
 
 logger = logging.getLogger(__name__)
 _state = {}             # the decision of fused_prior_enabled(), made once per process
@@ -71,9 +74,18 @@ def _library_path():
     with open(_SOURCE, 'rb') as f:
         key = hashlib.sha1(f.read())
     for part in [tf.__version__, ' '.join(tf.sysconfig.get_compile_flags()), ' '.join(_OPT_FLAGS),
-                 _cpu_fingerprint()]:
+                 _cpu_fingerprint(), _NO_FP16]:
         key.update(part.encode())
     return os.path.join(_cache_dir(), 'conv_prior-%s.so' % key.hexdigest()[:16])
+
+
+def _arch_flags(compiler):
+    """Flags beyond _OPT_FLAGS: AVX512-FP16 off where the CPU has it and the compiler knows it."""
+    if 'avx512_fp16' not in _cpu_fingerprint():
+        return []
+    probe = subprocess.run([compiler, _NO_FP16, '-x', 'c++', '-E', '-', '-o', os.devnull], input='',
+                           capture_output=True, text=True)
+    return [_NO_FP16] if probe.returncode == 0 else []
 
 
 def _digest(path):
@@ -127,7 +139,7 @@ def build(path=None, timeout=600):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(path))
     os.close(fd)
-    cmd = ([compiler, '-shared', '-fPIC'] + _OPT_FLAGS + [_SOURCE, '-o', tmp]
+    cmd = ([compiler, '-shared', '-fPIC'] + _OPT_FLAGS + _arch_flags(compiler) + [_SOURCE, '-o', tmp]
            + tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags())
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
