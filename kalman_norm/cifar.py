@@ -57,7 +57,9 @@ def lr_schedule(schedule, lr, epochs):
 class CifarTask(trainer.Task):
     prog = 'cifar_resnet.py'
     description = ('Train a CIFAR ResNet (or the paper\'s small Inception net) with any normalization.\n'
-                   'Exit codes: 0 trained (or already done), 2 bad input (nothing written), 3 diverged.')
+                   'Exit codes: 0 trained (or already done), 1 failed at run time (a checkpoint that cannot '
+                   'be written, a silent cluster), 2 bad input (nothing written), 3 diverged, 130/143 '
+                   'interrupted (resumable).')
     options = [
         Opt('depth', 5, 'int', 'ResNet blocks per stage: depth 6n+2 (3: ResNet-20, 5: -32, 18: -110)',
             minimum=1, short='-n'),

@@ -47,8 +47,9 @@ def lr_schedule(schedule, lr, epochs, total_batch):
 class ImageNetTask(trainer.Task):
     prog = 'imagenet.py'
     description = ('Train ResNet-50/101 or Inception-v2 on ILSVRC-12 with any normalization, on one '
-                   'machine or a cluster.\nExit codes: 0 trained (or already done), 2 bad input '
-                   '(nothing written), 3 diverged.')
+                   'machine or a cluster.\nExit codes: 0 trained (or already done), 1 failed at run time '
+                   '(a checkpoint that cannot be written, a silent cluster), 2 bad input (nothing written), '
+                   '3 diverged, 130/143 interrupted (resumable).')
     dry_build = False
     options = [
         Opt('arch', 'resnet50', 'choice', 'architecture', choices=ARCHS),
