@@ -133,8 +133,11 @@ class CifarTask(trainer.Task):
             remainder = (len(test_labels) % batch_size) % whole_groups_of == 0
             return get_dataflow(test_images, test_labels, batch_size, train=False, remainder=remainder)
 
+        def train_batches(seed):
+            return get_dataflow(ds.train_images, ds.train_labels, tower, train=True, num_proc=0, seed=seed)
+
         return trainer.Data(train_df, len(ds.train_labels), test, ds.num_classes, ds.channel_mean,
-                            ds.channel_std, (32, 32, 3), describe(ds), ds.content_hash())
+                            ds.channel_std, (32, 32, 3), describe(ds), ds.content_hash(), train_batches)
 
 
 TASK = CifarTask()

@@ -52,7 +52,10 @@ from .transition import METHODS as PRIOR_METHODS
 __all__ = ['Task', 'Data', 'COMMON_OPTIONS', 'ClassifierModel', 'prepare', 'train', 'main',
            'EMA_NORMS', 'KALMAN_NORMS', 'OptionError', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED']
 
-EVAL_MODES = ('moving', 'batch', 'both')
+#: 'precise': moving statistics every epoch, and after the last one PreciseBN's (kalman_norm.precise_bn,
+#: recorded as val-error-precise); 'all': moving and batch every epoch, PreciseBN's at the end
+EVAL_MODES = ('moving', 'batch', 'both', 'precise', 'all')
+PRECISE_TAG = 'val-error-precise'
 #: norms with moving averages, for which --eval-stats chooses between options A and B (registry rows)
 EMA_NORMS = norms_where('moving_averages')
 KALMAN_NORMS = norms_where('kalman')
@@ -95,8 +98,13 @@ COMMON_OPTIONS = [
     Opt('prior', 'analytic', 'choice', 'KN prior: analytic, or mc (the paper\'s Monte-Carlo; '
         '--kn-recipe authors and paper)', choices=PRIOR_METHODS),
     Opt('prior_samples', 1, 'int', 'sampled feature maps per group for --prior mc', minimum=1),
-    Opt('eval_stats', 'moving', 'choice', 'inference statistics: moving (A), batch (B) or both',
-        choices=EVAL_MODES),
+    Opt('eval_stats', 'moving', 'choice', 'inference statistics: moving (A), batch (B) or both; precise: '
+        'moving, and after the last epoch the moving statistics recomputed with the final weights over '
+        '--precise-batches training batches (PreciseBN, Wu & Johnson 2021; val-error-precise); all: both + '
+        'precise', choices=EVAL_MODES),
+    Opt('precise_batches', 200, 'int', "training batches of the tower's size that --eval-stats precise/all "
+        "averages (200 x 128 = half of CIFAR's training set, forward only); recorded beside the result",
+        minimum=1, identity=False),
     Opt('seed', None, 'int', 'random seed (weights, data order, augmentation)', nullable=True, minimum=0),
     Opt('norm_options', {}, 'table', 'a norm layer option (TOML value), e.g. process_noise=false'),
     Opt('model_options', {}, 'table', 'a model option (TOML value)'),
@@ -123,8 +131,10 @@ COMMON_OPTIONS = [
 #: test set in batches of ``batch_size`` (a partial last batch only if it holds whole groups).
 #: ``content_hash``: a hash of the images and labels (None: not known), recorded with the run so
 #: that a resume on other data is refused.
+#: ``train_batches(seed)``: a fresh single-process training dataflow (augmented, in the order of
+#: ``seed``) for PreciseBN's recomputation (None: the task has none).
 Data = namedtuple('Data', ['train', 'train_size', 'test', 'num_classes', 'channel_mean', 'channel_std',
-                           'image_shape', 'description', 'content_hash'], defaults=(None,))
+                           'image_shape', 'description', 'content_hash', 'train_batches'], defaults=(None, None))
 
 
 def auto_gain(batch):
@@ -571,7 +581,8 @@ def eval_tags(o):
     """[(inference tower name, summary name)] for the --eval-stats choice."""
     if o['norm'] not in EMA_NORMS:
         return [('InferenceTower', 'val-error')]
-    modes = ['moving', 'batch'] if o['eval_stats'] == 'both' else [o['eval_stats']]
+    modes = {'both': ['moving', 'batch'], 'all': ['moving', 'batch'], 'precise': ['moving']}.get(
+        o['eval_stats'], [o['eval_stats']])
     return [('InferenceTower' + m.capitalize(), 'val-error-' + m) for m in modes]
 
 
@@ -736,6 +747,10 @@ def summarize(task, o, status=None):
             continue
         best = min(series, key=lambda t: t[1])
         parts.append('%s best %.2f%% (epoch %d) last %.2f%%' % (tag, 100 * best[1], best[0], 100 * series[-1][1]))
+    precise = [s for s in stats if PRECISE_TAG in s]
+    if precise:
+        parts.append('%s %.2f%% (epoch %d, %d batches)' % (PRECISE_TAG, 100 * precise[-1][PRECISE_TAG],
+                                                           precise[-1]['epoch_num'], precise[-1]['precise_batches']))
     return 'FINAL %s: %s' % (head, '; '.join(parts) if parts else 'no validation yet')
 
 
@@ -820,6 +835,8 @@ def train(task, o, data, session_creator=None):
                 if failure is not None:
                     raise failure
         epochs = last_complete_epoch(o['logdir'], config.steps_per_epoch)
+        if epochs >= o['epochs'] and o['eval_stats'] in ('precise', 'all') and o['worker_index'] == 0:
+            record_precise(task, o, data, epochs * config.steps_per_epoch)
         rundir.set_status('finished' if epochs >= o['epochs'] else 'stopped', epochs_done=epochs, epochs=o['epochs'])
         return summarize(task, o), 0
     except RunFailed as e:
@@ -837,6 +854,51 @@ def train(task, o, data, session_creator=None):
                 'after epoch %d)' % (_head(task, o, _read_stats(o)), name, done, o['epochs'], done)), 128 + signum
     finally:
         rundir.release()
+
+
+def precise_result(task, o, data, checkpoint, batches):
+    """PreciseBN's evaluation of ``checkpoint`` (:func:`kalman_norm.precise_bn.precise_evaluation`):
+    ``batches`` training batches of the tower's size in a fixed order, then the evaluation set of
+    the epochs' inference runners (the same images, in the same batches)."""
+    from .precise_bn import PRECISE_SEED, precise_evaluation
+    if data.train_batches is None:
+        raise OptionError('--eval-stats %s: this task provides no training batches for PreciseBN' % o['eval_stats'])
+    mean, std = np.asarray(data.channel_mean, np.float32), np.asarray(data.channel_std, np.float32)
+
+    def build_logits(images):
+        return task.build_logits(o, (tf.cast(images, tf.float32) - mean) / std, data.num_classes)
+
+    def restore(sess):
+        tf.compat.v1.train.Saver().restore(sess, checkpoint)
+
+    def train_images():
+        flow, produced = data.train_batches(PRECISE_SEED), 0
+        flow.reset_state()
+        while True:              # as many epochs of the flow as ``batches`` needs
+            for images, _ in flow:
+                if produced == batches:
+                    return
+                produced += 1
+                yield images
+
+    whole_groups_of = o['batch'] if any(tag.endswith('batch') for _, tag in eval_tags(o)) else 1
+    test = data.test(task.eval_batch_size(o), whole_groups_of)
+    test.reset_state()
+    return precise_evaluation(build_logits, o['spec'], restore, train_images(), test,
+                              runtime.session_config(o['threads']))
+
+
+def record_precise(task, o, data, step):
+    """PreciseBN's error of the final checkpoint into stats.json's last epoch (once)."""
+    stats = _read_stats(o)
+    if not stats or PRECISE_TAG in stats[-1]:
+        return
+    logger.info('PreciseBN: recomputing the moving statistics over %d training batches' % o['precise_batches'])
+    result = precise_result(task, o, data, os.path.join(o['logdir'], 'model-%d' % step), o['precise_batches'])
+    stats[-1].update({PRECISE_TAG: result['error'], 'precise_batches': result['batches'],
+                      'precise_images': result['images']})
+    atomic_write_json(os.path.join(o['logdir'], 'stats.json'), stats)
+    logger.info('PreciseBN: %s %.4f on %d images' % (PRECISE_TAG, result['error'], result['images']))
 
 
 def _epochs_done(o, config):
