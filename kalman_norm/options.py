@@ -12,6 +12,7 @@ A *preset* is a set of values that one option's choice gives other options (the 
 and yields to anything the config file or the command line gives (see :func:`resolve`).
 """
 import argparse
+import json
 import math
 import os
 
@@ -20,7 +21,8 @@ try:
 except ImportError:  # Python 3.10: the same parser, as a package (a dependency on 3.10)
     import tomli as tomllib
 
-__all__ = ['OptionError', 'Opt', 'build_parser', 'load_config', 'parse_scalar', 'resolve', 'flag']
+__all__ = ['OptionError', 'Opt', 'build_parser', 'load_config', 'read_config', 'dump_toml', 'parse_scalar',
+           'resolve', 'flag']
 
 
 class OptionError(ValueError):
@@ -148,15 +150,70 @@ def build_parser(prog, description, opts):
     return p
 
 
-def load_config(path, opts):
-    """The options of a TOML file, keys normalised to snake_case, unknown keys rejected."""
+def _merged(under, over):
+    """``over`` on top of ``under``: tables merge key by key (recursively), anything else replaces."""
+    out = dict(under)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config(path, _chain=()):
+    """The settings of a TOML config.  A config may name ``base = "<path relative to it>"`` and state
+    only what differs: the base's settings (its own base's first) under this file's, tables merged
+    key by key, scalars and arrays replaced.  A missing base, a base cycle or bad TOML is one
+    OptionError line."""
     if not os.path.isfile(path):
+        if _chain:
+            raise OptionError('%s: base %s: no such file' % (_chain[-1], path))
         raise OptionError('--config %s: no such file' % path)
+    real = os.path.realpath(path)
+    if real in map(os.path.realpath, _chain):
+        raise OptionError('%s: base cycle %s' % (_chain[0], ' -> '.join(list(_chain) + [path])))
     with open(path, 'rb') as f:
         try:
             conf = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise OptionError('--config %s is not valid TOML: %s' % (path, e))
+    if 'base' not in conf:
+        return conf
+    base = conf.pop('base')
+    if not isinstance(base, str) or not base:
+        raise OptionError('%s: base must be a path to another config, got %r' % (path, base))
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    return _merged(read_config(base_path, tuple(_chain) + (path,)), conf)
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return 'true' if v else 'false'
+    if isinstance(v, (int, float)):
+        return repr(v)          # Python's repr of a float (inf, nan, 1e-05) is TOML's spelling too
+    if isinstance(v, str):
+        return json.dumps(v)    # JSON's string escapes are a subset of TOML's basic strings'
+    if isinstance(v, list):
+        return '[%s]' % ', '.join(map(_toml_value, v))
+    if isinstance(v, dict):     # a table inside an array: an inline table
+        return '{%s}' % ', '.join('%s = %s' % (k, _toml_value(x)) for k, x in v.items())
+    raise OptionError('cannot write %r as a TOML value' % (v,))
+
+
+def dump_toml(settings, _prefix=''):
+    """TOML text of a config's settings (scalars, arrays, nested tables), e.g. a config's resolved
+    settings written where its ``base`` path would no longer resolve; ``read_config`` of it gives
+    ``settings`` back."""
+    lines = ['%s = %s' % (k, _toml_value(v)) for k, v in settings.items() if not isinstance(v, dict)]
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            name = _prefix + k
+            lines += ['', '[%s]' % name, dump_toml(v, name + '.').rstrip('\n')]
+    return '\n'.join(lines).lstrip('\n') + '\n'
+
+
+def load_config(path, opts):
+    """The options of a TOML file (resolved through its ``base``, see :func:`read_config`), keys
+    normalised to snake_case, unknown keys rejected."""
+    conf = read_config(path)
     conf = {k.replace('-', '_'): v for k, v in conf.items()}
     known = {o.key for o in opts}
     unknown = sorted(set(conf) - known)

@@ -8,12 +8,11 @@ the cpu profile a budget of this machine.
 import glob
 import os
 import sys
-import tomllib
-
 import pytest
 
 from kalman_norm import KN_RECIPES, cifar, imagenet, trainer
 from kalman_norm.cifar import DEFAULTS, parse_options
+from kalman_norm.options import read_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
@@ -30,8 +29,8 @@ def _ids(path):
 
 
 def _toml(path):
-    with open(path, 'rb') as f:
-        return tomllib.load(f)
+    """The config's settings, resolved through its base (as the trainer reads --config)."""
+    return read_config(path)
 
 
 def _trainer_options(path):

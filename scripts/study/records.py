@@ -11,7 +11,9 @@ import shutil
 import subprocess
 
 from .schema import (EVALS, PROFILES, StudyError, _is_number, _load_toml, _need, config_settings_sha256,
-                     file_sha256, find_config, load_config, planned_seeds, row_available, tomllib)
+                     file_sha256, find_config, load_config, planned_seeds, read_row_config, row_available,
+                     tomllib)
+from kalman_norm.options import dump_toml
 from .stats import mean_std
 
 
@@ -226,7 +228,14 @@ def collect(logdir, record, config_path, row, profile, seed):
             'config_settings_sha256': config_settings_sha256(config_path),
             'seed': seed, 'command': None, 'git_commit': None, 'started': None, 'machine': machine(),
             'note': 'no run.json in the log dir: launched outside reproduce.py; collected %s' % utc_now()})
-    shutil.copy2(config_path, os.path.join(tmp, 'config.toml'))
+    settings = read_row_config(config_path)
+    if settings == _load_toml(config_path):
+        shutil.copy2(config_path, os.path.join(tmp, 'config.toml'))
+    else:
+        # a config stated as a base and what differs: its base path would not resolve from the
+        # record, so the record keeps the settings it ran with
+        with open(os.path.join(tmp, 'config.toml'), 'w') as f:
+            f.write('# %s, resolved through its base\n%s' % (config_path, dump_toml(settings)))
     os.makedirs(os.path.dirname(record), exist_ok=True)
     os.rename(tmp, record)
     return True
@@ -330,8 +339,9 @@ def plan(root, table, profile, seeds=None, rows=None):
 
 
 def record_is_stale(record, config):
-    """Whether the record's config.toml sets anything other than the row's config file now
-    (comments aside: a corrected comment does not make a record another config's)."""
+    """Whether the record's config.toml sets anything other than the row's config file now, both
+    resolved through their bases (comments aside: a corrected comment, or a config restated as a
+    base and what differs, does not make a record another config's)."""
     rec = load_record(record)
     if not rec or rec['config_text'] is None:
         return False
@@ -339,7 +349,7 @@ def record_is_stale(record, config):
         made_with = tomllib.loads(rec['config_text'])
     except tomllib.TOMLDecodeError:
         return True
-    return made_with != _load_toml(config)
+    return made_with != read_row_config(config)
 
 
 def record_trainer(rec):

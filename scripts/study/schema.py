@@ -11,6 +11,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from kalman_norm import cifar, imagenet
+from kalman_norm.options import OptionError, read_config
 
 
 PROFILES = ('cpu', 'paper')
@@ -60,6 +61,15 @@ def _load_toml(path):
             return tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise StudyError('%s is not valid TOML: %s' % (path, e))
+
+
+def read_row_config(path):
+    """A row config's settings, resolved through its ``base`` (kalman_norm.options.read_config, the
+    trainer's own reading of --config); a bad one is a StudyError."""
+    try:
+        return read_config(path)
+    except OptionError as e:
+        raise StudyError(str(e))
 
 
 def _is_number(x):
@@ -254,7 +264,7 @@ def load_config(path, trainer='cifar'):
     filled from ``trainer``'s defaults; ``dataset`` is "imagenet" for the ImageNet trainer (which
     has no such option: its data is an ILSVRC-12 style folder)."""
     _need(trainer in TRAINERS, 'trainer must be one of %s, got %r' % (', '.join(TRAINERS), trainer))
-    c = _load_toml(path)
+    c = read_row_config(path)
     c = {k.replace('-', '_'): v for k, v in c.items()}
     if trainer == 'imagenet':
         c = dict(IMAGENET_DEFAULTS, **c)
@@ -292,9 +302,10 @@ def file_sha256(path):
 
 
 def config_settings_sha256(path):
-    """sha256 of what a config sets (its parsed TOML, keys sorted), not of its text: correcting a
-    config's comments neither refuses a resume nor marks its records as made with another config."""
-    settings = json.dumps(_load_toml(path), sort_keys=True, default=str)
+    """sha256 of what a config sets (its parsed TOML resolved through its base, keys sorted), not of
+    its text: correcting a config's comments, or stating it as a base and what differs, neither
+    refuses a resume nor marks its records as made with another config."""
+    settings = json.dumps(read_row_config(path), sort_keys=True, default=str)
     return hashlib.sha256(settings.encode()).hexdigest()
 
 
