@@ -75,6 +75,7 @@ class CifarTask(trainer.Task):
     ]
 
     schedule_recipes = SCHEDULE_RECIPES
+    precise_bn = True
 
     def check(self, o):
         super().check(o)

@@ -25,6 +25,7 @@ state of training and the batches are independent draws.  What each row recomput
   average exactly, so no correction term).  Both ``history_mode`` values recompute the same.
 """
 import inspect
+import itertools
 
 import numpy as np
 import tensorflow as tf
@@ -101,10 +102,17 @@ def recompute_statistics(build_logits, spec, restore, batches, session_config=No
         restore: ``restore(sess)`` loads the final weights and moving state into the session.
         batches: an iterable of uint8 image batches (the tower's size; the training flow).
     """
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError('PreciseBN needs at least one training batch, got none')
+    first = np.asarray(first)
+    # one group per batch: the statistic is the batch's, and the population correction applies
+    one_group = spec.group_size is None or spec.group_size >= len(first)
     graph = tf.Graph()
-    one_group = None
     with graph.as_default():
-        images = tf1.placeholder(tf.uint8, [None] * 4, name='images')
+        # a static batch: MABN's per-device histories hold one row per group
+        images = tf1.placeholder(tf.uint8, first.shape, name='images')
         with TowerContext('', is_training=True), precise_spec(spec):
             get_global_step_var()
             build_logits(images)
@@ -120,26 +128,29 @@ def recompute_statistics(build_logits, spec, restore, batches, session_config=No
             saved = sess.run(state)
             per_batch = {v.op.name: [] for v in moving}
             count = 0
-            for batch in batches:
+            for batch in itertools.chain([first], batches):
                 batch = np.asarray(batch)
-                if one_group is None:
-                    one_group = spec.group_size is None or spec.group_size >= len(batch)
+                if batch.shape != first.shape:
+                    raise ValueError('PreciseBN batches must all have the shape %s, got %s'
+                                     % (first.shape, batch.shape))
                 sess.run(reset, dict(zip(feeds, saved)))
                 sess.run(updates, {images: batch})
                 for v, value in zip(moving, sess.run(moving)):
                     per_batch[v.op.name].append(value)
                 count += 1
-    if count == 0:
-        raise ValueError('PreciseBN needs at least one training batch, got none')
     return combine_batches(per_batch, one_group, layer_epsilon(spec)), count
 
 
 def evaluate_moving(build_logits, spec, restore, statistics, test_batches, session_config=None):
     """(errors, images) of the model with moving statistics, the ``.../EMA`` variables replaced
     by ``statistics`` (None: as restored), over ``test_batches`` of (images, labels)."""
+    test_batches = iter(test_batches)
+    first = next(test_batches, None)
+    if first is None:
+        return 0, 0
     graph = tf.Graph()
     with graph.as_default():
-        images = tf1.placeholder(tf.uint8, [None] * 4, name='images')
+        images = tf1.placeholder(tf.uint8, [None] + list(np.asarray(first[0]).shape[1:]), name='images')
         with TowerContext('', is_training=False), spec.replace(eval_stats='moving'):
             get_global_step_var()
             logits = build_logits(images)
@@ -152,7 +163,7 @@ def evaluate_moving(build_logits, spec, restore, statistics, test_batches, sessi
             for name, value in (statistics or {}).items():
                 by_name[name].load(np.asarray(value, np.float32), sess)
             wrong = seen = 0
-            for batch_images, batch_labels in test_batches:
+            for batch_images, batch_labels in itertools.chain([first], test_batches):
                 pred = sess.run(logits, {images: batch_images}).argmax(1)
                 wrong += int((pred != np.asarray(batch_labels)).sum())
                 seen += len(batch_labels)

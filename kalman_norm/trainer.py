@@ -169,6 +169,8 @@ class Task(object):
     #: build one tower on placeholders before loading data (seconds for CIFAR models; ImageNet's
     #: KN graphs take minutes on a CPU, and their options are checked by signature and NormSpec)
     dry_build = True
+    #: its Data provides ``train_batches`` for --eval-stats precise/all (PreciseBN)
+    precise_bn = False
 
     def all_options(self):
         return COMMON_OPTIONS + list(self.options)
@@ -178,6 +180,8 @@ class Task(object):
 
     def check(self, o):
         """Task-specific checks and defaults; raise OptionError.  Subclasses extend it."""
+        if o['eval_stats'] in ('precise', 'all') and not self.precise_bn:
+            raise OptionError('--eval-stats %s (PreciseBN) is implemented for the CIFAR trainer only' % o['eval_stats'])
         recipe = self.schedule_recipes[o['schedule']]
         for key in ('epochs', 'lr', 'weight_decay', 'nesterov'):
             if o[key] is None:
@@ -366,6 +370,10 @@ class ClassifierModel(ModelDesc):
         # The global step at the root scope: otherwise the first layer asking for it (BRN's
         # warm-up) would create it inside its own variable scope.
         get_global_step_var()
+        if ctx.is_training:
+            # training batches are always whole towers (the dataflow drops a remainder): say so to
+            # the graph, so that layers with per-group state (MABN's histories) see their groups
+            image.set_shape([self.o['tower_batch']] + image.shape.as_list()[1:])
         image = (tf.cast(image, tf.float32) - self.mean) / self.std
         spec = self.o['spec']
         if not ctx.is_training and self.o['norm'] in EMA_NORMS:
