@@ -113,7 +113,7 @@ for _row in [
     register_norm(_row)
 
 
-# the micro-batch field beside KN (issue 22): layers in kalman_norm/layers/field_norms.py, mabn.py
+# the micro-batch field beside KN: layers in kalman_norm/layers/field_norms.py, mabn.py
 for _row in [
     Norm('frn', FilterResponseNorm, check_filter_response_norm_options,
          'Filter Response Normalization + TLU (replaces BN + ReLU)', 'Singh & Krishnan 2020'),
