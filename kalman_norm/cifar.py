@@ -11,6 +11,8 @@ Terms, as in the paper:
   So ``--batch 2 --total-batch 128 --gpus 1`` is the paper's CIFAR protocol: one device, 128
   samples per step, normalised as 64 micro-batches of 2.
 """
+import copy
+
 import numpy as np
 
 from . import trainer
@@ -36,6 +38,23 @@ SCHEDULES = tuple(SCHEDULE_RECIPES)
 TRAIN_SIZES = {'cifar10': 50000, 'cifar100': 50000, 'svhn': 73257}
 #: classes for the dry build of the graph before the data loads (a folder's are counted later)
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, OWN_DATASET: 10}
+
+
+def validation_split(ds, size):
+    """(a Dataset whose training set is all but the last ``size`` training images and whose test
+    set is those ``size``, size): a validation split for choosing hyperparameters without the test
+    set.  The split follows the stored order (deterministic); ``size`` 0 returns ``ds`` itself.
+    The normalisation statistics stay the whole training set's, as the data set defines them."""
+    if size == 0:
+        return ds, 0
+    if size >= len(ds.train_labels):
+        raise OptionError('--validation %d leaves no training images (the training set holds %d)'
+                          % (size, len(ds.train_labels)))
+    cut = len(ds.train_labels) - size
+    split = copy.copy(ds)
+    split.train_images, split.train_labels = ds.train_images[:cut], ds.train_labels[:cut]
+    split.test_images, split.test_labels = ds.train_images[cut:], ds.train_labels[cut:]
+    return split, size
 
 
 def lr_schedule(schedule, lr, epochs):
@@ -72,15 +91,20 @@ class CifarTask(trainer.Task):
         Opt('partial_data', False, 'bool', "accept a copy of cifar10/cifar100/svhn whose split sizes differ "
             "from the official release (a warning instead of an error); --dataset folder is for your own data"),
         Opt('cache_dir', None, 'path', 'where decoded image folders are cached', nullable=True, identity=False),
+        Opt('validation', 0, 'int', 'hold out the last N training images (in the data set\'s stored order) and '
+            'evaluate on them instead of the test set, e.g. 5000 to choose a learning rate; 0: train on all, '
+            'evaluate on the test set', minimum=0),
     ]
 
     schedule_recipes = SCHEDULE_RECIPES
     precise_bn = True
+    identity_if_set = ('validation',)
 
     def check(self, o):
         super().check(o)
         # (replaced by the real count once the data is loaded, see trainer.prepare)
-        o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or TRAIN_SIZES.get(o['dataset'], 50000) // o['total_batch']
+        train_size = TRAIN_SIZES.get(o['dataset'], 50000) - o['validation']
+        o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or max(train_size, 0) // o['total_batch']
 
     def model_function(self, o):
         model = get_model(o['model'])
@@ -118,6 +142,9 @@ class CifarTask(trainer.Task):
     def data_from(self, ds, o):
         """A loaded data set as the trainer's :class:`~kalman_norm.trainer.Data` for options ``o``."""
         tower = o['tower_batch']
+        content_hash = ds.content_hash()       # of the data set as loaded, whatever the split
+        loaded = ds
+        ds, held_out = validation_split(ds, o['validation'])
         if len(ds.train_labels) < o['total_batch']:
             raise OptionError('The training set (%d images) is smaller than one step of %d samples'
                               % (len(ds.train_labels), o['total_batch']))
@@ -137,8 +164,11 @@ class CifarTask(trainer.Task):
         def train_batches(seed):
             return get_dataflow(ds.train_images, ds.train_labels, tower, train=True, num_proc=0, seed=seed)
 
+        described = describe(loaded) if not held_out else (
+            '%s; validation split: the last %d training images held out and evaluated on (training on %d; '
+            'the test set is not used)' % (describe(loaded), held_out, len(ds.train_labels)))
         return trainer.Data(train_df, len(ds.train_labels), test, ds.num_classes, ds.channel_mean,
-                            ds.channel_std, (32, 32, 3), describe(ds), ds.content_hash(), train_batches)
+                            ds.channel_std, (32, 32, 3), described, content_hash, train_batches)
 
 
 TASK = CifarTask()

@@ -171,6 +171,8 @@ class Task(object):
     dry_build = True
     #: its Data provides ``train_batches`` for --eval-stats precise/all (PreciseBN)
     precise_bn = False
+    #: options that enter the identity only when set to other than their default
+    identity_if_set = ()
 
     def all_options(self):
         return COMMON_OPTIONS + list(self.options)
@@ -335,6 +337,10 @@ def identity(task, o):
     number of workers; where things are and how fast they load are not part of it."""
     keys = [opt.key for opt in task.all_options() if opt.identity]
     ident = {k: o[k] for k in keys}
+    for key in task.identity_if_set:
+        # options added after runs were recorded: at their default, the old identities stay valid
+        if o[key] == next(opt.default for opt in task.all_options() if opt.key == key):
+            del ident[key]
     ident['program'] = task.prog
     ident['workers'] = o['workers']          # the same total batch over more devices is another run
     ident['conventions'] = CONVENTIONS
