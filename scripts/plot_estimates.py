@@ -166,7 +166,7 @@ RENORM_NOTE = (' r/d clipped (Batch Renorm): the fraction of groups and channels
 
 def markdown(results, figure, command):
     """The numbers behind the figure, one section per run, with the command that wrote them."""
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))     # scripts/study/
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))     # scripts/study/
     import study                                       # TensorFlow: only when the Markdown is asked for
     from kalman_norm.probe import format_summary, has_renorm_clipping
     counts = sorted({str(r.get('settings', {}).get('images', '?')) for r in results})
