@@ -53,6 +53,7 @@ from .layers._common import Layout
 from .layers.kalman import kn_diagnostics
 from .models import get_model, model_names
 from .norms import get_norm, norms_where
+from .provenance import atomic_write_json
 from .spec import NormSpec
 
 __all__ = ['ProbeError', 'ESTIMATES', 'load_run', 'list_checkpoints', 'epoch_of_steps', 'build_probe',
@@ -471,16 +472,9 @@ def measure_run(logdir, images, num_classes, channel_mean, channel_std, checkpoi
             result['checkpoints'].append(dict(step=step, epoch=epoch(step), checkpoint=os.path.basename(prefix),
                                               layers=layers, average=average_over_layers(layers)))
             result['checkpoints'].sort(key=lambda c: c['step'])
-            _write_json(out_path, result)
+            atomic_write_json(out_path, result, sort_keys=False)
             log('measured %s (step %d)' % (os.path.basename(prefix), step))
     return result
-
-
-def _write_json(path, content):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(content, f, indent=1)
-    os.replace(tmp, path)
 
 
 def has_renorm_clipping(result):

@@ -20,7 +20,6 @@ directory, so the directory guards itself:
 Resuming from any kill point is :func:`last_complete_epoch`: the last epoch that is both recorded
 in ``stats.json`` and has its checkpoint.
 """
-import datetime
 import errno
 import fcntl
 import hashlib
@@ -29,6 +28,7 @@ import os
 import re
 
 from .options import OptionError
+from .provenance import atomic_write_json, utc_now
 
 __all__ = ['RunDir', 'identity_hash', 'atomic_write_json', 'last_complete_epoch', 'RunDiverged', 'RunFailed']
 
@@ -57,21 +57,6 @@ class RunDiverged(RuntimeError):
 class RunFailed(RuntimeError):
     """The run cannot go on for a reason outside its options (a checkpoint that cannot be
     written, a cluster task that never answers); the message is one line saying what to do."""
-
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
-
-
-def atomic_write_json(path, obj):
-    """Write JSON to a temporary file next to ``path`` and rename it over: a kill leaves either
-    the old file or the new one, never half of one."""
-    tmp = '%s.tmp.%d' % (path, os.getpid())
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _canonical(value):
@@ -204,14 +189,14 @@ class RunDir(object):
                                   'or pass another --logdir' % (self.path, holder or 'pid unknown'))
             raise
         os.ftruncate(fd, 0)
-        os.write(fd, ('pid %d since %s' % (os.getpid(), _now())).encode())
+        os.write(fd, ('pid %d since %s' % (os.getpid(), utc_now())).encode())
         self._lock_fd = fd
         self.check_identity()          # again, now that no other process can write here
         if self.recorded_options() is None:
             # flat: every resolved option at the top level (what tools read), plus the identity
             try:
                 atomic_write_json(os.path.join(self.path, OPTIONS_FILE),
-                                  dict(self.record, identity=self.identity, created=_now()))
+                                  dict(self.record, identity=self.identity, created=utc_now()))
             except OSError as e:
                 self.release()
                 raise OptionError('--logdir %s: cannot record the options (%s): free space or pass another '
@@ -225,7 +210,7 @@ class RunDir(object):
             self._lock_fd = None
 
     def set_status(self, status, **fields):
-        fields.update(status=status, updated=_now())
+        fields.update(status=status, updated=utc_now())
         atomic_write_json(os.path.join(self.path, STATUS_FILE), fields)
 
 

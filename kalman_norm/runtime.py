@@ -30,12 +30,10 @@ Importing this module does not import TensorFlow (tests/test_runtime.py checks i
 before TensorFlow loads, so every script that imports kalman_norm first gets oneDNN.
 """
 import os
-import platform
 import sys
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ['ENVIRONMENT', 'configure_environment', 'session_config', 'describe_machine']
+__all__ = ['ENVIRONMENT', 'configure_environment', 'session_config']
 
 #: Environment variables TensorFlow must see when it starts; values that were measured to help.
 ENVIRONMENT = {
@@ -81,20 +79,3 @@ def session_config(threads=None):
         conf.intra_op_parallelism_threads = 0
         conf.inter_op_parallelism_threads = 0
     return conf
-
-
-def describe_machine():
-    """One line for benchmark reports: CPU model x logical cores, OS, Python, TensorFlow."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-        cpu = '%s × %d' % (names[0], len(names)) if names else cpu
-    except OSError:
-        pass
-    try:
-        tf_version = version('tensorflow')
-    except PackageNotFoundError:
-        tf_version = 'not installed'
-    return '%s; %s; Python %s; TensorFlow %s (CPU)' % (cpu, platform.platform(), platform.python_version(),
-                                                       tf_version)

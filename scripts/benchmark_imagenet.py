@@ -39,7 +39,7 @@ from tabulate import tabulate  # noqa: E402
 from tensorpack.models.registry import disable_layer_logging  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
-from kalman_norm import ops, runtime  # noqa: E402
+from kalman_norm import ops, provenance  # noqa: E402
 from kalman_norm.models import get_model  # noqa: E402
 
 tf1 = tf.compat.v1
@@ -243,7 +243,7 @@ def main(argv=None):
             '',
             'Made by `%s` in %.0f s.' % (command, time.time() - started),
             '',
-            '* Machine: %s, %d logical cores.' % (runtime.describe_machine(), os.cpu_count() or 0),
+            '* Machine: %s, %d logical cores.' % (provenance.describe_machine(), os.cpu_count() or 0),
             '* Load average (1/5/15 min) before: %s, after: %s. The machine is shared with other '
             'processes; the configurations are interleaved round-robin in one process, so such load '
             'slows all of them alike and the ratios stay comparable, while the absolute examples/s '

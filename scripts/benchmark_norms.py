@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
-from kalman_norm import runtime  # noqa: E402
+from kalman_norm import provenance  # noqa: E402
 from kalman_norm.models.resnet_cifar import resnet_cifar  # noqa: E402
 
 # ---- configuration ------------------------------------------------------------------------
@@ -79,7 +79,7 @@ class Run(object):
 
 
 def machine():
-    return runtime.describe_machine()
+    return provenance.describe_machine()
 
 
 def main():

@@ -249,8 +249,8 @@ class Worker(object):
 
 
 def machine():
-    from kalman_norm import runtime   # here, not at the top: workers set TensorFlow's environment first
-    return runtime.describe_machine()
+    from kalman_norm import provenance   # here, not at the top: workers set TensorFlow's environment first
+    return provenance.describe_machine()
 
 
 def parse_args(argv=None):

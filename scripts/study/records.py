@@ -1,19 +1,19 @@
 """Runs on disk: log dirs and their states, run.json (launch facts, the code it ran), the records
 copied to results/runs/, and the numbers a record gives (last-epoch accuracies, per row)."""
-import datetime
 import glob
 import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
+
+from kalman_norm.options import dump_toml
+from kalman_norm.provenance import atomic_write_json, machine, utc_now
 
 from .schema import (EVALS, PROFILES, StudyError, _is_number, _load_toml, _need, config_settings_sha256,
                      file_sha256, find_config, load_config, planned_seeds, read_row_config, row_available,
                      tomllib)
-from kalman_norm.options import dump_toml
 from .stats import mean_std
 
 
@@ -37,12 +37,8 @@ def read_json(path, default=None):
 
 
 def write_json(path, obj):
-    """Write through a temporary file and rename: a kill never leaves half a file."""
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1)
-        f.write('\n')
-    os.replace(tmp, path)
+    """run.json and the records' files, in the order written (atomically: see kalman_norm.provenance)."""
+    atomic_write_json(path, obj, sort_keys=False)
 
 
 def _pid_runs(pid, command):
@@ -131,24 +127,6 @@ def code_state(repo):
     return {'git_commit': head + ('-dirty' if diff else ''),
             'code_diff_sha256': hashlib.sha256(diff).hexdigest() if diff else None,
             'results_differ': bool(results.strip())}
-
-
-def machine():
-    """platform, cores and GPUs (names from nvidia-smi when it exists, else "none")."""
-    gpus = 'none'
-    if shutil.which('nvidia-smi'):
-        try:
-            out = subprocess.run(['nvidia-smi', '--query-gpu=name', '--format=csv,noheader'],
-                                 capture_output=True, text=True, timeout=30).stdout.strip()
-            gpus = ', '.join(out.splitlines()) or 'none'
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return {'platform': platform.platform(), 'processor': platform.machine(), 'cores': os.cpu_count(),
-            'gpu': gpus}
-
-
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def check_logdir_config(logdir, config_file):
