@@ -9,10 +9,13 @@ checkpoint with ``variance/EMA × (n-1)/n`` gives what the same run would have s
 other convention.  ``--variance-ema`` names the convention to evaluate under.
 
     python scripts/evaluate_checkpoint.py train_log/cpu/bn_b2/seed4 --variance-ema biased unbiased \\
-        --data ../shared/data/cifar10-jpeg.tar.gz
+        --data ../shared/data/cifar10-jpeg.tar.gz --markdown results/conventions_bn.md
+
+``--markdown`` writes the table of every run given (one invocation, all runs at once).
 """
 import argparse
 import json
+import os
 import sys
 
 import kalman_norm  # noqa: F401  (sets up the TF/tensorpack stack first)
@@ -30,13 +33,14 @@ CONVENTIONS = ('unbiased', 'biased')
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('logdir', help='log directory of a training run (options.json, model-<step> checkpoints)')
+    p.add_argument('logdir', nargs='+', help='log directories of training runs (options.json, model-<step> checkpoints)')
     p.add_argument('--checkpoint', help='checkpoint prefix (default: the last in LOGDIR)')
     p.add_argument('--variance-ema', nargs='+', choices=CONVENTIONS, default=['unbiased'],
                    help="the BN variance convention(s) to evaluate under; the run's own is used as saved")
     p.add_argument('--data', help="dataset location; default: the run's own (options.json 'data')")
     p.add_argument('--batch', type=int, default=500, help='test images per forward pass')
     p.add_argument('--threads', type=int, default=None, help='CPU threads (default: every core)')
+    p.add_argument('--markdown', help='write a Markdown table of the results to this file')
     return p
 
 
@@ -63,14 +67,15 @@ def build(options, spec, num_classes, mean, std):
     return graph, images, logits, counts
 
 
-def evaluate(args):
-    options, spec = probe.load_run(args.logdir)
+def evaluate(args, logdir=None):
+    logdir = logdir or args.logdir[0]
+    options, spec = probe.load_run(logdir)
     if spec.kind != 'bn':
         raise probe.ProbeError('%s: norm %s; the variance conventions convert exactly for bn only'
-                               % (args.logdir, spec.kind))
-    prefix = args.checkpoint or (probe.list_checkpoints(args.logdir) or [(None, None)])[-1][1]
+                               % (logdir, spec.kind))
+    prefix = args.checkpoint or (probe.list_checkpoints(logdir) or [(None, None)])[-1][1]
     if prefix is None:
-        raise probe.ProbeError('%s holds no checkpoint (model-<step>.index)' % args.logdir)
+        raise probe.ProbeError('%s holds no checkpoint (model-<step>.index)' % logdir)
     ds = datasets.load_dataset(options['dataset'], args.data or options.get('data'),
                                strict_counts=not options.get('partial_data', False))
     graph, images, logits, counts = build(options, spec, ds.num_classes, ds.channel_mean, ds.channel_std)
@@ -92,19 +97,42 @@ def evaluate(args):
                 pred = sess.run(logits, {images: ds.test_images[i:i + args.batch]}).argmax(1)
                 correct += int((pred == ds.test_labels[i:i + args.batch]).sum())
             results[convention] = 100.0 * correct / len(ds.test_labels)
-    return dict(logdir=args.logdir, checkpoint=prefix, saved_convention=saved, accuracy=results,
+    return dict(logdir=logdir, checkpoint=prefix, saved_convention=saved, accuracy=results,
                 layers=len(counts), min_values_per_statistic=min(counts.values()))
+
+
+def markdown(results, conventions):
+    """A table: one run per line, its accuracy under each convention and the difference."""
+    head = ['run', 'checkpoint', 'trained under'] + ['accuracy, %s EMA (%%)' % c for c in conventions]
+    if len(conventions) == 2:
+        head.append('%s − %s (points)' % conventions)
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in results:
+        row = [r['logdir'], os.path.basename(r['checkpoint']), r['saved_convention']]
+        row += ['%.2f' % r['accuracy'][c] for c in conventions]
+        if len(conventions) == 2:
+            row.append('%+.2f' % (r['accuracy'][conventions[0]] - r['accuracy'][conventions[1]]))
+        lines.append('| ' + ' | '.join(row) + ' |')
+    return ('# BN\'s moving variance: unbiased (conventions 2) vs biased (conventions 1)\n\n'
+            'Written by `scripts/evaluate_checkpoint.py --markdown`: each run\'s checkpoint evaluated on the '
+            'whole test set with moving statistics, its BN moving variances as saved and rescaled by '
+            '(n−1)/n or n/(n−1) per layer (n = g·H·W values per group statistic), which is what the '
+            'same run would have stored under the other convention (training never reads them).\n\n'
+            + '\n'.join(lines) + '\n')
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        result = evaluate(args)
+        results = [evaluate(args, logdir) for logdir in args.logdir]
     except (probe.ProbeError, datasets.DataError) as e:
         print('error: %s' % e, file=sys.stderr)
         raise SystemExit(2)
-    print(json.dumps(result, indent=1), flush=True)
-    return result
+    print(json.dumps(results, indent=1), flush=True)
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(markdown(results, tuple(args.variance_ema)))
+    return results
 
 
 if __name__ == '__main__':

@@ -311,3 +311,7 @@ def test_evaluate_checkpoint_converts_bn_variance_exactly(tmp_path):
     assert script.run_convention({'identity': {}}) == 'biased'
     with pytest.raises(SystemExit):
         script.main([str(tmp_path), '--variance-ema', 'biased'])
+    table = script.markdown([result], ('unbiased', 'biased'))
+    assert '| %s | %s | unbiased | %.2f | %.2f | %+.2f |' % (
+        logdir, os.path.basename(result['checkpoint']), result['accuracy']['unbiased'], result['accuracy']['biased'],
+        result['accuracy']['unbiased'] - result['accuracy']['biased']) in table
