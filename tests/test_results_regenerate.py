@@ -13,7 +13,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: every table results/ holds a report of (the ImageNet check runs its own trainer: one command
 #: still reports both, since a report needs no --data)
-TABLES = ['kn_study', 'fig4', 'table7', 'table8', 'largebatch', 'imagenet_check', 'budget']
+TABLES = ['kn_study', 'fig4', 'table7', 'table8', 'largebatch', 'imagenet_check', 'budget', 'microbatch_lr',
+          'microbatch']
 DOCS = ['README.md', os.path.join('results', 'README.md')]
 
 

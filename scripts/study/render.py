@@ -1,7 +1,7 @@
 """The Markdown the study writes: results/<table>.md and the READMEs' generated claim blocks."""
 import os
 
-from .records import load_record, record_conventions, record_dir, record_is_stale, summarize_row
+from .records import is_diverged, load_record, record_conventions, record_dir, record_is_stale, summarize_row
 from .schema import (_need, budget_line, claim_evals, find_config, load_config, load_table, planned_seeds,
                      row_available, table_path)
 from .stats import ALPHA, claim_test, claim_verdict, fmt_mean_std, holm, mean_std
@@ -104,8 +104,20 @@ def table_summaries(root, table, profile):
             summaries[r['row']] = summarize_row([])
             continue
         recs = [load_record(record_dir(root, profile, r['row'], s)) for s in planned_seeds(table, r, profile)]
-        summaries[r['row']] = summarize_row([x for x in recs if x])
+        summaries[r['row']] = row_summary(r, [x for x in recs if x])
     return summaries, not_run
+
+
+def row_summary(row, records):
+    """summarize_row, with PreciseBN's accuracies as the A column of a ``moving_stats = 'precise'``
+    row (a run without that evaluation gives none: the row then says no such evaluation)."""
+    s = summarize_row(records)
+    if row.get('moving_stats') == 'precise':
+        ok = [x for x in records if not is_diverged(x) and x['stats']]
+        s['moving'] = [100.0 * (1.0 - x['stats'][-1]['val-error-precise']) for x in ok
+                       if 'val-error-precise' in x['stats'][-1]]
+        s['paired'] = [(a, b) for a, b in zip(s['moving'], s['batch'])] if len(s['moving']) == len(s['batch']) else []
+    return s
 
 
 #: a generated block of a Markdown file: ``<!-- reproduce: claims SELECTOR ... -->`` ... ``<!-- /reproduce -->``
@@ -191,7 +203,7 @@ def render_table(root, table, profile, command, figures=()):
             config = find_config(root, profile, name)
             if config:
                 stale = sum(record_is_stale(record_dir(root, profile, name, seed), config) for seed in seeds)
-        summaries[name] = s = summarize_row(recs)
+        summaries[name] = s = row_summary(r, recs)
         all_data.update(s['data'])
         all_machines.update(s['machine'])
         paper = '%.2f' % r['paper'] if 'paper' in r else '— (%s)' % r.get('paper_source', 'no number in the paper')

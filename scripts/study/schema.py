@@ -163,6 +163,8 @@ ROW_FIELDS = {
     'seeds': Field('seeds', 'seeds must be a positive integer or {{cpu = N, paper = N}}, got {value!r}'),
     'available': Field('available', 'available must be true, false or a list of profiles, got {value!r}'),
     'reason': Field('str', 'reason must be a string'),
+    # 'precise': the row's A column is PreciseBN's evaluation (the trainer's val-error-precise)
+    'moving_stats': Field('choice', "moving_stats must be 'ema' or 'precise', got {value!r}", choices=('ema', 'precise')),
 }
 CLAIM_FIELDS = {
     'label': Field('str', 'a [[claims]] entry needs label = "..."', required=True),
