@@ -118,3 +118,14 @@ def test_choose_lr_dry_run_writes_nothing(tmp_path):
     rows = {row: lr for row, _, lr, _ in choose_lr.main(['--root', root, '--dry-run'])}
     assert rows['mb_bn_b2'] == 0.05
     assert open(find_config(root, 'cpu', 'mb_bn_b2')).read() == before
+
+
+def test_a_precise_row_reports_precisebn_as_its_a_column():
+    from study.render import row_summary
+    recs = [{'stats': [{'epoch_num': 10, 'val-error-moving': 0.25, 'val-error-batch': 0.3,
+                        'val-error-precise': 0.2, 'train_error': 0.1}], 'options': {}, 'run': {}, 'status': {}}
+            for _ in range(2)]
+    assert row_summary({'row': 'x'}, recs)['moving'] == [pytest.approx(75.0)] * 2
+    precise = row_summary({'row': 'x', 'moving_stats': 'precise'}, recs)
+    assert precise['moving'] == [pytest.approx(80.0)] * 2 and precise['batch'] == [pytest.approx(70.0)] * 2
+    assert precise['paired'] == [(pytest.approx(80.0), pytest.approx(70.0))] * 2
