@@ -126,9 +126,14 @@ IMAGENET_CONFIGS = sorted(os.listdir(os.path.join(REPO, 'configs', 'imagenet')))
 def test_paper_configs_parse_and_state_the_papers_number(name):
     path = os.path.join(REPO, 'configs', 'imagenet', name)
     text = open(path).read()
-    assert '# Paper (Table' in text or '# Paper: top-1' in text
+    # the paper's rows state its number; the field's norms (issue 22) at its settings say they are not in it
+    assert '# Paper (Table' in text or '# Paper: top-1' in text or '# Not in the paper: ' in text
     o = imagenet.parse_options(['--config', path, '--data', 'unused'])
-    assert o['gpus'] == 8 and o['tower_batch'] == o['batch']          # one normalisation group per GPU
+    if o['norm'] == 'mabn':
+        # per-device histories live in one training tower: 8 GPUs simulated as 8 groups of one tower
+        assert o['gpus'] == 1 and o['tower_batch'] == 8 * o['batch'] and o['norm_options']['history_mode'] == 'per_device'
+    else:
+        assert o['gpus'] == 8 and o['tower_batch'] == o['batch']          # one normalisation group per GPU
     table = name.split('_')[0]
     assert o['batch'] == {'table1': 32, 'table4': 4, 'table5': 1}[table]
 
@@ -139,4 +144,8 @@ def test_tables_1_4_5_have_every_row():
             'table1_resnet50_gn_b32', 'table1_resnet50_bkn_b32', 'table1_resnet101_bn_b32',
             'table1_resnet101_bkn_b32', 'table4_resnet50_bn_b4', 'table4_resnet50_brn_b4',
             'table4_resnet50_gn_b4', 'table4_resnet50_bkn_b4', 'table5_inception_v2_bn_b1',
-            'table5_inception_v2_brn_b1', 'table5_inception_v2_bkn_b1'} == rows
+            'table5_inception_v2_brn_b1', 'table5_inception_v2_bkn_b1'} <= rows
+    # the micro-batch field (issue 22) at Table 4's and Table 5's per-GPU batches
+    field = {'bnws', 'gnws', 'bknws', 'frn', 'evonorm_s0', 'evonorm_b0', 'mabn'}
+    assert {'table4_resnet50_%s_b4' % n for n in field} | {'table5_inception_v2_%s_b1' % n for n in field} <= rows
+    assert len(rows) == 14 + 2 * len(field)
