@@ -49,12 +49,18 @@ def _version(module_name):
         return None
 
 
-def check_stack():
-    """Import the stack and raise StackError with the fix if a piece is missing or wrong."""
+def check_installed():
+    """StackError with the fix if a piece of the stack is not installed (package metadata only:
+    nothing is imported)."""
     missing = [d for d, (m, _) in REQUIRED.items() if _version(m) is None]
     if missing:
         raise StackError("kalman_norm needs %s, which %s not installed. %s"
                          % (", ".join(missing), "is" if len(missing) == 1 else "are", _FIX))
+
+
+def check_stack():
+    """Import the stack and raise StackError with the fix if a piece is missing or wrong."""
+    check_installed()
     for dist, (mod, prefix) in REQUIRED.items():
         v = _version(mod)
         if not v.startswith(prefix):

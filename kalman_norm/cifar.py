@@ -15,10 +15,10 @@ import copy
 
 import numpy as np
 
-from . import trainer
+from . import command_line, trainer
 from .data import DATASETS, OWN_DATASET, DataError, describe, get_dataflow, load_dataset
 from .models import get_model, model_names
-from .options import Opt, OptionError
+from .options import OptionError
 from .trainer import EMA_NORMS, KALMAN_NORMS  # noqa: F401  (the trainer's tests use them from here)
 
 MODELS = model_names('cifar')
@@ -74,27 +74,9 @@ def lr_schedule(schedule, lr, epochs):
 
 
 class CifarTask(trainer.Task):
-    prog = 'cifar_resnet.py'
-    description = ('Train a CIFAR ResNet (or the paper\'s small Inception net) with any normalization.\n'
-                   'Exit codes: 0 trained (or already done), 1 failed at run time (a checkpoint that cannot '
-                   'be written, a silent cluster), 2 bad input (nothing written), 3 diverged, 130/143 '
-                   'interrupted (resumable).')
-    options = [
-        Opt('depth', 5, 'int', 'ResNet blocks per stage: depth 6n+2 (3: ResNet-20, 5: -32, 18: -110)',
-            minimum=1, short='-n'),
-        Opt('model', 'resnet', 'choice', 'resnet, or the small inception net of Sect. 4.3.2', choices=MODELS),
-        Opt('dataset', 'cifar10', 'choice', 'data set', choices=DATASETS),
-        Opt('schedule', 'short', 'choice', "paper: the authors' 400-epoch recipe; short: a 30-epoch CPU "
-            "recipe", choices=SCHEDULES),
-        Opt('data', None, 'path', 'dataset dir (official files or image folder) or .tar.gz; default: '
-            'tensorpack download', nullable=True, identity=False),
-        Opt('partial_data', False, 'bool', "accept a copy of cifar10/cifar100/svhn whose split sizes differ "
-            "from the official release (a warning instead of an error); --dataset folder is for your own data"),
-        Opt('cache_dir', None, 'path', 'where decoded image folders are cached', nullable=True, identity=False),
-        Opt('validation', 0, 'int', 'hold out the last N training images (in the data set\'s stored order) and '
-            'evaluate on them instead of the test set, e.g. 5000 to choose a learning rate; 0: train on all, '
-            'evaluate on the test set', minimum=0),
-    ]
+    prog = command_line.CIFAR_PROG
+    description = command_line.CIFAR_DESCRIPTION
+    options = command_line.CIFAR_OPTIONS
 
     schedule_recipes = SCHEDULE_RECIPES
     precise_bn = True

@@ -9,12 +9,12 @@ or 1); ``--total-batch`` the samples of one SGD step over every GPU (and every w
 cluster); gradients are averaged.  The learning rate scales with the total batch: ``--lr`` is
 the rate for 256 samples per step (Goyal et al. 2017).
 """
-from . import trainer
+from . import command_line, trainer
 from .data import DataError
 from .data.imagenet import (IMAGENET_MEAN, IMAGENET_STD, describe_imagenet, fake_imagenet_dataflow,
                             get_imagenet_dataflow, load_imagenet)
 from .models import get_model, model_names
-from .options import Opt, OptionError
+from .options import OptionError
 
 ARCHS = model_names('imagenet')
 TRAIN_SIZE = 1281167
@@ -45,22 +45,10 @@ def lr_schedule(schedule, lr, epochs, total_batch):
 
 
 class ImageNetTask(trainer.Task):
-    prog = 'imagenet.py'
-    description = ('Train ResNet-50/101 or Inception-v2 on ILSVRC-12 with any normalization, on one '
-                   'machine or a cluster.\nExit codes: 0 trained (or already done), 1 failed at run time '
-                   '(a checkpoint that cannot be written, a silent cluster), 2 bad input (nothing written), '
-                   '3 diverged, 130/143 interrupted (resumable).')
+    prog = command_line.IMAGENET_PROG
+    description = command_line.IMAGENET_DESCRIPTION
     dry_build = False
-    options = [
-        Opt('arch', 'resnet50', 'choice', 'architecture', choices=ARCHS),
-        Opt('image_size', 224, 'int', 'side of the square training and validation crops', minimum=32),
-        Opt('schedule', 'paper', 'choice', "paper: 90-epoch standard recipe; short: CPU checks",
-            choices=SCHEDULES),
-        Opt('fake_data', False, 'bool', 'random images of the right shape instead of --data (throughput)'),
-        Opt('num_classes', None, 'int', 'classes with --fake-data (default 1000)', minimum=2, nullable=True),
-        Opt('data', None, 'path', 'ILSVRC-12 directory: train/<wnid>/*.JPEG and val/ with its labels',
-            nullable=True, identity=False),
-    ]
+    options = command_line.IMAGENET_OPTIONS
 
     schedule_recipes = SCHEDULE_RECIPES
 

@@ -42,25 +42,22 @@ from tensorpack.utils import logger
 
 from .distributed import ClusterError, horovod_trainer, make_distributed_trainer, parse_cluster, \
     run_parameter_server
-from . import runtime
-from .options import Opt, OptionError, resolve
+from . import command_line, runtime
+from .options import OptionError, resolve
 from .rundir import RunDir, RunDiverged, RunFailed, atomic_write_json, default_logdir, last_complete_epoch
 from .norms import get_norm, norms_where
-from .spec import KN_RECIPES, NORMS, NormSpec
-from .transition import METHODS as PRIOR_METHODS
+from .spec import KN_RECIPES, NormSpec
 
 __all__ = ['Task', 'Data', 'COMMON_OPTIONS', 'ClassifierModel', 'prepare', 'train', 'main',
            'EMA_NORMS', 'KALMAN_NORMS', 'OptionError', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED']
 
-#: 'precise': moving statistics every epoch, and after the last one PreciseBN's (kalman_norm.precise_bn,
-#: recorded as val-error-precise); 'all': moving and batch every epoch, PreciseBN's at the end
-EVAL_MODES = ('moving', 'batch', 'both', 'precise', 'all')
+EVAL_MODES = command_line.EVAL_MODES    # (its choices are described in kalman_norm/command_line.py)
 PRECISE_TAG = 'val-error-precise'
 #: norms with moving averages, for which --eval-stats chooses between options A and B (registry rows)
 EMA_NORMS = norms_where('moving_averages')
 KALMAN_NORMS = norms_where('kalman')
 EXIT_FAILED = 1          # a run-time failure (a checkpoint that cannot be written, a silent cluster)
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = command_line.EXIT_BAD_INPUT
 EXIT_DIVERGED = 3
 #: norm layer options that the trainer sets itself, and the flag that gives each
 TRAINER_NORM_OPTIONS = {'data_format': "the model's layout (--model-option data_format)",
@@ -75,56 +72,7 @@ TRAINER_NORM_OPTIONS = {'data_format': "the model's layout (--model-option data_
 #: authors' to the epoch.  README, "Conventions", says what each changed.
 CONVENTIONS = 2
 
-COMMON_OPTIONS = [
-    Opt('norm', 'bn', 'choice', 'normalization', choices=NORMS),
-    Opt('batch', 128, 'int', 'samples per normalization (per GPU in the paper\'s sense)', minimum=1),
-    Opt('total_batch', 128, 'int', 'samples per SGD step over all towers (and all workers of a cluster)',
-        minimum=1),
-    Opt('gpus', 1, 'int', 'data-parallel towers on this machine, each normalizing its own samples', minimum=1),
-    Opt('epochs', None, 'int', 'epochs (default: the schedule\'s)', minimum=1, nullable=True),
-    Opt('steps_per_epoch', None, 'int', 'cap on steps per epoch (smoke runs)', minimum=1, nullable=True),
-    Opt('lr', None, 'float', 'peak learning rate (default: the schedule\'s)', above=0.0, nullable=True),
-    Opt('weight_decay', None, 'float', 'L2 on conv/FC kernels (default: the schedule\'s)', minimum=0.0,
-        nullable=True),
-    Opt('momentum', 0.9, 'float', 'SGD momentum, in [0, 1)', minimum=0.0),
-    Opt('nesterov', None, 'bool', 'Nesterov momentum (default: the schedule\'s)', nullable=True),
-    Opt('kn_recipe', 'library', 'choice', "KN recipe: library (this package's defaults: analytic prior, "
-        "output hand-on, no R), authors (the authors' CIFAR code: MC prior, input hand-on, no R) or paper "
-        "(MC prior, learned q and R, Eq. 7's variance, no guard, input hand-on); it sets --prior, "
-        "--prior-samples, --gain and the KN norm options that the config and command line leave out "
-        "(kalman_norm.KN_RECIPES)", choices=tuple(KN_RECIPES), identity=False),
-    Opt('gain', 'auto', 'any', "KN gain q: a number in [0, 1], 'learned', or 'auto' (0.1 if batch <= 16 "
-        "else 0.95, the authors' values; --kn-recipe paper: learned)"),
-    Opt('prior', 'analytic', 'choice', 'KN prior: analytic, or mc (the paper\'s Monte-Carlo; '
-        '--kn-recipe authors and paper)', choices=PRIOR_METHODS),
-    Opt('prior_samples', 1, 'int', 'sampled feature maps per group for --prior mc', minimum=1),
-    Opt('eval_stats', 'moving', 'choice', 'inference statistics: moving (A), batch (B) or both; precise: '
-        'moving, and after the last epoch the moving statistics recomputed with the final weights over '
-        '--precise-batches training batches (PreciseBN, Wu & Johnson 2021; val-error-precise); all: both + '
-        'precise', choices=EVAL_MODES),
-    Opt('precise_batches', 200, 'int', "training batches of the tower's size that --eval-stats precise/all "
-        "averages (200 x 128 = half of CIFAR's training set, forward only); recorded beside the result",
-        minimum=1, identity=False),
-    Opt('seed', None, 'int', 'random seed (weights, data order, augmentation)', nullable=True, minimum=0),
-    Opt('norm_options', {}, 'table', 'a norm layer option (TOML value), e.g. process_noise=false'),
-    Opt('model_options', {}, 'table', 'a model option (TOML value)'),
-    Opt('logdir', None, 'path', 'log directory; default train_log/<name>-<hash of the options>; '
-        'a run resumes in its own directory', nullable=True, identity=False),
-    Opt('keep_checkpoints', 2, 'int', 'checkpoints kept (the last N epochs)', minimum=1, identity=False),
-    Opt('num_proc', 1, 'int', 'data worker processes (0: in the training process)', minimum=0,
-        identity=False),
-    Opt('threads', None, 'int', 'CPU threads for TensorFlow (intra- and inter-op pools); default: every '
-        'core. Give it when another process shares the machine', minimum=1, nullable=True, identity=False),
-    Opt('trainer', 'auto', 'choice', "auto: replicated towers on one machine, parameter servers on a "
-        "cluster; replicated: replicated variables on a cluster too; horovod: Horovod's allreduce "
-        "(if horovod.tensorflow imports)", choices=('auto', 'replicated', 'horovod')),
-    Opt('cluster', [], 'list', 'a cluster job, JOB=HOST:PORT,... (ps=..., worker=...); or TF_CONFIG',
-        identity=False),
-    Opt('task', None, 'str', "this process's task in the cluster, JOB:INDEX (ps:0, worker:1)",
-        nullable=True, identity=False),
-    Opt('cluster_timeout', 600.0, 'float', 'seconds a cluster worker waits for the parameter servers '
-        '(and a non-chief worker for the chief) before giving up with an error', above=0.0, identity=False),
-]
+COMMON_OPTIONS = command_line.COMMON_OPTIONS
 
 #: What a task's data loader returns.  ``train``: a dataflow of one tower's training batches;
 #: ``train_size``: images per epoch; ``test(batch_size, whole_groups_of)``: a fresh dataflow of the

@@ -6,11 +6,11 @@
 --batch is the number of samples per normalization (the paper's per-GPU batch); a step holds
 --total-batch samples (default 128) split over --gpus towers.  See --help and configs/*.toml.
 """
-import os
 import sys
 
-
-from kalman_norm.cifar import main  # noqa: E402
+from kalman_norm.command_line import CIFAR, check_command_line
 
 if __name__ == '__main__':
+    check_command_line(CIFAR, sys.argv[1:])      # a bad option fails here, before TensorFlow loads
+    from kalman_norm.cifar import main
     main()

@@ -8,11 +8,11 @@
 --batch is the number of samples per normalization per GPU; --total-batch the samples of one step
 over all GPUs and workers.  See --help and README.md ("Training on a cluster").
 """
-import os
 import sys
 
-
-from kalman_norm.imagenet import main  # noqa: E402
+from kalman_norm.command_line import IMAGENET, check_command_line
 
 if __name__ == '__main__':
+    check_command_line(IMAGENET, sys.argv[1:])      # a bad option fails here, before TensorFlow loads
+    from kalman_norm.imagenet import main
     main()
