@@ -33,6 +33,7 @@ from tensorpack import ModelDesc, QueueInput, SimpleTrainer, SyncMultiGPUTrainer
 from tensorpack import launch_train_with_config
 from tensorpack.callbacks import (Callback, ClassificationError, EstimatedTimeLeft, Inferencer, InferenceRunner,
                                   JSONWriter, ModelSaver, ScalarPrinter, ScheduledHyperParamSetter, TFEventWriter)
+from tensorpack.models.regularize import regularize_cost
 from tensorpack.tfutils.common import get_global_step_var
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.tfutils.summary import add_moving_summary
@@ -340,11 +341,7 @@ class ClassifierModel(ModelDesc):
         if not ctx.is_training:
             tf.reduce_all(tf.math.is_finite(logits), name='logits_finite')     # for FiniteLogits
             return xent
-        # L2 on conv and FC kernels only (not on gamma/beta, KN's q and R), as the authors do
-        kernels = [v for v in tf.compat.v1.trainable_variables()
-                   if v.op.name.endswith('/W') and (not ctx.vs_name or v.op.name.startswith(ctx.vs_name))]
-        wd = tf.multiply(self.o['weight_decay'], tf.add_n([tf.nn.l2_loss(v) for v in kernels]),
-                         name='weight_decay')
+        wd = weight_decay_cost(self.o['weight_decay'])
         train_error = tf.reduce_mean(wrong, name='train_error')
         cost = tf.add(xent, wd, name='cost')
         add_moving_summary(xent, wd, cost, train_error)
@@ -354,6 +351,13 @@ class ClassifierModel(ModelDesc):
         lr = tf.compat.v1.get_variable('learning_rate', initializer=float(self.o['lr']), trainable=False)
         tf.compat.v1.summary.scalar('lr', lr)
         return tf.compat.v1.train.MomentumOptimizer(lr, self.o['momentum'], use_nesterov=self.o['nesterov'])
+
+
+def weight_decay_cost(weight_decay):
+    """``weight_decay`` x the L2 of the conv and FC kernels (variables named ``.../W``) only, not
+    gamma/beta or KN's q and R, as the authors do; tensorpack's regularize_cost takes a replicated
+    tower's own kernels.  The rate multiplies the sum (not each term), as the trainer always did."""
+    return tf.multiply(weight_decay, regularize_cost(r'/W$', tf.nn.l2_loss), name='weight_decay')
 
 
 def check_fused_prior(o):
