@@ -59,6 +59,64 @@ def data_digest(data, title, which):
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def final_accuracies(root, profile, row, seeds=None, which='moving'):
+    """(epochs, [final accuracy of each seed]) of a row's finished records (diverged runs left out)."""
+    import study
+    base = os.path.join(root, 'results', 'runs', profile, row)
+    epochs, values = None, []
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        if not name.startswith('seed') or not name[4:].isdigit() or (seeds is not None and int(name[4:]) not in seeds):
+            continue
+        rec = study.load_record(os.path.join(base, name))
+        if rec and not study.is_diverged(rec) and study.final_accuracy(rec, which) is not None:
+            epochs = rec['stats'][-1]['epoch_num']
+            values.append(study.final_accuracy(rec, which))
+    return epochs, values
+
+
+def plot_budget(root, profile, series, out, title='', seeds=None, which='moving'):
+    """One PNG: final accuracy against the training budget (epochs), a line per series of rows,
+    the mean over seeds with its 95% t confidence interval (rows with one seed: the point alone).
+    Returns ``out``, or None if no row has a record."""
+    import scipy.stats
+    data = []
+    for label, rows in series.items():
+        points = [final_accuracies(root, profile, row, (seeds or {}).get(row), which) for row in rows]
+        points = sorted((e, v) for e, v in points if v)
+        if points:
+            data.append((label, {int(e): (e, v) for e, v in points}))
+    if not data:
+        return None
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, (label, by_epochs) in enumerate(data):
+        epochs = sorted(by_epochs)
+        # series side by side at each budget (a few per cent apart on the log axis), not on top
+        shift = 1.0 + 0.03 * (k - (len(data) - 1) / 2.0)
+        means = [float(np.mean(by_epochs[e][1])) for e in epochs]
+        half = [float(scipy.stats.t.ppf(0.975, len(by_epochs[e][1]) - 1) * np.std(by_epochs[e][1], ddof=1)
+                      / np.sqrt(len(by_epochs[e][1]))) if len(by_epochs[e][1]) > 1 else 0.0 for e in epochs]
+        counts = '/'.join(str(len(by_epochs[e][1])) for e in epochs)
+        ax.errorbar([e * shift for e in epochs], means, yerr=half, marker='o', capsize=3,
+                    label='%s (seeds %s)' % (label, counts))
+    ax.set_xscale('log')
+    ax.set_xticks(sorted({e for _, b in data for e in b}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel('training budget (epochs)')
+    ax.set_ylabel('final test accuracy (%%), %s' % ('online batch statistics (B)' if which == 'batch'
+                                                     else 'moving statistics (A)'))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(textwrap.fill(title, 80) + '\nmean over seeds, bars: 95% t confidence interval', fontsize=9)
+    digest = data_digest([(label, {e: ([e], v) for e, (_, v) in b.items()}) for label, b in data], title, which)
+    fig.savefig(out, dpi=100, bbox_inches='tight', metadata={'Description': 'data sha256 ' + digest})
+    plt.close(fig)
+    return out
+
+
 def plot_rows(root, profile, rows, out, title='', seeds=None, which='moving'):
     """One PNG with a curve per (row, label) that has records; returns ``out``, or None if no row has any.
 

@@ -327,7 +327,7 @@ def run_all(args, study, runs, failed, recorded):
 
 def report(args, study, tables):
     """results/<table>.md and its figures (one of all rows, one per [[figures]] entry)."""
-    from plot_curves import plot_rows
+    from plot_curves import plot_budget, plot_rows
     written = []
     for t in tables:
         command = command_line(args, [t])          # the command that makes this table, whatever was run
@@ -335,14 +335,18 @@ def report(args, study, tables):
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         rows = {r['row']: r for r in t['rows'] if study.row_available(r, args.profile)}
         seeds = {name: study.planned_seeds(t, r, args.profile) for name, r in rows.items()}
-        wanted = [('All rows', stem + '.png', list(rows), 'moving')]
+        wanted = [('All rows', stem + '.png', list(rows), 'moving', None)]
         wanted += [(f.get('title', f['name']), '%s_%s.png' % (stem, f['name']), [r for r in f['rows'] if r in rows],
-                    f.get('eval', 'moving')) for f in t['figures']]
+                    f.get('eval', 'moving'), f.get('series')) for f in t['figures']]
         figures = []
-        for title, path, names, which in wanted:
-            fig = plot_rows(args.root, args.profile, [(n, rows[n]['label']) for n in names], path,
-                            title='%s (profile %s)' % (t['title'] if title == 'All rows' else title, args.profile),
-                            seeds=seeds, which=which)
+        for title, path, names, which, series in wanted:
+            full_title = '%s (profile %s)' % (t['title'] if title == 'All rows' else title, args.profile)
+            if series:
+                fig = plot_budget(args.root, args.profile, {k: [r for r in v if r in rows] for k, v in series.items()},
+                                  path, title=full_title, seeds=seeds, which=which)
+            else:
+                fig = plot_rows(args.root, args.profile, [(n, rows[n]['label']) for n in names], path,
+                                title=full_title, seeds=seeds, which=which)
             if fig:
                 figures.append((title, fig))
         text, _ = study.render_table(args.root, t, args.profile, command, figures)

@@ -181,6 +181,8 @@ FIGURE_FIELDS = {
     'title': Field('str', 'title must be a string'),
     'rows': Field('list', "rows must be a list of the table's rows", required=True),
     'eval': Field('choice', 'eval must be moving or batch', choices=EVALS),
+    # a budget figure: final accuracy against the rows' epochs, one line per series of rows
+    'series': Field('table', 'series must be a table {{label = [rows]}}'),
 }
 
 
@@ -219,6 +221,9 @@ def load_table(path):
         w = '%s, figure %s' % (where, f['name'])
         check_fields(f, FIGURE_FIELDS, w)
         _need(f['rows'] and all(r in names for r in f['rows']), '%s: %s' % (w, FIGURE_FIELDS['rows'].message))
+        for label, members in f.get('series', {}).items():
+            _need(isinstance(members, list) and members and all(r in f['rows'] for r in members),
+                  "%s: series %r must list some of the figure's rows" % (w, label))
     t['name'] = os.path.splitext(os.path.basename(path))[0]
     t['path'] = path
     return t
