@@ -21,7 +21,7 @@ import importlib
 import importlib.util
 import sys
 
-from ._stack import StackError, check_installed, check_stack, prepare_environment
+from ._environment import StackError, check_installed, check_stack, prepare_environment
 
 prepare_environment()
 check_installed()

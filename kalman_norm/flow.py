@@ -17,7 +17,6 @@ moments of the max of independent taps, :func:`kalman_norm.transition.max_pool_e
 An op whose inputs do not all carry an estimate produces none, and any op outside this module
 ends the chain (the next KN layer has no prior and uses batch statistics).
 """
-import contextlib
 
 import numpy as np
 import tensorflow as tf
@@ -31,14 +30,7 @@ from .transition import (avg_pool_estimate, conv_estimate, dense_estimate, globa
                          max_pool_estimate)
 
 __all__ = ['conv2d', 'fully_connected', 'norm', 'relu', 'add', 'avg_pool', 'max_pool',
-           'global_avg_pool', 'concat', 'pad_channels', 'subsample', 'layout', 'default_data_format']
-
-
-@contextlib.contextmanager
-def layout(data_format):
-    """Default data format of the flow ops and norm layers inside the block ('NHWC' or 'NCHW')."""
-    with data_format_scope(data_format):
-        yield
+           'global_avg_pool', 'concat', 'pad_channels', 'subsample', 'data_format_scope', 'default_data_format']
 
 
 def _fmt(data_format):

@@ -26,7 +26,7 @@ Use::
     TrainConfig(..., session_config=runtime.session_config())
 
 Importing this module does not import TensorFlow (tests/test_runtime.py checks it): the package's
-``_stack.prepare_environment()`` calls :func:`configure_environment` on ``import kalman_norm``,
+``_environment.prepare_environment()`` calls :func:`configure_environment` on ``import kalman_norm``,
 before TensorFlow loads, so every script that imports kalman_norm first gets oneDNN.
 """
 import os

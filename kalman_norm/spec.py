@@ -55,10 +55,11 @@ def _check_spec_options(norm, options):
                          "already" % norm.name)
 
 
-def _stack():
-    if not hasattr(_state, 'stack'):
-        _state.stack = []
-    return _state.stack
+def _active_specs():
+    """This thread's open norm scopes, innermost last."""
+    if not hasattr(_state, 'specs'):
+        _state.specs = []
+    return _state.specs
 
 
 class NormSpec(object):
@@ -136,11 +137,11 @@ class NormSpec(object):
         return NormSpec(self.kind, **kw)
 
     def __enter__(self):
-        _stack().append(self)
+        _active_specs().append(self)
         return self
 
     def __exit__(self, *exc):
-        _stack().pop()
+        _active_specs().pop()
         return False
 
     def __repr__(self):
@@ -162,7 +163,7 @@ def norm_scope(kind, **options):
 
 def current_norm(required=True):
     """The innermost active :class:`NormSpec` (None if there is none and not ``required``)."""
-    stack = _stack()
+    stack = _active_specs()
     if stack:
         return stack[-1]
     if required:

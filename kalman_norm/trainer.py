@@ -769,7 +769,7 @@ def train(task, o, data, session_creator=None):
         logger.info('Data: ' + data.description)
         if o['seed'] is not None:
             np.random.seed(o['seed'])
-        steps_done = None
+        epochs_done = None
         with tf.Graph().as_default():
             if o['seed'] is not None:
                 # a graph-level seed belongs to the graph being built: set outside it, the
@@ -778,16 +778,16 @@ def train(task, o, data, session_creator=None):
             config = make_config(task, o, data, rundir)
             if session_creator is not None:
                 config.session_creator = session_creator
-            steps_done = config.starting_epoch - 1
+            epochs_done = config.starting_epoch - 1
             if config.starting_epoch > o['epochs'] and o['job'] is None:
-                logger.info('%s already trained %d epochs; nothing to do' % (o['logdir'], steps_done))
+                logger.info('%s already trained %d epochs; nothing to do' % (o['logdir'], epochs_done))
             else:
                 if config.starting_epoch > o['epochs']:
                     # The other workers wait for the chief's plan: join the cluster with no step
                     # left, so that every worker learns there is nothing to do and exits.
                     logger.info('%s already trained %d epochs; joining the cluster with nothing to do'
-                                % (o['logdir'], steps_done))
-                rundir.set_status('running', epochs_done=steps_done, epochs=o['epochs'], pid=os.getpid())
+                                % (o['logdir'], epochs_done))
+                rundir.set_status('running', epochs_done=epochs_done, epochs=o['epochs'], pid=os.getpid())
                 launch_train_with_config(config, make_trainer(o))
                 e = next(cb for cb in config.callbacks if isinstance(cb, StopOnDivergence)).diverged
                 if e is not None:

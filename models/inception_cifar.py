@@ -83,7 +83,7 @@ def inception_cifar(image, num_classes=10, data_format='NHWC', pool='avg', width
         raise ValueError('width must be > 0, got %r' % (width,))
     if fc_units is not None and (not isinstance(fc_units, int) or fc_units < 1):
         raise ValueError('fc_units must be None or a positive integer, got %r' % (fc_units,))
-    with F.layout(data_format):
+    with F.data_format_scope(data_format):
         x = image if data_format == 'NHWC' else tf.transpose(image, [0, 3, 1, 2])
         x = F.conv2d('conv0', x, scaled(STEM_FILTERS, width), 3, strides=2)     # 32×32 → 16×16
         x = F.relu(F.norm('bn0', x))

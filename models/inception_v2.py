@@ -74,7 +74,7 @@ def inception_v2(image, num_classes=1000, data_format='NHWC'):
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError('num_classes must be a positive integer, got %r' % (num_classes,))
     check_image(image, 'Inception-v2', 32)
-    with F.layout(data_format):
+    with F.data_format_scope(data_format):
         x = image if data_format == 'NHWC' else tf.transpose(image, [0, 3, 1, 2])
         x = _conv_norm_relu('conv1', x, 64, 7, strides=2)
         x = F.max_pool(x, 3, strides=2, padding='SAME', name='pool1')

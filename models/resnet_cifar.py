@@ -32,7 +32,7 @@ def resnet_cifar(image, n=5, num_classes=10, data_format='NHWC'):
     """Logits of the 6n+2-layer CIFAR ResNet for a normalised float ``image`` batch (NHWC in)."""
     if not isinstance(n, int) or n < 1:
         raise ValueError('ResNet-CIFAR needs n >= 1 blocks per stage (depth 6n+2), got %r' % (n,))
-    with F.layout(data_format):
+    with F.data_format_scope(data_format):
         x = image if data_format == 'NHWC' else tf.transpose(image, [0, 3, 1, 2])
         x = F.conv2d('conv0', x, 16, 3)
         x = F.relu(F.norm('bn0', x))

@@ -61,7 +61,7 @@ def resnet_imagenet(image, depth=50, num_classes=1000, data_format='NHWC', zero_
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError('num_classes must be a positive integer, got %r' % (num_classes,))
     check_image(image, 'ResNet', 32)
-    with F.layout(data_format):
+    with F.data_format_scope(data_format):
         x = image if data_format == 'NHWC' else tf.transpose(image, [0, 3, 1, 2])
         x = F.conv2d('conv0', x, STEM_FILTERS, 7, strides=2)
         x = F.relu(F.norm('bn0', x))

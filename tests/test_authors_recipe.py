@@ -203,7 +203,7 @@ def _shortcut_prior(data_format):
     with graph.as_default(), TowerContext('', is_training=True):
         x = tf.constant(np.random.RandomState(4).normal(size=shape).astype(np.float32))
         set_estimate(x, Estimate(mean, var))
-        with F.layout(data_format), kn.norm_scope('bkn', group_size=2):
+        with F.data_format_scope(data_format), kn.norm_scope('bkn', group_size=2):
             residual_block('block', x, 8, 2)
         pads = [op for op in graph.get_operations() if op.type in ('Pad', 'PadV2')
                 and op.name.startswith('block/') and op.outputs[0].shape.rank == 4]   # (not the estimate's)

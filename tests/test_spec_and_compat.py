@@ -1,5 +1,5 @@
 """Tests of kalman_norm.spec (NormSpec / norm_scope / F.norm dispatch), kalman_norm.compat
-(NumPy 2 aliases for tensorpack 0.11) and kalman_norm._stack (the stack check)."""
+(NumPy 2 aliases for tensorpack 0.11) and kalman_norm._environment (the stack check)."""
 import importlib.metadata
 import inspect
 import itertools
@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorpack.tfutils.tower import TowerContext
 
 from kalman_norm import KN_RECIPES, NORMS, NormSpec, compat, current_norm, norm_scope
-from kalman_norm import _stack
+from kalman_norm import _environment
 from kalman_norm import flow as F
 from kalman_norm.layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm, LayerNormalization,
                                 MicroBatchNorm, MicroBatchRenorm, kn_diagnostics)
@@ -426,10 +426,10 @@ def test_legacy_keras_is_set_after_import():
 
 
 def test_check_stack_passes_on_this_stack():
-    assert _stack.check_stack() is tf
+    assert _environment.check_stack() is tf
 
 
-@pytest.mark.parametrize('missing', sorted(_stack.REQUIRED))
+@pytest.mark.parametrize('missing', sorted(_environment.REQUIRED))
 def test_check_stack_names_a_missing_distribution_and_the_fix(monkeypatch, missing):
     real = importlib.metadata.version
 
@@ -439,38 +439,38 @@ def test_check_stack_names_a_missing_distribution_and_the_fix(monkeypatch, missi
         return real(dist)
 
     monkeypatch.setattr(importlib.metadata, 'version', version)
-    with pytest.raises(_stack.StackError) as err:
-        _stack.check_stack()
+    with pytest.raises(_environment.StackError) as err:
+        _environment.check_stack()
     msg = str(err.value)
     assert missing in msg and 'is not installed' in msg
     assert "pip install 'tensorflow==2.21.*' 'tf-keras==2.21.*' tensorpack==0.11" in msg
 
 
 def test_check_stack_names_several_missing_distributions(monkeypatch):
-    monkeypatch.setattr(_stack, '_version', lambda module: None if module != 'tensorflow' else '2.21.0')
-    with pytest.raises(_stack.StackError, match=r'tf-keras, tensorpack, which are not installed.*pip install'):
-        _stack.check_stack()
+    monkeypatch.setattr(_environment, '_version', lambda module: None if module != 'tensorflow' else '2.21.0')
+    with pytest.raises(_environment.StackError, match=r'tf-keras, tensorpack, which are not installed.*pip install'):
+        _environment.check_stack()
 
 
 def test_check_stack_warns_on_an_untested_version(monkeypatch):
-    real = _stack._version
-    monkeypatch.setattr(_stack, '_version', lambda module: '0.10.1' if module == 'tensorpack' else real(module))
+    real = _environment._version
+    monkeypatch.setattr(_environment, '_version', lambda module: '0.10.1' if module == 'tensorpack' else real(module))
     with pytest.warns(UserWarning, match='tensorpack 0.11.*found 0.10.1'):
-        _stack.check_stack()
+        _environment.check_stack()
 
 
 def test_check_stack_detects_keras_3(monkeypatch):
     """tf.compat.v1.layers is missing when TensorFlow was imported with Keras 3."""
     monkeypatch.setattr(tf1, 'layers', types.SimpleNamespace())
-    with pytest.raises(_stack.StackError, match='TF_USE_LEGACY_KERAS=1'):
-        _stack.check_stack()
+    with pytest.raises(_environment.StackError, match='TF_USE_LEGACY_KERAS=1'):
+        _environment.check_stack()
 
 
 @pytest.mark.parametrize('value', ['0', 'false'])
 def test_prepare_environment_rejects_legacy_keras_off(monkeypatch, value):
     monkeypatch.setenv('TF_USE_LEGACY_KERAS', value)
-    with pytest.raises(_stack.StackError, match='TF_USE_LEGACY_KERAS'):
-        _stack.prepare_environment()
+    with pytest.raises(_environment.StackError, match='TF_USE_LEGACY_KERAS'):
+        _environment.prepare_environment()
     assert os.environ['TF_USE_LEGACY_KERAS'] == value       # left as the user set it
 
 
@@ -480,7 +480,7 @@ def test_prepare_environment_sets_legacy_keras(monkeypatch, value):
         monkeypatch.delenv('TF_USE_LEGACY_KERAS', raising=False)
     else:
         monkeypatch.setenv('TF_USE_LEGACY_KERAS', value)
-    _stack.prepare_environment()
+    _environment.prepare_environment()
     assert os.environ['TF_USE_LEGACY_KERAS'] == '1'
 
 
