@@ -34,7 +34,7 @@ class Norm:
         moving_averages: keeps moving statistics, so inference can use them or the test batch's
             (``eval_stats``: the trainers' ``--eval-stats``).
         kalman: a Kalman norm: the flow ops predict its prior (``prior_method``, ``--gain``).
-        affine: has ``gamma`` (``gamma_init`` applies) and ``beta``.
+        affine: has ``gamma`` (``gamma_initializer``, alias ``gamma_init``, applies) and ``beta``.
         weight_norm: normalises the conv/dense kernels (``flow.conv2d`` applies it).
         step_warmup: has a schedule in training steps that the trainers size to the run (BRN).
         centered_weights: the convs centre their kernels per output channel (MABN's weight

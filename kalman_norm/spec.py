@@ -126,6 +126,10 @@ class NormSpec(object):
         kwargs = {k: v for k, v in self.options.items() if k not in SPEC_OPTIONS}
         if self.norm.group_size:
             kwargs['group_size'] = self.group_size
+        # a call's gamma_init or gamma_initializer (one value under two names) replaces the spec's
+        for given, alias in (('gamma_init', 'gamma_initializer'), ('gamma_initializer', 'gamma_init')):
+            if given in overrides:
+                kwargs.pop(alias, None)
         kwargs.update(overrides)
         return self.norm.layer(name, x, **kwargs)
 

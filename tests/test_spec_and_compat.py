@@ -122,7 +122,7 @@ BAD_OPTION_VALUES = [
     ('bn', {'eval_stats': 'online'}, r"eval_stats must be one of \('moving', 'batch'\), got 'online'"),
     ('bn', {'ema_update': 'always'}, r"ema_update must be .*got 'always'"),
     ('bkn', {'training': 'yes'}, r"training must be None \(follow the tower\) or True/False, got 'yes'"),
-    ('bn', {'gamma_init': 'one'}, r"gamma_init must be a finite number, got 'one'"),
+    ('bn', {'gamma_init': 'one'}, r"gamma_init must be a finite number or an initializer .*, got 'one'"),
     ('brn', {'rmax': 0.5}, r'rmax >= 1, got rmax=0.5'),
     ('brn', {'dmax': -1}, r'dmax >= 0, got dmax=-1'),
     ('brn', {'warmup': (10, 5, 20)}, r'renorm warmup must be None or \(start, rmax_end, dmax_end\)'),

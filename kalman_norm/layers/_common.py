@@ -1,5 +1,8 @@
 """Shared machinery of the normalization layers: layouts, micro-batch groups, EMA, affine."""
 import functools
+import inspect
+import math
+import numbers
 
 import numpy as np
 import tensorflow as tf
@@ -150,18 +153,52 @@ class Layout(object):
         return x * self.channel_broadcast(scale) + self.channel_broadcast(offset)
 
 
+#: one line for a layer given gamma's initial value twice
+GAMMA_TWICE = "give gamma_initializer (tensorpack's name) or its alias gamma_init, not both"
+
+
+def check_gamma_initializer(name, value):
+    """gamma's initial value: a finite number, or an initializer (a callable, as tensorpack's
+    ``gamma_initializer=tf.ones_initializer()``)."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not (number or callable(value)):
+        raise ValueError('%s must be a finite number or an initializer (e.g. tf.zeros_initializer()), got %r'
+                         % (name, value))
+
+
+def _with_gamma_initializer(signature):
+    """``signature`` with tensorpack's keyword ``gamma_initializer`` beside the alias ``gamma_init``."""
+    params = list(signature.parameters.values())
+    extra = inspect.Parameter('gamma_initializer', inspect.Parameter.KEYWORD_ONLY, default=None)
+    at = next((i for i, p in enumerate(params) if p.kind == inspect.Parameter.VAR_KEYWORD), len(params))
+    return signature.replace(parameters=params[:at] + [extra] + params[at:])
+
+
 def norm_layer(layer):
     """tensorpack's ``layer_register()``, and the output carries the layer's variables as
     ``.variables`` (a ``VariableHolder``), as tensorpack's ``BatchNorm`` returns them: ``gamma``,
     ``beta``, ``mean`` and ``variance`` (``mean/EMA``, ``variance/EMA``), and any other variable of
-    the layer under its name with '/EMA' dropped and '/' as '_' (``stddev``, ``gain_logit``, ...)."""
+    the layer under its name with '/EMA' dropped and '/' as '_' (``stddev``, ``gain_logit``, ...).
+    A layer with gamma takes tensorpack's ``gamma_initializer`` (a number or an initializer) as well
+    as the alias ``gamma_init``."""
+    has_gamma = 'gamma_init' in inspect.signature(layer).parameters
+
     @functools.wraps(layer)
     def with_variables(x, *args, **kwargs):
+        if has_gamma and 'gamma_initializer' in kwargs:
+            initializer = kwargs.pop('gamma_initializer')
+            if initializer is not None:
+                if 'gamma_init' in kwargs:
+                    raise ValueError(GAMMA_TWICE)
+                check_gamma_initializer('gamma_initializer', initializer)
+                kwargs['gamma_init'] = initializer
         scope = tf.compat.v1.get_variable_scope().name + '/'
         out = layer(x, *args, **kwargs)
         held = {v.op.name[len(scope):]: v for v in tf.compat.v1.global_variables() if v.op.name.startswith(scope)}
         out.variables = VariableHolder(**{name.replace('/EMA', '').replace('/', '_'): v for name, v in held.items()})
         return out
+    if has_gamma:
+        with_variables.__signature__ = _with_gamma_initializer(inspect.signature(layer))
     return layer_register()(with_variables)
 
 
@@ -191,10 +228,12 @@ def resolve_training(training):
 
 
 def affine_params(channels, center=True, scale=True, gamma_init=1.0):
-    """gamma and beta, named as in tensorpack's BatchNorm so checkpoints interchange."""
+    """gamma and beta, named as in tensorpack's BatchNorm so checkpoints interchange; ``gamma_init``
+    a number or an initializer."""
     beta = tf.compat.v1.get_variable('beta', [channels], initializer=tf.zeros_initializer()) \
         if center else tf.zeros([channels], name='beta')
-    gamma = tf.compat.v1.get_variable('gamma', [channels], initializer=tf.constant_initializer(gamma_init)) \
+    gamma_initializer = gamma_init if callable(gamma_init) else tf.constant_initializer(gamma_init)
+    gamma = tf.compat.v1.get_variable('gamma', [channels], initializer=gamma_initializer) \
         if scale else tf.ones([channels], name='gamma')
     return gamma, beta
 

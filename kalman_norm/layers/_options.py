@@ -11,7 +11,7 @@ import math
 import numbers
 
 from ..data_format import canonical_data_format
-from ._common import EVAL_STATS
+from ._common import EVAL_STATS, GAMMA_TWICE, check_gamma_initializer
 
 __all__ = ['check_options', 'layer_options', 'check_bool', 'check_positive', 'check_number',
            'check_choice', 'check_momentum', 'check_group_size', 'check_training', 'check_data_format',
@@ -81,7 +81,8 @@ COMMON_CHECKS = {
     'epsilon': lambda v: check_positive('epsilon', v),
     'center': lambda v: check_bool('center', v),
     'scale': lambda v: check_bool('scale', v),
-    'gamma_init': lambda v: check_number('gamma_init', v),
+    'gamma_init': lambda v: check_gamma_initializer('gamma_init', v),
+    'gamma_initializer': lambda v: v is None or check_gamma_initializer('gamma_initializer', v),
     'data_format': check_data_format,
 }
 
@@ -98,6 +99,8 @@ BATCH_STAT_CHECKS = dict(COMMON_CHECKS, **{
 
 def check_options(options, checks):
     """Run ``checks[name](value)`` for every given option that has a check."""
+    if 'gamma_initializer' in checks and options.get('gamma_initializer') is not None and 'gamma_init' in options:
+        raise ValueError(GAMMA_TWICE)
     for name, value in options.items():
         if name in checks:
             checks[name](value)
