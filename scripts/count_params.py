@@ -12,7 +12,9 @@ on the image size, so a small one keeps the graphs cheap.
 Norms: BN (``bn``), GN (``gn``, 32 channel groups: every width of the three nets is a multiple
 of 32), KN (``bkn`` with the paper's process noise R, ``process_noise=True``: one ``noise_rho``
 per channel in every KN layer that receives a prior; the library's default has no R; the gain q
-is fixed, so no q variable).  Exit status 1 if a count does not match the paper.
+is fixed, so no q variable).  Exit status 1 if a count does not match the paper.  A second table
+counts the same nets under the micro-batch field's norms (issue 22; FIELD_NORMS), which the paper
+does not have.
 """
 import argparse
 import os
@@ -45,6 +47,20 @@ NORMS = {
     'GN': ('gn', {'channel_groups': 32}),
     'KN': ('bkn', {'process_noise': True}),
 }
+#: The micro-batch field beside KN (issue 22), not in the paper: the same nets under each new norm.
+#: WS standardises the conv kernels (no variable); FRN adds a learned τ per channel, EvoNorm a v per
+#: channel (B0 also a moving variance, not trainable); MABN centres its kernels (no variable).
+FIELD_NORMS = {
+    'BN+WS': ('bn', {'weight_standardization': True}),
+    'GN+WS': ('gn', {'channel_groups': 32, 'weight_standardization': True}),
+    'BKN+WS': ('bkn', {'weight_standardization': True}),
+    # learned ε only where a map has one position (the layer's default): none at ImageNet's 224 px,
+    # but the last stage's maps are 1x1 at 32 px; stated, so the count does not depend on the size
+    'FRN+TLU': ('frn', {'learned_epsilon': False}),
+    'EvoNorm-S0': ('evonorm_s0', {'channel_groups': 32}),
+    'EvoNorm-B0': ('evonorm_b0', {}),
+    'MABN': ('mabn', {'history_mode': 'per_device'}),
+}
 NUM_CLASSES = 1000
 
 
@@ -55,7 +71,7 @@ def count_trainable_parameters(graph):
 
 def build(architecture, norm_column, image_size=64, batch=2, num_classes=NUM_CLASSES):
     """The training graph (forward only) of one table cell; returns the graph."""
-    norm, options = NORMS[norm_column]
+    norm, options = dict(NORMS, **FIELD_NORMS)[norm_column]
     graph = tf.Graph()
     with graph.as_default(), TowerContext('', is_training=True), kn.norm_scope(norm, **options):
         ARCHITECTURES[architecture](tf.zeros([batch, image_size, image_size, 3]), num_classes)
@@ -83,6 +99,17 @@ def table(counts):
                                    'paper (Table 2)', 'match'], tablefmt='github')
 
 
+def field_table(counts):
+    rows = []
+    for arch in ARCHITECTURES:
+        for column in FIELD_NORMS:
+            count = counts[arch][column]
+            rows.append([arch, column, '`%s`' % FIELD_NORMS[column][0], '{:,}'.format(count), '%.2fM' % millions(count),
+                         '{:+,}'.format(count - counts[arch]['BN'])])
+    return tabulate(rows, headers=['architecture', 'norm', 'name', 'trainable parameters', 'millions',
+                                   'vs BN'], tablefmt='github')
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,9 +131,9 @@ def main(argv=None):
     start = time.time()
     counts = {arch: {} for arch in ARCHITECTURES}
     for arch in ARCHITECTURES:
-        for column in NORMS:
+        for column in list(NORMS) + list(FIELD_NORMS):
             counts[arch][column] = count_trainable_parameters(build(arch, column, args.image_size))
-            print('%-12s %-2s %12s' % (arch, column, '{:,}'.format(counts[arch][column])), flush=True)
+            print('%-12s %-10s %12s' % (arch, column, '{:,}'.format(counts[arch][column])), flush=True)
     text = table(counts)
     print()
     print(text)
@@ -132,6 +159,19 @@ def main(argv=None):
             + ' = the widths of all norm layers but the first.',
             '',
             'All nine match.' if all_match else '**Not all cells match the paper.**',
+            '',
+            '## The micro-batch field beside KN (not in the paper)',
+            '',
+            'The same nets under the norms of issue 22 (`kalman_norm/norms.py`), counted the same way; '
+            '"vs BN" is the difference from the BN row above. Options: '
+            + '; '.join('%s `%s`%s' % (c, n, ''.join(', %s=%r' % kv for kv in sorted(o.items())))
+                        for c, (n, o) in FIELD_NORMS.items()) + '.',
+            '',
+            field_table(counts),
+            '',
+            'Weight Standardization and MABN\'s weight centring transform the kernels inside the conv and '
+            'add no variable; BKN here is the library recipe (no R, q fixed). FRN\'s τ and EvoNorm\'s v '
+            'are one vector per norm layer.',
             ''])
         tmp = args.out + '.tmp'
         with open(tmp, 'w') as f:

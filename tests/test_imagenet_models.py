@@ -310,3 +310,21 @@ def test_scripts_reject_bad_options_before_building(script, argv, match, capsys)
         load_script(script).parse_args(argv)
     assert exit_info.value.code == 2
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('arch', list(ARCHS))
+def test_table2_field_norm_counts(arch):
+    """count_params.py's second table (issue 22's norms): WS and MABN's centring add no variable,
+    FRN's τ and EvoNorm's v one vector per norm layer; GN+WS and EvoNorm-S0 at 32 channel groups."""
+    script = load_script('count_params')
+    bn = forward_graph(arch, 'bn')
+    for column, (norm, options) in script.FIELD_NORMS.items():
+        built = forward_graph(arch, norm, **options)
+        extra = {name: shape for name, shape in built['trainable'].items() if name not in bn['trainable']}
+        if norm in ('frn', 'evonorm_s0', 'evonorm_b0'):
+            suffix = '/tau' if norm == 'frn' else '/v'
+            assert {name.rsplit('/', 1)[0] for name in extra} == set(built['norm_layers']), column
+            assert all(name.endswith(suffix) for name in extra), column
+        else:
+            assert not extra, column
+        assert num_parameters(built) - num_parameters(bn) == sum(s[0] for s in extra.values()), column
