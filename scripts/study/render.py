@@ -240,7 +240,7 @@ def render_table(root, table, profile, command, figures=()):
                   'rows.' % PAPER_BUDGET[table['trainer']], '']
     lines += ['Accuracy (%%) of the last epoch on the %s, mean ± sample std over seeds. A: moving '
               'statistics (for norms without moving averages, their one evaluation); B: online batch '
-              'statistics.' % EVAL_SET[table['trainer']], '']
+              'statistics.' % (table.get('eval_set') or EVAL_SET[table['trainer']]), '']
     headers = ['row', 'paper', 'ours A (moving)', 'ours B (online)', 'train error (%)', 'seeds done / planned',
                'epochs', 'data', 'machine', 'conventions: seeds']
     lines.append(tabulate(rows, headers=headers, tablefmt='github', disable_numparse=True))

@@ -146,6 +146,8 @@ TABLE_FIELDS = {
     # prose under the claims (what the runs mean, links to measurements); numbers belong in the
     # rows and claims, which the records fill in, not here
     'discussion': Field('str', 'discussion must be a string (Markdown)', default=''),
+    # what the accuracies are measured on, when not the trainer's test set (a --validation split)
+    'eval_set': Field('text', 'eval_set must be a non-empty string, e.g. "validation split (...)"'),
     'seeds': Field('table', 'needs a [seeds] table with seeds per profile (%s)' % ', '.join(PROFILES), required=True),
     'rows': Field('list', 'needs at least one [[rows]] entry', required=True),
     'claims': Field('list', 'claims must be [[claims]] entries', default=[]),
