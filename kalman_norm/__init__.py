@@ -37,7 +37,7 @@ __version__ = "0.1.0"
 
 #: what ``kalman_norm.<name>`` gives, imported on first use: the modules behind them import
 #: TensorFlow, which ``import kalman_norm`` alone does not (the trainers check their command lines
-#: first; kalman_norm.command_line)
+#: first; kalman_norm.train.command_line)
 _LAZY = {'Norm': 'norms', 'get_norm': 'norms', 'norm_names': 'norms', 'register_norm': 'norms',
          'KN_RECIPES': 'spec', 'NORMS': 'spec', 'NormSpec': 'spec', 'current_norm': 'spec', 'norm_scope': 'spec',
          'Estimate': 'estimate', 'get_estimate': 'estimate', 'set_estimate': 'estimate'}

@@ -1,7 +1,7 @@
 """How well does each normalisation layer of a trained run estimate its population statistics?
 
 KN's claim is that its posterior estimates a layer's statistics better than the micro-batch does.
-This module measures it on a trained run (a ``kalman_norm.cifar`` log directory): it rebuilds the
+This module measures it on a trained run (a ``kalman_norm.train.cifar`` log directory): it rebuilds the
 run's model under the run's norm spec in a fresh graph, restores a checkpoint, and feeds N
 images (say 1024 training images, fixed seed, no augmentation) as micro-batch groups of the run's
 group size, with training-mode statistics and nothing updated (no optimizer; the moving averages
@@ -86,12 +86,12 @@ PRE_RECIPE_KN_DEFAULTS = {'process_noise': True, 'propagate': 'input'}
 
 def load_run(logdir):
     """The run's options (``LOGDIR/options.json`` over the trainer's defaults) and its NormSpec."""
-    from . import cifar
+    from .train import cifar
     path = os.path.join(logdir, 'options.json')
     if not os.path.isdir(logdir):
         raise ProbeError('%s is not a directory: pass the log directory of a training run' % logdir)
     if not os.path.isfile(path):
-        raise ProbeError('%s has no options.json: pass the log directory of a kalman_norm.cifar '
+        raise ProbeError('%s has no options.json: pass the log directory of a kalman_norm.train.cifar '
                          'training run' % logdir)
     try:
         with open(path) as f:

@@ -8,9 +8,9 @@
 """
 import sys
 
-from kalman_norm.command_line import CIFAR, check_command_line
+from kalman_norm.train.command_line import CIFAR, check_command_line
 
 if __name__ == '__main__':
     check_command_line(CIFAR, sys.argv[1:])      # a bad option fails here, before TensorFlow loads
-    from kalman_norm.cifar import main
+    from kalman_norm.train.cifar import main
     main()

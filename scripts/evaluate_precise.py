@@ -18,7 +18,8 @@ import kalman_norm  # noqa: F401  (sets up the TF/tensorpack stack first)
 import numpy as np
 import tensorflow as tf
 
-from kalman_norm import cifar, data as datasets, probe, runtime, trainer
+from kalman_norm import data as datasets, probe, runtime
+from kalman_norm.train import cifar, core as trainer
 from kalman_norm.norms import norms_where
 from kalman_norm.precise_bn import DEFAULT_BATCHES, evaluate_moving
 

@@ -10,9 +10,9 @@ over all GPUs and workers.  See --help and README.md ("Training on a cluster").
 """
 import sys
 
-from kalman_norm.command_line import IMAGENET, check_command_line
+from kalman_norm.train.command_line import IMAGENET, check_command_line
 
 if __name__ == '__main__':
     check_command_line(IMAGENET, sys.argv[1:])      # a bad option fails here, before TensorFlow loads
-    from kalman_norm.imagenet import main
+    from kalman_norm.train.imagenet import main
     main()

@@ -140,7 +140,7 @@ def main(argv=None):
     p.add_argument('--restore', help='checkpoint the chief starts from')
     p.add_argument('--starting-epoch', type=int, default=1, help='a non-chief follows the chief\'s instead')
     a = p.parse_args(argv)
-    from kalman_norm.distributed import make_distributed_trainer, parse_cluster
+    from kalman_norm.train.distributed import make_distributed_trainer, parse_cluster
     cluster, job, index = parse_cluster(a.cluster, a.task, env={})
     logger.set_logger_dir(os.path.join(a.out, 'log-%s%d' % (job, index)), action='d')
     trainer = make_distributed_trainer(cluster, job, index, gpus_per_worker=a.towers, mode=a.mode)

@@ -51,7 +51,7 @@ def test_named_recipe_is_this_recipe():
 def test_trainer_recipe_builds_the_kn_study_config(tmp_path):
     """``--kn-recipe authors`` on the study's budget resolves to exactly the options of
     configs/cpu/kn_study/bkn_authors.toml, which states every KN option by hand."""
-    from kalman_norm.cifar import parse_options
+    from kalman_norm.train.cifar import parse_options
     kept = []
     with open(CONFIG) as f:
         for line in f:

@@ -1,4 +1,4 @@
-"""Tests of the CIFAR trainer (kalman_norm/cifar.py, scripts/cifar_resnet.py) on tiny generated data.
+"""Tests of the CIFAR trainer (kalman_norm/train/cifar.py, scripts/cifar_resnet.py) on tiny generated data.
 
 * the trainer path in-process (make_config + make_trainer + launch_train_with_config) for every
   norm with the ResNet and for a few norms with the Inception net;
@@ -30,10 +30,10 @@ from tensorpack.input_source import TensorInput
 from tensorpack.tfutils.sesscreate import NewSessionCreator
 from tensorpack.tfutils.tower import get_current_tower_context
 
-from kalman_norm import cifar, trainer
+from kalman_norm.train import cifar, core as trainer
 from kalman_norm import data as kdata
-from kalman_norm.cifar import parse_options
-from kalman_norm.options import OptionError
+from kalman_norm.train.cifar import parse_options
+from kalman_norm.train.options import OptionError
 from kalman_norm.layers import kn_diagnostics
 
 tf1 = tf.compat.v1

@@ -1,4 +1,4 @@
-"""The trainers' command lines are checked before TensorFlow loads (kalman_norm.command_line), with
+"""The trainers' command lines are checked before TensorFlow loads (kalman_norm.train.command_line), with
 the names they offer declared apart from the registries (kalman_norm.names) and equal to them."""
 import os
 import subprocess
@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from kalman_norm import cifar, command_line, imagenet, names, spec, transition
+from kalman_norm import names, spec, transition
+from kalman_norm.train import cifar, command_line, imagenet
 from kalman_norm.data import DATASETS
 from kalman_norm.models import model_names
 from kalman_norm.norms import norm_names
@@ -38,7 +39,7 @@ def _run(code):
     (['--batch', '3'], None),            # well-typed: passes the first check (the trainer checks 128 % 3)
 ])
 def test_a_bad_option_fails_without_tensorflow(argv, line):
-    out = _run('import sys\nfrom kalman_norm.command_line import CIFAR, check_command_line\n'
+    out = _run('import sys\nfrom kalman_norm.train.command_line import CIFAR, check_command_line\n'
                'try:\n    check_command_line(CIFAR, %r)\nexcept SystemExit as e:\n    print("exit", e.code)\n'
                'print("tensorflow" in sys.modules)' % argv)
     if line is None:
@@ -62,3 +63,15 @@ def test_import_kalman_norm_loads_tensorflow_only_when_a_name_needs_it():
     out = _run('import sys, kalman_norm\nprint("tensorflow" in sys.modules)\n'
                'kalman_norm.norm_scope\nprint("tensorflow" in sys.modules, kalman_norm.flow.__name__)')
     assert out.stdout.split() == ['False', 'True', 'kalman_norm.flow'], out.stderr
+
+
+def test_the_trainers_are_one_package_that_loads_nothing_by_itself():
+    import kalman_norm
+    top = os.path.dirname(kalman_norm.__file__)
+    assert not {'trainer.py', 'cifar.py', 'imagenet.py', 'distributed.py', 'options.py', 'rundir.py'} \
+        & set(os.listdir(top))
+    assert {'core.py', 'cifar.py', 'imagenet.py', 'distributed.py', 'options.py', 'rundir.py',
+            'command_line.py'} <= set(os.listdir(os.path.join(top, 'train')))
+    out = _run('import sys, kalman_norm.train\nprint(sorted(m for m in sys.modules if m.startswith("kalman_norm.train")),'
+               ' "tensorflow" in sys.modules)')
+    assert out.stdout.strip() == "['kalman_norm.train'] False", out.stderr

@@ -8,8 +8,8 @@ import tomllib
 
 import pytest
 
-from kalman_norm import cifar
-from kalman_norm.options import OptionError, dump_toml, read_config
+from kalman_norm.train import cifar
+from kalman_norm.train.options import OptionError, dump_toml, read_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))

@@ -10,9 +10,10 @@ import os
 import sys
 import pytest
 
-from kalman_norm import KN_RECIPES, cifar, imagenet, trainer
-from kalman_norm.cifar import DEFAULTS, parse_options
-from kalman_norm.options import read_config
+from kalman_norm import KN_RECIPES
+from kalman_norm.train import cifar, imagenet, core as trainer
+from kalman_norm.train.cifar import DEFAULTS, parse_options
+from kalman_norm.train.options import read_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))

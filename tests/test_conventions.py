@@ -10,7 +10,8 @@
 import os
 
 import kalman_norm as kn  # noqa: I001  (before tensorflow / tensorpack)
-from kalman_norm import cifar, flow as F, trainer
+from kalman_norm import flow as F
+from kalman_norm.train import cifar, core as trainer
 from kalman_norm.layers import BatchKalmanNorm, MicroBatchNorm, MicroBatchRenorm
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""kalman_norm.distributed: cluster parsing, and synchronous training on a real local cluster.
+"""kalman_norm.train.distributed: cluster parsing, and synchronous training on a real local cluster.
 
 The cluster tests start, on 127.0.0.1 only, one parameter server and two workers per mode as
 subprocesses running tests/_dist_worker.py (the 'ps' and the 'replicated' cluster run at the
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kalman_norm.distributed import (ClusterError, follow_chief, horovod_trainer, make_distributed_trainer,
+from kalman_norm.train.distributed import (ClusterError, follow_chief, horovod_trainer, make_distributed_trainer,
                                      parse_cluster, start_server)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -137,7 +137,7 @@ def test_sync_trainer_rejects_what_it_cannot_run():
     from tensorpack.dataflow import DataFromList
     from tensorpack.tfutils.sesscreate import NewSessionCreator, ReuseSessionCreator
     from tensorpack.tfutils.sessinit import JustCurrentSession
-    from kalman_norm.distributed import SyncDistributedTrainer
+    from kalman_norm.train.distributed import SyncDistributedTrainer
     with pytest.raises(ClusterError, match=r'runs on worker tasks, got a ps server'):
         SyncDistributedTrainer(_fake_server('ps'))
     with pytest.raises(ClusterError, match=r"mode must be 'ps' or 'replicated'"):
@@ -171,7 +171,7 @@ def test_horovod_trainer_says_why_it_is_unavailable(monkeypatch):
 
 
 def test_tensorpack_shipped_distributed_code_does_not_run_on_tf2():
-    """Why kalman_norm.distributed has its own trainer: tensorpack 0.11's distributed builders and
+    """Why kalman_norm.train.distributed has its own trainer: tensorpack 0.11's distributed builders and
     session creator call TF1 names that TF 2.21's namespace no longer has.  (If a tensorpack
     release fixes this, this test fails: then re-check its gradient averaging before using it.)"""
     from tensorpack.graph_builder.distributed import DistributedParameterServerBuilder, DistributedReplicatedBuilder
@@ -482,7 +482,7 @@ def _run_trainer_cluster(out, data, logdir, env):
 @pytest.fixture(scope='module')
 def trainer_cluster(tmp_path_factory):
     """Two rounds of the same cluster command (the whole cluster restarted, as the module
-    docstring of kalman_norm.distributed asks): the first trains, the second has nothing to do."""
+    docstring of kalman_norm.train.distributed asks): the first trains, the second has nothing to do."""
     base = tmp_path_factory.mktemp('trainer_cluster')
     data = cifar_tests.write_folder(base / 'data', n_train=2)       # 20 train, 10 test images
     env = cifar_tests._env(base)
@@ -534,7 +534,7 @@ def test_cluster_trainer_rerun_of_a_finished_run_ends_on_every_worker(trainer_cl
 # a parameter server that never answers
 
 def test_waiting_for_a_task_that_never_answers_ends_with_one_line(caplog):
-    from kalman_norm.distributed import ClusterTimeout, wait_for_tasks
+    from kalman_norm.train.distributed import ClusterTimeout, wait_for_tasks
     port, = _free_ports(1)             # nothing listens there
     cluster = tf.train.ClusterSpec({'ps': ['127.0.0.1:%d' % port], 'worker': ['127.0.0.1:1']})
     start = time.time()

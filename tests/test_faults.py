@@ -22,9 +22,10 @@ import kalman_norm  # noqa: F401  (before tensorflow / tensorpack)
 import tensorflow as tf
 from tensorpack.callbacks import Callback
 
-from kalman_norm import cifar, imagenet, ops, trainer
-from kalman_norm.cifar import parse_options
-from kalman_norm.options import OptionError
+from kalman_norm import ops
+from kalman_norm.train import cifar, imagenet, core as trainer
+from kalman_norm.train.cifar import parse_options
+from kalman_norm.train.options import OptionError
 
 from test_cifar_trainer import (SCRIPT, TINY, _checkpoints, _env, _fail_text, data_dirs, memory_dataset,  # noqa: F401
                                 no_grappler_session, output_lines, run_script, write_folder)
@@ -331,7 +332,7 @@ def test_a_read_only_logdir_is_one_line(tmp_path):
 def test_a_logdir_that_fails_when_claimed_is_one_line(tmp_path, monkeypatch):
     """Writability can change between the check and the claim (or a file system be read-only to
     root too): the claim's own failure is the same kind of line."""
-    from kalman_norm import rundir
+    from kalman_norm.train import rundir
     real_open = os.open
 
     def read_only(path, *args, **kwargs):

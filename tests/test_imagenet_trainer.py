@@ -1,4 +1,4 @@
-"""The ImageNet trainer (kalman_norm/imagenet.py, scripts/imagenet.py) on a tiny ILSVRC-style folder.
+"""The ImageNet trainer (kalman_norm/train/imagenet.py, scripts/imagenet.py) on a tiny ILSVRC-style folder.
 
 The trainer core is tested through the CIFAR trainer (tests/test_cifar_trainer.py,
 tests/test_run_trust.py); here: what is ImageNet's (options, data, schedules), one real training
@@ -13,8 +13,8 @@ import sys
 import pytest
 
 import kalman_norm  # noqa: F401
-from kalman_norm import imagenet
-from kalman_norm.options import OptionError
+from kalman_norm.train import imagenet
+from kalman_norm.train.options import OptionError
 
 from test_imagenet_data import make_ilsvrc
 

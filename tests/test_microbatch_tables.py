@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 import kalman_norm  # noqa: F401
-from kalman_norm import cifar
+from kalman_norm.train import cifar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location('choose_lr', os.path.join(REPO, 'scripts', 'choose_lr.py'))

@@ -47,7 +47,7 @@ def test_installed_wheel_trains_a_cifar_model_away_from_the_repository(wheel, tm
     assert r.returncode == 0, r.stderr[-2000:]
     data = write_cifar10(tmp_path / 'data', n=8)
     code = ('import kalman_norm, kalman_norm.models as m, sys; assert m.__file__.startswith(%r), m.__file__; '
-            'from kalman_norm import cifar; cifar.main(sys.argv[1:])' % str(target))
+            'from kalman_norm.train import cifar; cifar.main(sys.argv[1:])' % str(target))
     args = ['-n', '1', '--batch', '2', '--total-batch', '8', '--steps-per-epoch', '2', '--epochs', '1',
             '--num-proc', '0', '--seed', '1', '--partial-data', 'true', '--norm', 'bkn',
             '--data', data, '--logdir', str(tmp_path / 'log'), '--threads', '1']

@@ -19,7 +19,8 @@ import tensorflow as tf
 from tensorpack.tfutils.common import get_global_step_var
 from tensorpack.tfutils.tower import TowerContext
 
-from kalman_norm import NormSpec, cifar, trainer
+from kalman_norm import NormSpec
+from kalman_norm.train import cifar, core as trainer
 from kalman_norm import flow as F
 from kalman_norm.precise_bn import combine_batches, precise_spec, recompute_statistics
 from conftest import session_config
@@ -207,6 +208,6 @@ def test_eval_stats_precise_only_for_moving_average_norms():
         cifar.parse_options(['--norm', 'gn', '--eval-stats', 'precise'])
     assert trainer.eval_tags(cifar.parse_options(['--norm', 'bn', '--eval-stats', 'precise'])) == \
         [('InferenceTowerMoving', 'val-error-moving')]
-    from kalman_norm import imagenet
+    from kalman_norm.train import imagenet
     with pytest.raises(trainer.OptionError, match='CIFAR trainer only'):
         trainer.parse_options(imagenet.TASK, ['--norm', 'bn', '--eval-stats', 'precise'])

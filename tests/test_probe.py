@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 from scipy.special import expit
 
-from kalman_norm import cifar, probe
+from kalman_norm import probe
+from kalman_norm.train import cifar
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 SHAPE = (8, 8, 3)

@@ -9,7 +9,8 @@ import re
 import subprocess
 import sys
 
-from kalman_norm import probe, provenance, rundir
+from kalman_norm import probe, provenance
+from kalman_norm.train import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))

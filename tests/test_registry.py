@@ -4,7 +4,8 @@ the model by the trainers' dispatch)."""
 import inspect
 
 import kalman_norm as kn  # noqa: I001  (before tensorflow / tensorpack)
-from kalman_norm import cifar, flow as F, norms
+from kalman_norm import flow as F, norms
+from kalman_norm.train import cifar
 from kalman_norm import models
 from kalman_norm.models import registry as model_registry
 

@@ -820,7 +820,7 @@ def test_a_table_names_its_trainer(tmp_path):
 
 
 def test_config_defaults_per_trainer(tmp_path):
-    from kalman_norm.imagenet import SCHEDULE_RECIPES
+    from kalman_norm.train.imagenet import SCHEDULE_RECIPES
     path = tmp_path / 'c.toml'
     path.write_text('norm = "bkn"\n')
     c = study.load_config(str(path), 'imagenet')

@@ -22,9 +22,9 @@ import types
 import pytest
 
 import kalman_norm  # noqa: F401
-from kalman_norm import cifar, rundir
-from kalman_norm.cifar import parse_options
-from kalman_norm.options import OptionError, parse_scalar
+from kalman_norm.train import cifar, rundir
+from kalman_norm.train.cifar import parse_options
+from kalman_norm.train.options import OptionError, parse_scalar
 
 from test_cifar_trainer import REPO, RUN_TIMEOUT, SCRIPT, TINY, _env, _fail_text, data_dirs, output_lines, run_script  # noqa: F401
 
@@ -119,7 +119,7 @@ def test_training_ends_only_once_the_graph_is_written(tmp_path):
     train used to end while that thread was inside TensorFlow's C++, and the process aborted at
     interpreter shutdown (SIGABRT after its FINAL line; seen once on a cluster worker joining a
     rerun of a finished run).  The trainer's event writer waits for the graph, then closes."""
-    from kalman_norm import trainer
+    from kalman_norm.train import core as trainer
 
     calls = []
 
@@ -202,7 +202,7 @@ _KILL_AT = textwrap.dedent('''
     import kalman_norm
     from tensorflow.python.checkpoint import checkpoint_management
     from tensorpack.callbacks import ClassificationError
-    from kalman_norm import cifar, trainer
+    from kalman_norm.train import cifar, core as trainer
 
     phase, epoch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
@@ -408,12 +408,12 @@ def test_quick_start_command_is_a_valid_run_of_a_recorded_row():
 
 
 def test_options_are_typed_the_same_without_tomllib(monkeypatch, tmp_path):
-    """On Python 3.10 kalman_norm.options parses with tomli, the package tomllib was made from.
+    """On Python 3.10 kalman_norm.train.options parses with tomli, the package tomllib was made from.
     Loaded with tomllib hidden (and tomli stood in for by a wrapper of it), the command line and a
     config are typed as on 3.11: booleans are booleans, bad values refused."""
     import importlib.util
     import tomllib
-    from kalman_norm import options as options_py311
+    from kalman_norm.train import options as options_py311
     shim = types.SimpleNamespace(loads=tomllib.loads, load=tomllib.load, TOMLDecodeError=tomllib.TOMLDecodeError)
     monkeypatch.setitem(sys.modules, 'tomllib', None)          # import tomllib -> ImportError, as on 3.10
     monkeypatch.setitem(sys.modules, 'tomli', shim)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import kalman_norm  # noqa: F401  (before tensorflow / tensorpack)
-from kalman_norm import cifar, trainer
-from kalman_norm.cifar import validation_split
-from kalman_norm.options import OptionError
+from kalman_norm.train import cifar, core as trainer
+from kalman_norm.train.cifar import validation_split
+from kalman_norm.train.options import OptionError
 from test_cifar_trainer import TINY, memory_dataset, no_grappler_session
 
 

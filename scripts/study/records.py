@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 
-from kalman_norm.options import dump_toml
+from kalman_norm.train.options import dump_toml
 from kalman_norm.provenance import atomic_write_json, machine, utc_now
 
 from .schema import (EVALS, PROFILES, StudyError, _is_number, _load_toml, _need, config_settings_sha256,

@@ -15,7 +15,7 @@ EVAL_SET = {'cifar': 'test set', 'imagenet': 'validation set'}
 PAPER_BUDGET = {'cifar': '~400 epochs on GPUs', 'imagenet': '90+ epochs on 8 GPUs at 224 px'}
 
 
-#: what the conventions column means (kalman_norm/trainer.py, CONVENTIONS; README, "Conventions")
+#: what the conventions column means (kalman_norm/train/core.py, CONVENTIONS; README, "Conventions")
 CONVENTIONS_NOTE = ('Conventions: the trainer\'s version of what a run means, in its options.json. 1 (records '
                     'without the key): BN\'s and BKN\'s variance moving average biased, `--seed` fixes the data '
                     'order only; 2: that average unbiased, BRN tracks σ, `--seed` also fixes the initial weights. '

@@ -10,8 +10,8 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from kalman_norm import cifar, imagenet
-from kalman_norm.options import OptionError, read_config
+from kalman_norm.train import cifar, imagenet
+from kalman_norm.train.options import OptionError, read_config
 
 
 PROFILES = ('cpu', 'paper')
@@ -27,7 +27,7 @@ METRICS = ('accuracy',)
 EVALS = ('moving', 'batch')
 
 
-#: the trainer's default depth (kalman_norm.cifar.DEFAULTS) and epochs per schedule, for configs
+#: the trainer's default depth (kalman_norm.train.cifar.DEFAULTS) and epochs per schedule, for configs
 #: that leave them out; the configs in this repository all state their epochs.  Both are read
 #: from the trainers themselves, as the ImageNet defaults below.
 DEFAULT_DEPTH = next(o.default for o in cifar.TASK.all_options() if o.key == 'depth')
@@ -64,7 +64,7 @@ def _load_toml(path):
 
 
 def read_row_config(path):
-    """A row config's settings, resolved through its ``base`` (kalman_norm.options.read_config, the
+    """A row config's settings, resolved through its ``base`` (kalman_norm.train.options.read_config, the
     trainer's own reading of --config); a bad one is a StudyError."""
     try:
         return read_config(path)

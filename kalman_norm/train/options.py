@@ -2,7 +2,7 @@
 
 Each trainer declares its options once as a list of :class:`Opt`; from that list come the
 command line (argparse), the keys a TOML config may hold, the type and range checks, and which
-options define a run's identity (see :mod:`kalman_norm.rundir`).  Values from a config file
+options define a run's identity (see :mod:`kalman_norm.train.rundir`).  Values from a config file
 arrive with TOML's types and values from the command line with argparse's; both go through the
 same checks, so ``--norm-option process_noise=False`` and ``process_noise = false`` mean the same
 boolean on every Python the package supports.
@@ -184,6 +184,11 @@ def read_config(path, _chain=()):
     return _merged(read_config(base_path, tuple(_chain) + (path,)), conf)
 
 
+def _toml_key(k):
+    # a bare key is letters, digits, '_' and '-'; any other is a quoted (basic) string
+    return k if k and all(c.isascii() and (c.isalnum() or c in '_-') for c in k) else json.dumps(k)
+
+
 def _toml_value(v):
     if isinstance(v, bool):
         return 'true' if v else 'false'
@@ -194,7 +199,7 @@ def _toml_value(v):
     if isinstance(v, list):
         return '[%s]' % ', '.join(map(_toml_value, v))
     if isinstance(v, dict):     # a table inside an array: an inline table
-        return '{%s}' % ', '.join('%s = %s' % (k, _toml_value(x)) for k, x in v.items())
+        return '{%s}' % ', '.join('%s = %s' % (_toml_key(k), _toml_value(x)) for k, x in v.items())
     raise OptionError('cannot write %r as a TOML value' % (v,))
 
 
@@ -202,10 +207,10 @@ def dump_toml(settings, _prefix=''):
     """TOML text of a config's settings (scalars, arrays, nested tables), e.g. a config's resolved
     settings written where its ``base`` path would no longer resolve; ``read_config`` of it gives
     ``settings`` back."""
-    lines = ['%s = %s' % (k, _toml_value(v)) for k, v in settings.items() if not isinstance(v, dict)]
+    lines = ['%s = %s' % (_toml_key(k), _toml_value(v)) for k, v in settings.items() if not isinstance(v, dict)]
     for k, v in settings.items():
         if isinstance(v, dict):
-            name = _prefix + k
+            name = _prefix + _toml_key(k)
             lines += ['', '[%s]' % name, dump_toml(v, name + '.').rstrip('\n')]
     return '\n'.join(lines).lstrip('\n') + '\n'
 

@@ -1,7 +1,7 @@
 """ImageNet trainer of the paper's Tables 1, 3, 4 and 5: ResNet-50/101 and Inception-v2 (BN-Inception).
 
 ``scripts/imagenet.py`` is the command line; the core (options, log directory, towers, clusters,
-resume, evaluation with moving or batch statistics, divergence) is :mod:`kalman_norm.trainer`;
+resume, evaluation with moving or batch statistics, divergence) is :mod:`kalman_norm.train.core`;
 this module adds what is ImageNet's: the architectures, the ILSVRC-12 data and the schedules.
 
 ``--batch`` is the number of samples per normalisation per GPU (the paper's "batch size": 32, 4
@@ -9,11 +9,11 @@ or 1); ``--total-batch`` the samples of one SGD step over every GPU (and every w
 cluster); gradients are averaged.  The learning rate scales with the total batch: ``--lr`` is
 the rate for 256 samples per step (Goyal et al. 2017).
 """
-from . import command_line, trainer
-from .data import DataError
-from .data.imagenet import (IMAGENET_MEAN, IMAGENET_STD, describe_imagenet, fake_imagenet_dataflow,
+from . import command_line, core
+from ..data import DataError
+from ..data.imagenet import (IMAGENET_MEAN, IMAGENET_STD, describe_imagenet, fake_imagenet_dataflow,
                             get_imagenet_dataflow, load_imagenet)
-from .models import get_model, model_names
+from ..models import get_model, model_names
 from .options import OptionError
 
 ARCHS = model_names('imagenet')
@@ -44,7 +44,7 @@ def lr_schedule(schedule, lr, epochs, total_batch):
     return [(0, peak / 5.0), (warm, peak), (epochs, 0.0)], 'linear'
 
 
-class ImageNetTask(trainer.Task):
+class ImageNetTask(core.Task):
     prog = command_line.IMAGENET_PROG
     description = command_line.IMAGENET_DESCRIPTION
     dry_build = False
@@ -87,7 +87,7 @@ class ImageNetTask(trainer.Task):
         return lr_schedule(o['schedule'], o['lr'], o['epochs'], o['total_batch'])
 
     def eval_batch_size(self, o):
-        return trainer.eval_batch_size(o, target=64)      # 224x224 images: 64 fit any GPU
+        return core.eval_batch_size(o, target=64)      # 224x224 images: 64 fit any GPU
 
     def data_errors(self):
         return (DataError,)
@@ -103,7 +103,7 @@ class ImageNetTask(trainer.Task):
             def test(batch_size, whole_groups_of):
                 return fake_imagenet_dataflow(batch_size, size, classes, num_batches=2, seed=1234)
 
-            return trainer.Data(train, steps * o['total_batch'], test, classes, IMAGENET_MEAN, IMAGENET_STD,
+            return core.Data(train, steps * o['total_batch'], test, classes, IMAGENET_MEAN, IMAGENET_STD,
                                 (size, size, 3), 'fake ImageNet: random %dx%d images, %d classes' % (size, size, classes))
         data = load_imagenet(o['data'])
         if len(data.train) < o['total_batch']:
@@ -117,7 +117,7 @@ class ImageNetTask(trainer.Task):
             # strict multi-process decoding: exactly one pass over the validation files
             return get_imagenet_dataflow(data, 'val', batch_size, size, num_proc=o['num_proc'], remainder=remainder)
 
-        return trainer.Data(train, len(data.train), test, data.num_classes, IMAGENET_MEAN, IMAGENET_STD,
+        return core.Data(train, len(data.train), test, data.num_classes, IMAGENET_MEAN, IMAGENET_STD,
                             (size, size, 3), describe_imagenet(data))
 
 
@@ -125,8 +125,8 @@ TASK = ImageNetTask()
 
 
 def parse_options(argv=None):
-    return trainer.parse_options(TASK, argv)
+    return core.parse_options(TASK, argv)
 
 
 def main(argv=None):
-    return trainer.main(TASK, argv)
+    return core.main(TASK, argv)

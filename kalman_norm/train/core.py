@@ -7,13 +7,13 @@ A trainer is a :class:`Task` (its data, models, schedules and extra options) run
   (``--kn-recipe``) over defaults, typed and range-checked, then the cross-option checks, then a
   dry build of the model graph, all before the data is loaded or the log directory touched
   (:func:`prepare`);
-* the log directory (:mod:`kalman_norm.rundir`): one configuration per directory, a lock, a
+* the log directory (:mod:`kalman_norm.train.rundir`): one configuration per directory, a lock, a
   status file, resume from the last complete epoch after a kill at any point;
 * the tensorpack model (:class:`ClassifierModel`): normalised images -> the task's model under
   the chosen norm -> cross-entropy + L2 on conv/FC kernels; inference towers with moving
   averages (option A) and/or online batch statistics (option B);
 * data-parallel towers on one machine (each tower normalises only its own samples) or on a
-  cluster (:mod:`kalman_norm.distributed`);
+  cluster (:mod:`kalman_norm.train.distributed`);
 * divergence: the first non-finite loss stops the run, the status says so, and the summary
   never reports it as a result.
 """
@@ -43,16 +43,17 @@ from tensorpack.utils import logger
 
 from .distributed import ClusterError, horovod_trainer, make_distributed_trainer, parse_cluster, \
     run_parameter_server
-from . import command_line, runtime
+from . import command_line
+from .. import runtime
 from .options import OptionError, resolve
 from .rundir import RunDir, RunDiverged, RunFailed, atomic_write_json, default_logdir, last_complete_epoch
-from .norms import get_norm, norms_where
-from .spec import KN_RECIPES, NormSpec
+from ..norms import get_norm, norms_where
+from ..spec import KN_RECIPES, NormSpec
 
 __all__ = ['Task', 'Data', 'COMMON_OPTIONS', 'ClassifierModel', 'prepare', 'train', 'main',
            'EMA_NORMS', 'KALMAN_NORMS', 'OptionError', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED']
 
-EVAL_MODES = command_line.EVAL_MODES    # (its choices are described in kalman_norm/command_line.py)
+EVAL_MODES = command_line.EVAL_MODES    # (its choices are described in kalman_norm/train/command_line.py)
 PRECISE_TAG = 'val-error-precise'
 #: norms with moving averages, for which --eval-stats chooses between options A and B (registry rows)
 EMA_NORMS = norms_where('moving_averages')
@@ -92,7 +93,7 @@ def auto_gain(batch):
 
 
 def kn_recipe_options(values):
-    """The options ``--kn-recipe`` gives a KN norm (a preset of :func:`kalman_norm.options.resolve`:
+    """The options ``--kn-recipe`` gives a KN norm (a preset of :func:`kalman_norm.train.options.resolve`:
     the config and the command line override each of them): --prior, --prior-samples, --gain and
     the recipe's layer options as norm options.  Nothing for other norms, which refuse any recipe
     but the default (check_common)."""
@@ -363,7 +364,7 @@ def weight_decay_cost(weight_decay):
 def check_fused_prior(o):
     """KALMAN_NORM_FUSED_PRIOR=1 demands the fused op: if it cannot be built, say so in one line
     now, not in a traceback from the middle of the graph build."""
-    from .ops import ENV_SWITCH, FusedOpUnavailable, fused_prior_enabled
+    from ..ops import ENV_SWITCH, FusedOpUnavailable, fused_prior_enabled
     if os.environ.get(ENV_SWITCH, '').strip() in ('', '0') or not o['spec'].propagates:
         return
     try:
@@ -653,7 +654,7 @@ def unreadable_checkpoint(prefix):
 
 
 def restorable_epoch(logdir, steps):
-    """The last complete epoch (:func:`~kalman_norm.rundir.last_complete_epoch`) whose checkpoint
+    """The last complete epoch (:func:`~kalman_norm.train.rundir.last_complete_epoch`) whose checkpoint
     reads back whole; a damaged one (truncated by a full disk, say) is named in the log and the
     previous kept checkpoint with its epoch's statistics is used instead."""
     epoch = last_complete_epoch(logdir, steps)
@@ -826,7 +827,7 @@ def precise_result(task, o, data, checkpoint, batches):
     """PreciseBN's evaluation of ``checkpoint`` (:func:`kalman_norm.precise_bn.precise_evaluation`):
     ``batches`` training batches of the tower's size in a fixed order, then the evaluation set of
     the epochs' inference runners (the same images, in the same batches)."""
-    from .precise_bn import PRECISE_SEED, precise_evaluation
+    from ..precise_bn import PRECISE_SEED, precise_evaluation
     if data.train_batches is None:
         raise OptionError('--eval-stats %s: this task provides no training batches for PreciseBN' % o['eval_stats'])
     mean, std = np.asarray(data.channel_mean, np.float32), np.asarray(data.channel_std, np.float32)

@@ -72,7 +72,7 @@ import time
 
 import kalman_norm  # noqa: F401  (sets up the TF/tensorpack stack first)
 from kalman_norm import runtime
-from kalman_norm.rundir import RunFailed
+from kalman_norm.train.rundir import RunFailed
 import tensorflow as tf
 from tensorpack.graph_builder.training import DataParallelBuilder
 from tensorpack.graph_builder.utils import allreduce_grads_naive, split_grad_list

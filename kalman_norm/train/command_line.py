@@ -5,7 +5,7 @@ cross-option checks (a norm's own options, the model's arguments) follow once Te
 import sys
 from collections import namedtuple
 
-from .names import DATASETS, KN_RECIPE_NAMES, MODEL_NAMES, NORM_NAMES, PRIOR_METHODS, SCHEDULES
+from ..names import DATASETS, KN_RECIPE_NAMES, MODEL_NAMES, NORM_NAMES, PRIOR_METHODS, SCHEDULES
 from .options import Opt, OptionError, resolve
 
 __all__ = ['EVAL_MODES', 'COMMON_OPTIONS', 'CIFAR', 'IMAGENET', 'EXIT_BAD_INPUT', 'check_command_line']

@@ -1,7 +1,7 @@
 """CIFAR-scale trainer of the paper's experiments (Fig. 4, Tables 7 and 8, the large-batch table).
 
 ``scripts/cifar_resnet.py`` is the command line; the core (options, log directory, towers,
-resume, evaluation, divergence) is :mod:`kalman_norm.trainer`; this module adds what is CIFAR's:
+resume, evaluation, divergence) is :mod:`kalman_norm.train.core`; this module adds what is CIFAR's:
 the models, the data sets and the schedules.
 
 Terms, as in the paper:
@@ -15,11 +15,11 @@ import copy
 
 import numpy as np
 
-from . import command_line, trainer
-from .data import DATASETS, OWN_DATASET, DataError, describe, get_dataflow, load_dataset
-from .models import get_model, model_names
+from . import command_line, core
+from ..data import DATASETS, OWN_DATASET, DataError, describe, get_dataflow, load_dataset
+from ..models import get_model, model_names
 from .options import OptionError
-from .trainer import EMA_NORMS, KALMAN_NORMS  # noqa: F401  (the trainer's tests use them from here)
+from .core import EMA_NORMS, KALMAN_NORMS  # noqa: F401  (the trainer's tests use them from here)
 
 MODELS = model_names('cifar')
 
@@ -73,7 +73,7 @@ def lr_schedule(schedule, lr, epochs):
     return [(0, lr / 5.0), (warm, lr), (epochs, 0.0)], 'linear'
 
 
-class CifarTask(trainer.Task):
+class CifarTask(core.Task):
     prog = command_line.CIFAR_PROG
     description = command_line.CIFAR_DESCRIPTION
     options = command_line.CIFAR_OPTIONS
@@ -84,7 +84,7 @@ class CifarTask(trainer.Task):
 
     def check(self, o):
         super().check(o)
-        # (replaced by the real count once the data is loaded, see trainer.prepare)
+        # (replaced by the real count once the data is loaded, see core.prepare)
         train_size = TRAIN_SIZES.get(o['dataset'], 50000) - o['validation']
         o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or max(train_size, 0) // o['total_batch']
 
@@ -122,7 +122,7 @@ class CifarTask(trainer.Task):
                                          strict_counts=not o['partial_data']), o)
 
     def data_from(self, ds, o):
-        """A loaded data set as the trainer's :class:`~kalman_norm.trainer.Data` for options ``o``."""
+        """A loaded data set as the trainer's :class:`~kalman_norm.train.core.Data` for options ``o``."""
         tower = o['tower_batch']
         content_hash = ds.content_hash()       # of the data set as loaded, whatever the split
         loaded = ds
@@ -149,7 +149,7 @@ class CifarTask(trainer.Task):
         described = describe(loaded) if not held_out else (
             '%s; validation split: the last %d training images held out and evaluated on (training on %d; '
             'the test set is not used)' % (describe(loaded), held_out, len(ds.train_labels)))
-        return trainer.Data(train_df, len(ds.train_labels), test, ds.num_classes, ds.channel_mean,
+        return core.Data(train_df, len(ds.train_labels), test, ds.num_classes, ds.channel_mean,
                             ds.channel_std, (32, 32, 3), described, content_hash, train_batches)
 
 
@@ -157,15 +157,15 @@ TASK = CifarTask()
 
 
 def parse_options(argv=None):
-    return trainer.parse_options(TASK, argv)
+    return core.parse_options(TASK, argv)
 
 
 def make_spec(o):
-    return trainer.make_spec(o)
+    return core.make_spec(o)
 
 
 DEFAULTS = {opt.key: opt.default for opt in TASK.all_options()}
 
 
 def main(argv=None):
-    return trainer.main(TASK, argv)
+    return core.main(TASK, argv)

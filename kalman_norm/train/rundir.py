@@ -4,7 +4,7 @@ Everything a later reader trusts (checkpoints, ``stats.json``, results) lives in
 directory, so the directory guards itself:
 
 * **Identity.**  ``options.json`` records the options that change what a run computes (see
-  :class:`kalman_norm.options.Opt`) when the directory is first used.  A later run with other
+  :class:`kalman_norm.train.options.Opt`) when the directory is first used.  A later run with other
   values for any of them is refused before it touches anything; the default directory name
   carries a short hash of the identity, so different configurations never meet.
 * **One process.**  ``.lock`` is held with ``flock`` for the life of the training process; the
@@ -28,7 +28,7 @@ import os
 import re
 
 from .options import OptionError
-from .provenance import atomic_write_json, utc_now
+from ..provenance import atomic_write_json, utc_now
 
 __all__ = ['RunDir', 'identity_hash', 'atomic_write_json', 'last_complete_epoch', 'RunDiverged', 'RunFailed']
 
