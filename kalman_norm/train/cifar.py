@@ -16,7 +16,7 @@ import copy
 import numpy as np
 
 from . import command_line, core
-from ..data import DATASETS, OWN_DATASET, DataError, describe, get_dataflow, load_dataset
+from ..data import OWN_DATASET, DataError, describe, get_dataflow, load_dataset
 from ..models import get_model, model_names
 from .options import OptionError
 from .core import EMA_NORMS, KALMAN_NORMS  # noqa: F401  (the trainer's tests use them from here)
