@@ -37,6 +37,9 @@ class Norm:
         affine: has ``gamma`` (``gamma_initializer``, alias ``gamma_init``, applies) and ``beta``.
         weight_norm: normalises the conv/dense kernels (``flow.conv2d`` applies it).
         step_warmup: has a schedule in training steps that the trainers size to the run (BRN).
+        updates_per_layer: the moving-average update ops one layer adds to UPDATE_OPS in the first
+            training tower (BN: mean and variance; EvoNorm-B0: the variance; MABN: its second
+            moment, step counter and window); 0 without moving averages.
         centered_weights: the convs centre their kernels per output channel (MABN's weight
             centralisation; ``flow.conv2d`` applies it).  Weight Standardization, which composes
             with every norm, is the spec's option ``weight_standardization``, not a row.
@@ -53,6 +56,7 @@ class Norm:
     affine: bool = True
     weight_norm: bool = False
     step_warmup: bool = False
+    updates_per_layer: int = 0
     centered_weights: bool = False
 
 
@@ -90,10 +94,10 @@ def norms_where(trait, value=True, names: Optional[tuple] = None):
 for _row in [
     Norm('bn', MicroBatchNorm, check_micro_batch_norm_options,
          'Batch Normalization over micro-batch groups', 'Ioffe & Szegedy 2015',
-         group_size=True, moving_averages=True),
+         group_size=True, moving_averages=True, updates_per_layer=2),
     Norm('bkn', BatchKalmanNorm, check_batch_kalman_norm_options,
          'Batch Kalman Normalization (Eq. 7)', 'Wang et al. 2018',
-         group_size=True, moving_averages=True, kalman=True),
+         group_size=True, moving_averages=True, updates_per_layer=2, kalman=True),
     Norm('gn', GroupNorm, check_group_norm_options,
          'Group Normalization', 'Wu & He 2018', channel_groups=True),
     Norm('gkn', GroupKalmanNorm, check_group_kalman_norm_options,
@@ -101,7 +105,7 @@ for _row in [
          group_size=True, channel_groups=True, kalman=True),
     Norm('brn', MicroBatchRenorm, check_micro_batch_renorm_options,
          'Batch Renormalization over micro-batch groups', 'Ioffe 2017',
-         group_size=True, moving_averages=True, step_warmup=True),
+         group_size=True, moving_averages=True, updates_per_layer=2, step_warmup=True),
     Norm('ln', LayerNormalization, check_layer_normalization_options,
          'Layer Normalization', 'Ba et al. 2016'),
     Norm('wn', BiasOnly, check_bias_only_options,
@@ -121,9 +125,9 @@ for _row in [
          'EvoNorm-S0: x sigmoid(vx) / group std (replaces BN + ReLU)', 'Liu et al. 2020', channel_groups=True),
     Norm('evonorm_b0', EvoNormB0, check_evonorm_b0_options,
          'EvoNorm-B0: x / max(batch std, vx + instance std) over micro-batch groups (replaces BN + ReLU)',
-         'Liu et al. 2020', group_size=True, moving_averages=True),
+         'Liu et al. 2020', group_size=True, moving_averages=True, updates_per_layer=1),
     Norm('mabn', MovingAverageBatchNorm, check_moving_average_batch_norm_options,
          'Moving Average Batch Normalization over micro-batch groups, centred conv kernels', 'Yan et al. 2020',
-         group_size=True, moving_averages=True, centered_weights=True),
+         group_size=True, moving_averages=True, updates_per_layer=3, centered_weights=True),
 ]:
     register_norm(_row)

@@ -101,7 +101,7 @@ def evaluate(args, logdir=None):
                 layers=len(counts), min_values_per_statistic=min(counts.values()))
 
 
-def markdown(results, conventions):
+def markdown(results, conventions, command=''):
     """A table: one run per line, its accuracy under each convention and the difference."""
     head = ['run', 'checkpoint', 'trained under'] + ['accuracy, %s EMA (%%)' % c for c in conventions]
     if len(conventions) == 2:
@@ -118,7 +118,7 @@ def markdown(results, conventions):
             'whole test set with moving statistics, its BN moving variances as saved and rescaled by '
             '(n−1)/n or n/(n−1) per layer (n = g·H·W values per group statistic), which is what the '
             'same run would have stored under the other convention (training never reads them).\n\n'
-            + '\n'.join(lines) + '\n')
+            + ('Command: `%s`\n\n' % command if command else '') + '\n'.join(lines) + '\n')
 
 
 def main(argv=None):
@@ -131,7 +131,8 @@ def main(argv=None):
     print(json.dumps(results, indent=1), flush=True)
     if args.markdown:
         with open(args.markdown, 'w') as f:
-            f.write(markdown(results, tuple(args.variance_ema)))
+            command = 'python scripts/evaluate_checkpoint.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
+            f.write(markdown(results, tuple(args.variance_ema), command))
     return results
 
 

@@ -263,11 +263,12 @@ def test_a_required_fused_prior_without_a_compiler_is_one_line(tmp_path, monkeyp
 
 
 def _fake_compiler(tmp_path, calls):
-    """A "compiler" that writes 100 kB of fixed bytes to its -o path and counts its runs (the
-    real build needs g++ and TensorFlow's headers; what is tested here is the cache around it)."""
+    """A "compiler" that writes 100 kB of fixed bytes to its -o path and counts its builds (the
+    real build needs g++ and TensorFlow's headers; what is tested here is the cache around it).
+    A run without -shared is the build's probe of a flag, not a build: not counted."""
     script = tmp_path / 'fake-cxx'
-    script.write_text('#!%s\nimport sys\nout = sys.argv[sys.argv.index("-o") + 1]\n'
-                      'open(out, "wb").write(bytes(range(256)) * 400)\nopen(%r, "a").write("x")\n'
+    script.write_text('#!%s\nimport sys\nif "-shared" in sys.argv:\n    out = sys.argv[sys.argv.index("-o") + 1]\n'
+                      '    open(out, "wb").write(bytes(range(256)) * 400)\n    open(%r, "a").write("x")\n'
                       % (sys.executable, str(calls)))
     script.chmod(0o755)
     return str(script)

@@ -105,11 +105,7 @@ def test_trains_two_steps_with_finite_loss(model, norm):
     assert run['losses'][-1] != run['losses'][0]              # the steps changed the weights
     # norms with moving averages register their updates: mean and variance per layer; EvoNorm-B0
     # keeps a variance alone; MABN its second moment, step counter and window of statistics
-    if get_norm(norm).moving_averages:
-        per_layer = {'evonorm_b0': 1, 'mabn': 3}.get(norm, 2)
-        assert run['num_updates'] == per_layer * len(_gamma_channels(run['graph']))
-    else:
-        assert run['num_updates'] == 0
+    assert run['num_updates'] == get_norm(norm).updates_per_layer * len(_gamma_channels(run['graph']))
 
 
 # ------------------------------------------------------------------ KN priors flow through the models

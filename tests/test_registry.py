@@ -19,11 +19,12 @@ tf1 = tf.compat.v1
 
 
 def _built_variables(name, shape=(4, 3, 3, 8)):
+    """The variables one layer of ``name`` creates, and the update ops it adds in a training tower."""
     with tf.Graph().as_default():
         x = tf.random.normal(shape)
         with TowerContext('', is_training=True), kn.norm_scope(name, group_size=2):
             F.norm('n', x)
-        return {v.op.name for v in tf1.global_variables()}
+        return {v.op.name for v in tf1.global_variables()}, len(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS))
 
 
 @pytest.mark.parametrize('name', kn.norm_names())
@@ -35,7 +36,8 @@ def test_norm_row_traits_match_its_layer(name):
     assert row.moving_averages == ('eval_stats' in params and 'momentum' in params)
     assert row.kalman == ('prior' in params)
     assert row.step_warmup == ('warmup' in params)
-    built = _built_variables(name)
+    built, updates = _built_variables(name)
+    assert updates == row.updates_per_layer and (updates > 0) == row.moving_averages
     assert row.affine == ('n/gamma' in built)
     # every moving-average norm keeps variance/EMA; those that subtract a mean (BN, BRN, BKN) mean/EMA
     assert row.moving_averages == ('n/variance/EMA' in built)
