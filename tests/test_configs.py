@@ -120,7 +120,9 @@ def test_reproduction_tables_run_in_both_profiles_with_the_same_settings():
         assert set(t['seeds']) == {'cpu', 'paper'}
         for r in t['rows']:
             cpu, paper = (study.find_config(ROOT, p, r['row']) for p in ('cpu', 'paper'))
-            assert paper is not None, r['row']
+            if paper is None:     # a cpu-only row (the records of an earlier convention) says why
+                assert not study.row_available(r, 'paper') and r['reason'].startswith('not run here: '), r['row']
+                continue
             if cpu is None:
                 assert not study.row_available(r, 'cpu')
                 continue
