@@ -6,6 +6,7 @@ probe, the scripts and the tests read the row (tests are parametrised over :func
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .registry import Registry
 from .layers import (BatchKalmanNorm, BiasOnly, GroupKalmanNorm, GroupNorm, LayerNormalization,
                      MicroBatchNorm, MicroBatchRenorm, check_batch_kalman_norm_options,
                      check_bias_only_options, check_group_kalman_norm_options, check_group_norm_options,
@@ -60,35 +61,27 @@ class Norm:
     centered_weights: bool = False
 
 
-_REGISTRY = {}
+_REGISTRY = Registry('normalization', Norm)
 
 
 def register_norm(norm):
     """Add a row; a name is registered once."""
-    if not isinstance(norm, Norm):
-        raise TypeError('register_norm takes a Norm, got %r' % (norm,))
-    if norm.name in _REGISTRY:
-        raise ValueError('A norm named %r is registered already' % norm.name)
-    _REGISTRY[norm.name] = norm
-    return norm
+    return _REGISTRY.register(norm)
 
 
 def get_norm(name):
     """The registry row of ``name``; one line naming the choices for an unknown one."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError('Unknown normalization %r; choose one of: %s' % (name, ', '.join(_REGISTRY)))
+    return _REGISTRY.get(name)
 
 
 def norm_names():
     """Every registered name, in registration order."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def norms_where(trait, value=True, names: Optional[tuple] = None):
     """The names whose row has ``trait == value``, e.g. ``norms_where('moving_averages')``."""
-    return tuple(n for n in (names or norm_names()) if getattr(_REGISTRY[n], trait) == value)
+    return tuple(n for n in (names or norm_names()) if getattr(_REGISTRY.get(n), trait) == value)
 
 
 for _row in [

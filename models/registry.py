@@ -6,6 +6,8 @@ is registered with :func:`register_model` at its end, and one import in ``models
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from kalman_norm.registry import Registry
+
 __all__ = ['Model', 'register_model', 'get_model', 'model_names']
 
 FAMILIES = ('cifar', 'imagenet')
@@ -59,7 +61,7 @@ class Model:
         return self.display
 
 
-_REGISTRY = {}
+_REGISTRY = Registry('model', Model)
 
 
 def register_model(model):
@@ -67,18 +69,12 @@ def register_model(model):
         raise TypeError('register_model takes a Model, got %r' % (model,))
     if model.family not in FAMILIES:
         raise ValueError('A model family is one of %s, got %r' % (FAMILIES, model.family))
-    if model.name in _REGISTRY:
-        raise ValueError('A model named %r is registered already' % model.name)
-    _REGISTRY[model.name] = model
-    return model
+    return _REGISTRY.register(model)
 
 
 def get_model(name):
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError('Unknown model %r; choose one of: %s' % (name, ', '.join(_REGISTRY)))
+    return _REGISTRY.get(name)
 
 
 def model_names(family=None):
-    return tuple(n for n, m in _REGISTRY.items() if family is None or m.family == family)
+    return tuple(n for n in _REGISTRY.names() if family is None or _REGISTRY.get(n).family == family)

@@ -57,7 +57,7 @@ def _check_scale_only(**options):
 
 
 def test_a_new_norm_is_one_row(monkeypatch):
-    monkeypatch.setattr(norms, '_REGISTRY', dict(norms._REGISTRY))
+    monkeypatch.setattr(norms._REGISTRY, 'rows', dict(norms._REGISTRY.rows))
     kn.register_norm(kn.Norm('scale_only', _ScaleOnly, _check_scale_only, 'a per-channel scale', 'test'))
     assert 'scale_only' in kn.norm_names()
     with pytest.raises(ValueError, match='scale_init must be > 0, got 0'):
@@ -100,7 +100,7 @@ def _tiny_model(image, num_classes=10, width=4):
 
 
 def test_a_new_model_is_one_row(monkeypatch):
-    monkeypatch.setattr(model_registry, '_REGISTRY', dict(model_registry._REGISTRY))
+    monkeypatch.setattr(model_registry._REGISTRY, 'rows', dict(model_registry._REGISTRY.rows))
     models.register_model(models.Model('tiny', _tiny_model, 'cifar', 'tiny', 'Tiny', smallest={'width': 2}))
     assert 'tiny' in models.model_names('cifar') and 'tiny' not in models.model_names('imagenet')
     o = {'model': 'tiny', 'model_options': {'width': 3}, 'depth': 3}

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import command_line, core
 from ..data import OWN_DATASET, DataError, describe, get_dataflow, load_dataset
-from ..models import get_model, model_names
+from ..models import model_names
 from .options import OptionError
 from .core import EMA_NORMS, KALMAN_NORMS  # noqa: F401  (the trainer's tests use them from here)
 
@@ -88,14 +88,6 @@ class CifarTask(core.Task):
         train_size = TRAIN_SIZES.get(o['dataset'], 50000) - o['validation']
         o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or max(train_size, 0) // o['total_batch']
 
-    def model_function(self, o):
-        model = get_model(o['model'])
-        return (model.builder, '--model %s' % o['model'],
-                ('image', 'num_classes') + tuple(model.fixed) + tuple(model.trainer_arguments))
-
-    def model_name(self, o):
-        return get_model(o['model']).display_name(o)
-
     def dataset_name(self, o):
         return o['dataset']
 
@@ -107,9 +99,6 @@ class CifarTask(core.Task):
 
     def name_parts(self, o):
         return [o['dataset'], self.model_name(o), o['norm'], 'b%d' % o['batch'], 'g%d' % o['gpus']]
-
-    def build_logits(self, o, image, num_classes):
-        return get_model(o['model']).build(image, num_classes, o)
 
     def lr_schedule(self, o):
         return lr_schedule(o['schedule'], o['lr'], o['epochs'])

@@ -47,6 +47,7 @@ from . import command_line
 from .. import runtime
 from .options import OptionError, resolve
 from .rundir import RunDir, RunDiverged, RunFailed, atomic_write_json, default_logdir, last_complete_epoch
+from ..models import get_model
 from ..norms import get_norm, norms_where
 from ..spec import KN_RECIPES, NormSpec
 
@@ -123,6 +124,8 @@ class Task(object):
     precise_bn = False
     #: options that enter the identity only when set to other than their default
     identity_if_set = ()
+    #: the option naming the model (a row of the model registry of this task's family)
+    model_option = 'model'
 
     def all_options(self):
         return COMMON_OPTIONS + list(self.options)
@@ -148,14 +151,16 @@ class Task(object):
     def model_function(self, o):
         """(the model's function, the flag that chose it, the arguments the task passes itself):
         every other argument of the function may come from --model-option."""
-        raise NotImplementedError
+        model = get_model(o[self.model_option])
+        return (model.builder, '--%s %s' % (self.model_option.replace('_', '-'), o[self.model_option]),
+                ('image', 'num_classes') + tuple(model.fixed) + tuple(model.trainer_arguments))
 
     def name_parts(self, o):
         """Readable parts of the default log directory name."""
         raise NotImplementedError
 
     def model_name(self, o):
-        raise NotImplementedError
+        return get_model(o[self.model_option]).display_name(o)
 
     def load_data(self, o):
         """-> :class:`Data`; raises the task's data error (a ValueError subclass) with one line."""
@@ -166,7 +171,7 @@ class Task(object):
         return ()
 
     def build_logits(self, o, image, num_classes):
-        raise NotImplementedError
+        return get_model(o[self.model_option]).build(image, num_classes, o)
 
     def lr_schedule(self, o):
         """([(epoch, lr)], interp) for tensorpack's ScheduledHyperParamSetter."""

@@ -13,7 +13,7 @@ from . import command_line, core
 from ..data import DataError
 from ..data.imagenet import (IMAGENET_MEAN, IMAGENET_STD, describe_imagenet, fake_imagenet_dataflow,
                             get_imagenet_dataflow, load_imagenet)
-from ..models import get_model, model_names
+from ..models import model_names
 from .options import OptionError
 
 ARCHS = model_names('imagenet')
@@ -48,6 +48,7 @@ class ImageNetTask(core.Task):
     prog = command_line.IMAGENET_PROG
     description = command_line.IMAGENET_DESCRIPTION
     dry_build = False
+    model_option = 'arch'
     options = command_line.IMAGENET_OPTIONS
 
     schedule_recipes = SCHEDULE_RECIPES
@@ -60,14 +61,6 @@ class ImageNetTask(core.Task):
             raise OptionError('--num-classes applies to --fake-data only (real data has its classes)')
         o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or TRAIN_SIZE // o['total_batch']
 
-    def model_function(self, o):
-        model = get_model(o['arch'])
-        return (model.builder, '--arch %s' % o['arch'],
-                ('image', 'num_classes') + tuple(model.fixed) + tuple(model.trainer_arguments))
-
-    def model_name(self, o):
-        return get_model(o['arch']).display_name(o)
-
     def dataset_name(self, o):
         return 'imagenet-fake' if o['fake_data'] else 'imagenet'
 
@@ -79,9 +72,6 @@ class ImageNetTask(core.Task):
 
     def name_parts(self, o):
         return [self.dataset_name(o), o['arch'], o['norm'], 'b%d' % o['batch'], 'g%d' % o['gpus']]
-
-    def build_logits(self, o, image, num_classes):
-        return get_model(o['arch']).build(image, num_classes, o)
 
     def lr_schedule(self, o):
         return lr_schedule(o['schedule'], o['lr'], o['epochs'], o['total_batch'])
