@@ -1,17 +1,22 @@
 #!/usr/bin/env python
-"""Test accuracy of a run's checkpoint with moving statistics, as saved or under the other
-variance convention of BN's moving averages (README, "Conventions").
+"""Evaluate finished CIFAR runs' checkpoints on their test images with moving statistics, writing
+nothing into the runs: as saved; with PreciseBN's recomputed statistics (``--precise``, Wu &
+Johnson 2021, as the trainer's ``--eval-stats precise``); for BN, under either convention of its
+moving variance (``--variance-ema``, README "Conventions").
 
-BN's ``variance/EMA`` under conventions 2 is the EMA of n/(n-1)·S (n = g·H·W values per group
-statistic); under conventions 1 it was the EMA of S.  Training never reads it, so once the initial
-value has decayed (0.9^steps) the two differ by the factor n/(n-1) per layer, exactly: evaluating a
-checkpoint with ``variance/EMA × (n-1)/n`` gives what the same run would have scored under the
-other convention.  ``--variance-ema`` names the convention to evaluate under.
-
-    python scripts/evaluate_checkpoint.py train_log/cpu/bn_b2/seed4 --variance-ema biased unbiased \\
+    python scripts/evaluate_checkpoint.py results/runs/cpu/bn_b2/seed1 --precise --batches 200 \\
+        --data ../shared/data/cifar10-jpeg.tar.gz
+    python scripts/evaluate_checkpoint.py train_log/cpu/bn_b2/seed4 --variance-ema unbiased biased \\
         --data ../shared/data/cifar10-jpeg.tar.gz --markdown results/conventions_bn.md
 
-``--markdown`` writes the table of every run given (one invocation, all runs at once).
+The test images and batches are those of the run's own epoch evaluations, so an unchanged
+checkpoint scores exactly its recorded ``val-error-moving`` (and ``val-error-precise``).
+
+Why ``--variance-ema`` converts exactly: BN's ``variance/EMA`` is the EMA of n/(n-1)·S under
+conventions 2 and of S under conventions 1 (n = g·H·W values per group statistic).  Training never
+reads it, so once the initial value has decayed (0.9^steps) the two differ by n/(n-1) per layer,
+and the checkpoint with its moving variances rescaled scores what the run would have scored
+under the other convention.
 """
 import argparse
 import json
@@ -21,11 +26,11 @@ import sys
 import kalman_norm  # noqa: F401  (sets up the TF/tensorpack stack first)
 import numpy as np
 import tensorflow as tf
-from tensorpack.tfutils.common import get_global_step_var
-from tensorpack.tfutils.tower import TowerContext
 
-from kalman_norm import data as datasets, probe
-from kalman_norm.models import get_model
+from kalman_norm import data as datasets, probe, runtime
+from kalman_norm.norms import norms_where
+from kalman_norm.precise_bn import DEFAULT_BATCHES, evaluate_moving
+from kalman_norm.train import cifar, core as trainer
 
 tf1 = tf.compat.v1
 CONVENTIONS = ('unbiased', 'biased')
@@ -34,71 +39,114 @@ CONVENTIONS = ('unbiased', 'biased')
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('logdir', nargs='+', help='log directories of training runs (options.json, model-<step> checkpoints)')
-    p.add_argument('--checkpoint', help='checkpoint prefix (default: the last in LOGDIR)')
-    p.add_argument('--variance-ema', nargs='+', choices=CONVENTIONS, default=['unbiased'],
-                   help="the BN variance convention(s) to evaluate under; the run's own is used as saved")
+    p.add_argument('--checkpoint', help='checkpoint prefix (default: the last in LOGDIR; one LOGDIR only)')
+    p.add_argument('--precise', action='store_true',
+                   help='also evaluate with PreciseBN: the moving statistics recomputed with the final weights')
+    p.add_argument('--batches', type=int, default=None,
+                   help="PreciseBN's training batches of the run's tower size (default: the run's "
+                        "--precise-batches, else %d)" % DEFAULT_BATCHES)
+    p.add_argument('--variance-ema', nargs='+', choices=CONVENTIONS, default=None,
+                   help="BN only: evaluate under these conventions of the moving variance (the run's own "
+                        "as saved, the other rescaled)")
     p.add_argument('--data', help="dataset location; default: the run's own (options.json 'data')")
-    p.add_argument('--batch', type=int, default=500, help='test images per forward pass')
     p.add_argument('--threads', type=int, default=None, help='CPU threads (default: every core)')
-    p.add_argument('--markdown', help='write a Markdown table of the results to this file')
+    p.add_argument('--markdown', help='with --variance-ema: write the Markdown table of every run given to this file')
     return p
 
 
+def check_arguments(args):
+    """One line per problem (ProbeError) before anything loads."""
+    if args.batches is not None and args.batches < 1:
+        raise probe.ProbeError('--batches must be >= 1, got %d' % args.batches)
+    if args.batches is not None and not args.precise:
+        raise probe.ProbeError('--batches applies to --precise only')
+    if args.threads is not None and args.threads < 1:
+        raise probe.ProbeError('--threads must be >= 1, got %d' % args.threads)
+    if args.checkpoint and len(args.logdir) > 1:
+        raise probe.ProbeError('--checkpoint names one checkpoint; give one LOGDIR with it')
+    if args.markdown and not args.variance_ema:
+        raise probe.ProbeError('--markdown writes the --variance-ema table; give --variance-ema')
+
+
 def run_convention(options):
+    """The BN variance convention a run trained under (its identity's ``conventions``)."""
     return 'unbiased' if (options.get('identity') or {}).get('conventions', 1) >= 2 else 'biased'
 
 
-def build(options, spec, num_classes, mean, std):
-    graph = tf.Graph()
-    with graph.as_default():
-        images = tf1.placeholder(tf.uint8, [None, 32, 32, 3])
-        with TowerContext('', is_training=False), spec.replace(eval_stats='moving'):
-            get_global_step_var()
-            image = (tf.cast(images, tf.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-            logits = get_model(options['model']).build(image, num_classes, options)
-        # n = g·H·W of each layer: its output has its input's shape
-        counts = {}
+def run_options(args, logdir):
+    """The run's options as the trainer had them, with this command's overrides."""
+    o, spec = probe.load_run(logdir)
+    if args.precise and o['norm'] not in norms_where('moving_averages'):
+        raise probe.ProbeError('%s: norm %s keeps no moving averages; PreciseBN applies to %s'
+                               % (logdir, o['norm'], ', '.join(norms_where('moving_averages'))))
+    if args.variance_ema and spec.kind != 'bn':
+        raise probe.ProbeError('%s: norm %s; the variance conventions convert exactly for bn only'
+                               % (logdir, spec.kind))
+    o = dict(o, spec=spec, threads=args.threads, num_proc=0)
+    o.setdefault('worker_index', 0)
+    o.setdefault('tower_batch', o['total_batch'] // (o['gpus'] * o.get('workers', 1)))
+    o['precise_batches'] = args.batches or o.get('precise_batches') or DEFAULT_BATCHES
+    return o
+
+
+def rescaling_restore(prefix, group_size, factor_of_count):
+    """restore(sess): the checkpoint, then every ``variance/EMA`` times ``factor_of_count(n)``, n the
+    values behind each of its group statistics (group size × H × W of the layer's output)."""
+    counts = []
+
+    def restore(sess):
+        tf1.train.Saver().restore(sess, prefix)
         for v in tf1.global_variables():
             if v.op.name.endswith('/variance/EMA'):
-                scope = v.op.name[:-len('/variance/EMA')]
-                shape = graph.get_tensor_by_name(scope + '/output:0').shape.as_list()
-                spatial = int(np.prod(shape[1:-1])) if len(shape) == 4 else 1
-                counts[v] = float(spec.group_size * spatial)
-    return graph, images, logits, counts
+                shape = sess.graph.get_tensor_by_name(v.op.name[:-len('/variance/EMA')] + '/output:0').shape.as_list()
+                n = float(group_size * (int(np.prod(shape[1:-1])) if len(shape) == 4 else 1))
+                counts.append(n)
+                v.load(sess.run(v) * factor_of_count(n), sess)
+    restore.counts = counts
+    return restore
 
 
 def evaluate(args, logdir=None):
     logdir = logdir or args.logdir[0]
-    options, spec = probe.load_run(logdir)
-    if spec.kind != 'bn':
-        raise probe.ProbeError('%s: norm %s; the variance conventions convert exactly for bn only'
-                               % (logdir, spec.kind))
+    o = run_options(args, logdir)
     prefix = args.checkpoint or (probe.list_checkpoints(logdir) or [(None, None)])[-1][1]
     if prefix is None:
         raise probe.ProbeError('%s holds no checkpoint (model-<step>.index)' % logdir)
-    ds = datasets.load_dataset(options['dataset'], args.data or options.get('data'),
-                               strict_counts=not options.get('partial_data', False))
-    graph, images, logits, counts = build(options, spec, ds.num_classes, ds.channel_mean, ds.channel_std)
-    saved = run_convention(options)
-    config = tf1.ConfigProto()
-    if args.threads:
-        config.intra_op_parallelism_threads = config.inter_op_parallelism_threads = args.threads
-    results = {}
-    with graph.as_default(), tf1.Session(config=config) as sess:
-        tf1.train.Saver().restore(sess, prefix)
-        stored = {v: sess.run(v) for v in counts}
+    ds = datasets.load_dataset(o['dataset'], args.data or o.get('data'),
+                               strict_counts=not o.get('partial_data', False))
+    data = cifar.TASK.data_from(ds, o)
+    mean, std = np.asarray(data.channel_mean, np.float32), np.asarray(data.channel_std, np.float32)
+    whole_groups_of = o['batch'] if any(tag.endswith('batch') for _, tag in trainer.eval_tags(o)) else 1
+
+    def moving_error(restore):
+        test = data.test(cifar.TASK.eval_batch_size(o), whole_groups_of)
+        test.reset_state()
+        return evaluate_moving(
+            lambda images: cifar.TASK.build_logits(o, (tf.cast(images, tf.float32) - mean) / std, data.num_classes),
+            o['spec'], restore, None, test, runtime.session_config(o['threads']))
+
+    saved = run_convention(o)
+    wrong, seen = moving_error(lambda sess: tf1.train.Saver().restore(sess, prefix))
+    result = dict(logdir=logdir, checkpoint=prefix, norm=o['norm'], spec=repr(o['spec']), images=seen,
+                  error_moving=wrong / float(seen), saved_convention=saved)
+    if args.variance_ema:
+        result['accuracy'] = {}
         for convention in args.variance_ema:
-            for v, value in stored.items():
-                n = counts[v]
-                factor = 1.0 if convention == saved else ((n - 1.0) / n if saved == 'unbiased' else n / (n - 1.0))
-                v.load(value * factor, sess)
-            correct = 0
-            for i in range(0, len(ds.test_labels), args.batch):
-                pred = sess.run(logits, {images: ds.test_images[i:i + args.batch]}).argmax(1)
-                correct += int((pred == ds.test_labels[i:i + args.batch]).sum())
-            results[convention] = 100.0 * correct / len(ds.test_labels)
-    return dict(logdir=logdir, checkpoint=prefix, saved_convention=saved, accuracy=results,
-                layers=len(counts), min_values_per_statistic=min(counts.values()))
+            if convention == saved:
+                result['accuracy'][convention] = 100.0 * (1 - result['error_moving'])
+                continue
+            restore = rescaling_restore(prefix, o['spec'].group_size or o['tower_batch'],
+                                        lambda n: (n - 1.0) / n if saved == 'unbiased' else n / (n - 1.0))
+            wrong, _ = moving_error(restore)
+            result['accuracy'][convention] = 100.0 * (1 - wrong / float(seen))
+            result.update(layers=len(restore.counts), min_values_per_statistic=min(restore.counts))
+    if args.precise:
+        precise = trainer.precise_result(cifar.TASK, o, data, prefix, o['precise_batches'])
+        if precise['images'] != seen:
+            raise probe.ProbeError('the two evaluations saw %d and %d images' % (precise['images'], seen))
+        result.update(error_precise=precise['error'], precise_batches=precise['batches'],
+                      batch_images=o['tower_batch'])
+    return result
 
 
 def markdown(results, conventions, command=''):
@@ -124,11 +172,12 @@ def markdown(results, conventions, command=''):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         results = [evaluate(args, logdir) for logdir in args.logdir]
-    except (probe.ProbeError, datasets.DataError) as e:
+    except (probe.ProbeError, datasets.DataError, trainer.OptionError) as e:
         print('error: %s' % e, file=sys.stderr)
         raise SystemExit(2)
-    print(json.dumps(results, indent=1), flush=True)
+    print(json.dumps(results, indent=1, sort_keys=True), flush=True)
     if args.markdown:
         with open(args.markdown, 'w') as f:
             command = 'python scripts/evaluate_checkpoint.py ' + ' '.join(argv if argv is not None else sys.argv[1:])

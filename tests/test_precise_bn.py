@@ -1,4 +1,4 @@
-"""PreciseBN (kalman_norm/precise_bn.py, the trainer's --eval-stats precise, scripts/evaluate_precise.py).
+"""PreciseBN (kalman_norm/precise_bn.py, the trainer's --eval-stats precise, scripts/evaluate_checkpoint.py --precise).
 
 The recomputed statistics of a small model against a float64 NumPy reference of its training
 forward on the same batches (Wu & Johnson 2021, Sect. 3: equal-weight averages of the per-batch
@@ -172,7 +172,7 @@ def test_precise_spec_refuses_norms_without_moving_averages():
 
 def _script():
     spec = importlib.util.spec_from_file_location(
-        'evaluate_precise', os.path.join(os.path.dirname(__file__), '..', 'scripts', 'evaluate_precise.py'))
+        'evaluate_checkpoint', os.path.join(os.path.dirname(__file__), '..', 'scripts', 'evaluate_checkpoint.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -194,13 +194,15 @@ def test_trainer_records_precise_error_and_the_script_reproduces_it(norm, tmp_pa
     assert last['precise_images'] == len(ds.test_labels)
     script = _script()
     monkeypatch.setattr(script.datasets, 'load_dataset', lambda *a, **k: ds)
-    result = script.evaluate(script.build_parser().parse_args([logdir]))
+    result = script.evaluate(script.build_parser().parse_args([logdir, '--precise']))
     assert result['precise_batches'] == 3 and result['images'] == len(ds.test_labels)
     assert result['error_precise'] == pytest.approx(last['val-error-precise'])
     assert result['error_moving'] == pytest.approx(last['val-error-moving'])
     assert not os.path.exists(os.path.join(logdir, 'stats.json.tmp'))
     with pytest.raises(SystemExit):
-        script.main([logdir, '--batches', '0'])
+        script.main([logdir, '--precise', '--batches', '0'])
+    with pytest.raises(SystemExit):
+        script.main([logdir, '--batches', '3'])          # --batches without --precise
 
 
 def test_eval_stats_precise_only_for_moving_average_norms():
