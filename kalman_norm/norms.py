@@ -44,6 +44,10 @@ class Norm:
         centered_weights: the convs centre their kernels per output channel (MABN's weight
             centralisation; ``flow.conv2d`` applies it).  Weight Standardization, which composes
             with every norm, is the spec's option ``weight_standardization``, not a row.
+        folds_at_inference: at inference (with moving statistics where the norm keeps them) the
+            layer is y = a·x + b per channel with a, b fixed by its variables, so it folds into the
+            preceding conv's kernel and bias; False where a or b depends on the input (per-sample
+            statistics) or the layer applies a nonlinearity of its own.  Each row says why.
     """
     name: str
     layer: Callable
@@ -59,6 +63,7 @@ class Norm:
     step_warmup: bool = False
     updates_per_layer: int = 0
     centered_weights: bool = False
+    folds_at_inference: bool = False
 
 
 _REGISTRY = Registry('normalization', Norm)
@@ -87,40 +92,48 @@ def norms_where(trait, value=True, names: Optional[tuple] = None):
 for _row in [
     Norm('bn', MicroBatchNorm, check_micro_batch_norm_options,
          'Batch Normalization over micro-batch groups', 'Ioffe & Szegedy 2015',
-         group_size=True, moving_averages=True, updates_per_layer=2),
+         group_size=True, moving_averages=True, updates_per_layer=2,
+         folds_at_inference=True),      # γ(x − µ_EMA)/√(σ²_EMA + ε) + β
     Norm('bkn', BatchKalmanNorm, check_batch_kalman_norm_options,
          'Batch Kalman Normalization (Eq. 7)', 'Wang et al. 2018',
-         group_size=True, moving_averages=True, updates_per_layer=2, kalman=True),
+         group_size=True, moving_averages=True, updates_per_layer=2, kalman=True,
+         folds_at_inference=True),      # BN's formula with the posterior's moving averages (option A)
     Norm('gn', GroupNorm, check_group_norm_options,
-         'Group Normalization', 'Wu & He 2018', channel_groups=True),
+         'Group Normalization', 'Wu & He 2018', channel_groups=True),   # per-sample statistics: no fold
     Norm('gkn', GroupKalmanNorm, check_group_kalman_norm_options,
          'Group Kalman Normalization (Sect. 3.3)', 'Wang et al. 2018',
-         group_size=True, channel_groups=True, kalman=True),
+         group_size=True, channel_groups=True, kalman=True),   # per-sample group statistics: no fold
     Norm('brn', MicroBatchRenorm, check_micro_batch_renorm_options,
          'Batch Renormalization over micro-batch groups', 'Ioffe 2017',
-         group_size=True, moving_averages=True, updates_per_layer=2, step_warmup=True),
+         group_size=True, moving_averages=True, updates_per_layer=2, step_warmup=True,
+         folds_at_inference=True),      # BN's formula with the moving µ, σ (r, d are training-only)
     Norm('ln', LayerNormalization, check_layer_normalization_options,
-         'Layer Normalization', 'Ba et al. 2016'),
+         'Layer Normalization', 'Ba et al. 2016'),   # per-sample statistics: no fold
     Norm('wn', BiasOnly, check_bias_only_options,
          'Weight Normalization of conv/dense kernels (+ bias)', 'Salimans & Kingma 2016',
-         affine=False, weight_norm=True),
+         affine=False, weight_norm=True,
+         folds_at_inference=True),      # x + β; g·v/‖v‖ is a function of the weights alone
     Norm('none', BiasOnly, check_bias_only_options,
-         'no normalization (+ bias)', '-', affine=False),
+         'no normalization (+ bias)', '-', affine=False, folds_at_inference=True),   # x + β
 ]:
     register_norm(_row)
 
 
 # the micro-batch field beside KN: layers in kalman_norm/layers/field_norms.py, mabn.py
 for _row in [
+    # ν² per sample and the TLU max(y, τ): no fold
     Norm('frn', FilterResponseNorm, check_filter_response_norm_options,
          'Filter Response Normalization + TLU (replaces BN + ReLU)', 'Singh & Krishnan 2020'),
+    # per-sample group std and sigmoid(v·x): no fold
     Norm('evonorm_s0', EvoNormS0, check_evonorm_s0_options,
          'EvoNorm-S0: x sigmoid(vx) / group std (replaces BN + ReLU)', 'Liu et al. 2020', channel_groups=True),
+    # max(moving std, v·x + instance std) depends on x per sample: no fold
     Norm('evonorm_b0', EvoNormB0, check_evonorm_b0_options,
          'EvoNorm-B0: x / max(batch std, vx + instance std) over micro-batch groups (replaces BN + ReLU)',
          'Liu et al. 2020', group_size=True, moving_averages=True, updates_per_layer=1),
     Norm('mabn', MovingAverageBatchNorm, check_moving_average_batch_norm_options,
          'Moving Average Batch Normalization over micro-batch groups, centred conv kernels', 'Yan et al. 2020',
-         group_size=True, moving_averages=True, updates_per_layer=3, centered_weights=True),
+         group_size=True, moving_averages=True, updates_per_layer=3, centered_weights=True,
+         folds_at_inference=True),      # γ·x/√(χ_EMA + ε) + β; the centred kernel depends on weights alone
 ]:
     register_norm(_row)

@@ -141,3 +141,48 @@ def test_layer_output_carries_its_variables_as_tensorpack_does(name):
             assert {'gamma', 'beta', 'variance'} <= set(held)
             assert ('mean' in held) == ('n/mean/EMA' in held.values())
             assert {"gamma", "beta", "mean", "variance"} <= set(reference.variables._vars)
+
+
+def _inference_outputs(name, inputs, seed=0):
+    """One ``name`` layer built for inference (moving statistics where it keeps them) with every
+    variable set to a random positive value (a stand-in for trained γ, β, τ, v and moving
+    statistics), run on each of ``inputs`` as a separate batch."""
+    with tf.Graph().as_default():
+        x = tf1.placeholder(tf.float32, inputs[0].shape)
+        with TowerContext('', is_training=False), kn.norm_scope(name, group_size=2):
+            y = F.norm('n', x)
+        rng = np.random.RandomState(seed)
+        with tf1.Session() as sess:
+            for v in tf1.global_variables():
+                v.load(rng.uniform(0.5, 1.5, v.shape.as_list()).astype(np.float32), sess)
+            return [sess.run(y, {x: batch}) for batch in inputs]
+
+
+def _per_channel_affine_residual(xs, ys):
+    """The largest relative residual, over channels, of the least-squares fit y = a·x + b with one
+    (a, b) per channel over every position of every batch (NHWC)."""
+    x = np.concatenate([b.reshape(-1, b.shape[-1]) for b in xs]).astype(np.float64)
+    y = np.concatenate([b.reshape(-1, b.shape[-1]) for b in ys]).astype(np.float64)
+    worst = 0.0
+    for c in range(x.shape[1]):
+        design = np.stack([x[:, c], np.ones_like(x[:, c])], axis=1)
+        coef = np.linalg.lstsq(design, y[:, c], rcond=None)[0]
+        worst = max(worst, np.linalg.norm(design @ coef - y[:, c]) / np.linalg.norm(y[:, c] - y[:, c].mean()))
+    return worst
+
+
+@pytest.mark.parametrize('name', kn.norm_names())
+def test_folds_at_inference_trait_matches_the_layer(name):
+    """A norm that folds into the conv is y = a·x + b per channel at inference, with the same a, b
+    for any input: fitted over two different random batches at once, the residual is round-off.
+    The samples differ in scale and offset, so per-sample statistics (GN, LN, FRN, EvoNorm) or a
+    nonlinearity show up as a residual far above round-off."""
+    rng = np.random.RandomState(1)
+    scales = rng.uniform(0.3, 3.0, (4, 1, 1, 1))
+    offsets = rng.uniform(-2.0, 2.0, (4, 1, 1, 1))
+    inputs = [(rng.randn(4, 5, 5, 8) * scales + offsets).astype(np.float32) for _ in range(2)]
+    residual = _per_channel_affine_residual(inputs, _inference_outputs(name, inputs))
+    if kn.get_norm(name).folds_at_inference:
+        assert residual < 1e-5, (name, residual)
+    else:
+        assert residual > 1e-2, (name, residual)
