@@ -44,7 +44,13 @@ def test_no_import_inside_a_function_in_flow_and_layers():
 
 def test_baselines_do_not_import_the_kalman_layers():
     imported = _imported_modules(os.path.join(PACKAGE, 'layers', 'baselines.py'))
-    assert '.kalman' not in imported and '.' not in imported, imported
+    assert not {'.kalman', '._kalman_parts', '.'} & imported, imported
+
+
+def test_the_kalman_parts_sit_below_the_kalman_layers():
+    # the gain, process noise and option checks are built by the layers, never the other way
+    assert '.kalman' not in _imported_modules(os.path.join(PACKAGE, 'layers', '_kalman_parts.py'))
+    assert '._kalman_parts' in _imported_modules(os.path.join(PACKAGE, 'layers', 'kalman.py'))
 
 
 def test_layers_and_data_format_do_not_import_flow_or_spec():
