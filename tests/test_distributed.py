@@ -1,4 +1,5 @@
-"""kalman_norm.train.distributed: cluster parsing, and synchronous training on a real local cluster.
+"""kalman_norm.train.cluster and .distributed: cluster parsing, the synchronous step's graph, and
+synchronous training on a real local cluster.
 
 The cluster tests start, on 127.0.0.1 only, one parameter server and two workers per mode as
 subprocesses running tests/_dist_worker.py (the 'ps' and the 'replicated' cluster run at the
@@ -150,6 +151,90 @@ def test_sync_trainer_rejects_what_it_cannot_run():
     for creator in (ReuseSessionCreator(None), NewSessionCreator(target='grpc://elsewhere:1')):
         with pytest.raises(ClusterError, match=r'creates its own sessions on the cluster'):
             SyncDistributedTrainer(_fake_server()).initialize(creator, JustCurrentSession())
+
+
+def _build_sync_step(mode, task_index, num_ps=2, towers=2):
+    """SyncStepBuilder's graph for a tiny cost (w: [3], b: []) on worker task_index of a cluster
+    with num_ps ps tasks and 2 workers; every tower puts one op into UPDATE_OPS."""
+    from tensorpack.callbacks import RunOp
+    from kalman_norm.train.distributed import SyncStepBuilder
+    tfv1 = tf.compat.v1
+    cluster = tf.train.ClusterSpec({'ps': ['h%d:1' % k for k in range(num_ps)], 'worker': ['w0:1', 'w1:1']})
+    graph = tf.Graph()
+    with graph.as_default():
+        def get_grad_fn():
+            w = tfv1.get_variable('w', [3], initializer=tf.ones_initializer())
+            b = tfv1.get_variable('b', [], initializer=tf.zeros_initializer())
+            tfv1.add_to_collection(tfv1.GraphKeys.UPDATE_OPS, tf.no_op(name='moving_average_update'))
+            cost = tf.reduce_sum(w * w) + b
+            return list(zip(tf.gradients(cost, [w, b]), [w, b]))
+        builder = SyncStepBuilder(cluster, task_index, list(range(towers)), mode)
+        train_op, callbacks = builder.build(get_grad_fn, lambda: tfv1.train.GradientDescentOptimizer(0.1))
+        assert all(isinstance(c, RunOp) and not c.chief_only for c in callbacks)
+        return graph, builder, train_op, callbacks, tfv1.get_collection(tfv1.GraphKeys.UPDATE_OPS)
+
+
+def _upstream_ops(op):
+    """Every op op depends on (data and control inputs)."""
+    seen, todo = set(), [op]
+    while todo:
+        o = todo.pop()
+        if o not in seen:
+            seen.add(o)
+            todo += [t.op for t in o.inputs] + list(o.control_inputs)
+    return seen
+
+
+@pytest.mark.parametrize('mode, task_index', [('ps', 0), ('ps', 1), ('replicated', 0), ('replicated', 1)])
+def test_sync_step_builder_averages_on_the_parameter_servers_and_releases_through_the_chief(mode, task_index):
+    """The graph alone (no server): shared variables round-robin on the ps tasks, one accumulator
+    per variable beside it that waits for both workers, the optimizer applying its mean to the
+    shared variable; the chief releases the other worker after the update and the moving-average
+    updates, a non-chief waits for its token and updates no moving average."""
+    graph, builder, train_op, callbacks, update_ops = _build_sync_step(mode, task_index)
+    ops = graph.get_operations()
+    shared = {v.op.name: v for v in graph.get_collection('variables') if not v.op.name.startswith(('sync/', 'replica/'))}
+    assert sorted(shared) == ['b', 'w']
+    assert (shared['w'].device, shared['b'].device) == ('/job:ps/task:0', '/job:ps/task:1')
+    assert builder.sync_step.device.startswith('/job:ps/task:0')
+    for name, var in shared.items():
+        acc, = [o for o in ops if o.type == 'ResourceConditionalAccumulator' and o.name == 'sync_grad/' + name]
+        assert acc.device == var.device
+        take, = [o for o in ops if o.type == 'ResourceAccumulatorTakeGradient' and o.inputs[0].op is acc]
+        assert tf.get_static_value(take.inputs[1]) == 2            # the mean over both workers
+        apply, = [o for o in ops if o.type == 'ResourceApplyGradientDescent' and o.inputs[0].op is var.op]
+        assert apply.inputs[2].op is take and apply.device == var.device
+    upstream = _upstream_ops(train_op)
+    applies = [o for o in ops if o.type == 'ResourceApplyGradientDescent']
+    enqueued = sorted(o.inputs[0].op.name for o in upstream if o.type == 'QueueEnqueueV2')
+    dequeued = sorted(o.inputs[0].op.name for o in upstream if o.type == 'QueueDequeueV2')
+    if task_index == 0:
+        assert (enqueued, dequeued) == (['sync/tokens_1'], [])
+        assert set(applies) <= upstream and len(update_ops) == 2 and set(update_ops) <= upstream
+    else:
+        assert (enqueued, dequeued) == ([], ['sync/tokens_1'])
+        assert not set(applies) & upstream and update_ops == []
+    replicas = [v for v in graph.get_collection('local_variables') if v.op.name.startswith('replica/')]
+    if mode == 'ps':
+        assert replicas == [] and callbacks == [] and all(v.trainable for v in shared.values())
+    else:
+        assert sorted(v.op.name for v in replicas) == ['replica/b', 'replica/w'] and len(callbacks) == 1
+        assert all(v.device == '/job:worker/task:%d/device:CPU:0' % task_index for v in replicas)
+        assert not any(v.trainable for v in shared.values())
+
+
+def test_sync_step_builder_checks_its_mode_and_the_trainer_owns_one():
+    from kalman_norm.train.distributed import SyncStepBuilder
+    cluster = parse_cluster(CLUSTER, 'worker:0', env={}).cluster
+    with pytest.raises(ClusterError, match=r"mode must be 'ps' or 'replicated', got 'async'"):
+        SyncStepBuilder(cluster, 0, [0], 'async')
+    from kalman_norm.train.distributed import SyncDistributedTrainer
+    trainer = SyncDistributedTrainer(_fake_server('worker', 1), towers=2, mode='replicated')
+    builder = trainer.builder
+    assert isinstance(builder, SyncStepBuilder)
+    assert (builder.task_index, builder.towers, builder.mode, builder.is_chief) == (1, [0, 1], 'replicated', False)
+    on_gpu = bool(tf.config.list_physical_devices('GPU'))
+    assert builder.tower_devices == ['/job:worker/task:1/' + ('gpu:%d' % k if on_gpu else 'cpu:0') for k in (0, 1)]
 
 
 def test_a_worker_follows_the_chiefs_epochs_or_says_why_it_cannot():
@@ -481,8 +566,8 @@ def _run_trainer_cluster(out, data, logdir, env):
 
 @pytest.fixture(scope='module')
 def trainer_cluster(tmp_path_factory):
-    """Two rounds of the same cluster command (the whole cluster restarted, as the module
-    docstring of kalman_norm.train.distributed asks): the first trains, the second has nothing to do."""
+    """Two rounds of the same cluster command (the whole cluster restarted, as README's "Training on
+    a cluster" asks): the first trains, the second has nothing to do."""
     base = tmp_path_factory.mktemp('trainer_cluster')
     data = cifar_tests.write_folder(base / 'data', n_train=2)       # 20 train, 10 test images
     env = cifar_tests._env(base)
