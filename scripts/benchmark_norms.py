@@ -162,9 +162,13 @@ def record(args, chosen, times, load):
     for label, norm, opts in chosen:
         for g in args.groupings:
             median = float(np.median(times[(label, g)]))
+            # a round runs every configuration once, so the round's ratio compares like conditions;
+            # its quartiles show how much the shared machine moved the ratio
+            per_round = np.asarray(times[(label, g)]) / np.asarray(times[('BN', g)])
             measurements.append({
                 'label': label, 'norm': norm, 'options': opts, 'group_size': g, 'grouping': grouping_name(g),
                 'ms_per_step': 1000 * median, 'ratio_to_bn': median / float(np.median(times[('BN', g)])),
+                'ratio_per_round_quartiles': [float(q) for q in np.percentile(per_round, [25, 75])],
                 'ms_per_round': [1000 * t for t in times[(label, g)]]})
     return {'command': args.command, 'created': provenance.utc_now(), 'machine': provenance.machine(),
             'machine_description': provenance.describe_machine(), 'threads_per_session': args.threads,
@@ -177,18 +181,26 @@ def record(args, chosen, times, load):
 def markdown_table(rec, groupings):
     by_key = {(m['label'], m['group_size']): m for m in rec['measurements']}
     labels = list(dict.fromkeys(m['label'] for m in rec['measurements']))
-    rows = [[label] + [v for g in groupings for v in (by_key[(label, g)]['ms_per_step'], by_key[(label, g)]['ratio_to_bn'])]
-            for label in labels]
-    headers = ['norm'] + [h for g in groupings for h in ('ms/step (%s)' % grouping_name(g), '× BN (%s)' % grouping_name(g))]
-    return tabulate(rows, headers=headers, floatfmt='.2f', tablefmt='github')
+    rows = []
+    for label in labels:
+        row = [label]
+        for g in groupings:
+            m = by_key[(label, g)]
+            row += ['%.2f' % m['ms_per_step'], '%.2f' % m['ratio_to_bn'],
+                    '%.2f–%.2f' % tuple(m['ratio_per_round_quartiles'])]
+        rows.append(row)
+    headers = ['norm'] + [h for g in groupings for h in ('ms/step (%s)' % grouping_name(g), '× BN (%s)' % grouping_name(g),
+                                                         '× BN per round, quartiles')]
+    return tabulate(rows, headers=headers, tablefmt='github', disable_numparse=True)
 
 
 def markdown(rec, table):
     threads = rec['threads_per_session']
     lines = ['# Training-step time of each norm relative to BN', '',
              'Produced by `%s` (%s, %d samples per step, random data, SGD+momentum; %d warm-up rounds, median of %d '
-             'interleaved rounds).' % (rec['command'], rec['model'], rec['batch'], rec['warmup_rounds'],
-                                       rec['timed_rounds']), '',
+             'interleaved rounds; "× BN" is the ratio of the medians, its quartiles those of the ratios within '
+             'each round).' % (rec['command'], rec['model'], rec['batch'], rec['warmup_rounds'], rec['timed_rounds']),
+             '',
              'Machine: %s, no GPU%s. Load average (1 min) %.2f before and %.2f after the timed rounds, on %d cores%s.'
              % (rec['machine_description'], '' if threads is None else ', %d thread(s) per session' % threads,
                 rec['load_average_1min']['before_timed_rounds'], rec['load_average_1min']['after_timed_rounds'],

@@ -61,6 +61,9 @@ def test_a_tiny_run_writes_the_record(tmp_path):
         assert m['group_size'] == 2 and len(m['ms_per_round']) == 3
         assert m['ms_per_step'] == pytest.approx(sorted(m['ms_per_round'])[1])
         assert m['ratio_to_bn'] == pytest.approx(m['ms_per_step'] / by_label['BN']['ms_per_step'])
+        per_round = sorted(a / b for a, b in zip(m['ms_per_round'], by_label['BN']['ms_per_round']))
+        assert m['ratio_per_round_quartiles'] == pytest.approx([(per_round[0] + per_round[1]) / 2,
+                                                                (per_round[1] + per_round[2]) / 2])
     assert by_label['BN']['ratio_to_bn'] == 1.0
     assert by_label['GN+WS']['options'] == {'weight_standardization': True}
     with open(out) as f:
