@@ -30,7 +30,7 @@ import tensorflow as tf
 from kalman_norm import data as datasets, probe, runtime
 from kalman_norm.norms import norms_where
 from kalman_norm.precise_bn import DEFAULT_BATCHES, evaluate_moving
-from kalman_norm.train import cifar, core as trainer
+from kalman_norm.train import cifar, evaluation, core as trainer
 
 tf1 = tf.compat.v1
 CONVENTIONS = ('unbiased', 'biased')
@@ -141,7 +141,7 @@ def evaluate(args, logdir=None):
             result['accuracy'][convention] = 100.0 * (1 - wrong / float(seen))
             result.update(layers=len(restore.counts), min_values_per_statistic=min(restore.counts))
     if args.precise:
-        precise = trainer.precise_result(cifar.TASK, o, data, prefix, o['precise_batches'])
+        precise = evaluation.precise_result(cifar.TASK, o, data, prefix, o['precise_batches'])
         if precise['images'] != seen:
             raise probe.ProbeError('the two evaluations saw %d and %d images' % (precise['images'], seen))
         result.update(error_precise=precise['error'], precise_batches=precise['batches'],

@@ -30,7 +30,7 @@ from tensorpack.input_source import TensorInput
 from tensorpack.tfutils.sesscreate import NewSessionCreator
 from tensorpack.tfutils.tower import get_current_tower_context
 
-from kalman_norm.train import cifar, core as trainer
+from kalman_norm.train import cifar, evaluation, core as trainer
 from kalman_norm import data as kdata
 from kalman_norm.train.cifar import parse_options
 from kalman_norm.train.options import OptionError
@@ -143,7 +143,7 @@ def test_trainer_trains_every_norm_two_steps(model, norm, tmp_path):
     with open(os.path.join(o['logdir'], 'stats.json')) as f:
         stats = json.load(f)
     assert [s['epoch_num'] for s in stats] == [1] and stats[-1]['global_step'] == 2
-    for _, tag in trainer.eval_tags(o):
+    for _, tag in evaluation.eval_tags(o):
         assert 0.0 <= stats[-1][tag] <= 1.0, tag
     for key in ('xentropy', 'cost', 'train_error'):
         assert np.isfinite(stats[-1][key]), key
@@ -174,13 +174,13 @@ def test_make_config_eval_towers_and_step_count():
     ds = memory_dataset(n_train=40, n_test=10)
     o = parse_options(['--norm', 'bkn', '--batch', '2', '--total-batch', '8', '--eval-stats', 'both',
                        '--num-proc', '0', '--logdir', 'unused'])
-    assert trainer.eval_tags(o) == [('InferenceTowerMoving', 'val-error-moving'),
+    assert evaluation.eval_tags(o) == [('InferenceTowerMoving', 'val-error-moving'),
                                     ('InferenceTowerBatch', 'val-error-batch')]
     with tf.Graph().as_default():
         assert trainer.make_config(cifar.TASK, o, cifar.TASK.data_from(ds, o), None).steps_per_epoch == 5
     o = parse_options(['--norm', 'gn', '--total-batch', '8', '--gpus', '2', '--batch', '4',
                        '--num-proc', '0', '--logdir', 'unused'])
-    assert trainer.eval_tags(o) == [('InferenceTower', 'val-error')]
+    assert evaluation.eval_tags(o) == [('InferenceTower', 'val-error')]
     with tf.Graph().as_default():
         # 40 images, 8 per step over both towers
         assert trainer.make_config(cifar.TASK, o, cifar.TASK.data_from(ds, o), None).steps_per_epoch == 5
@@ -535,6 +535,23 @@ def test_precedence_command_line_over_config_over_defaults(tmp_path):
         ('bn', 128, 128, 30, 5e-4, 'auto')
     assert parse_options(['--norm', 'bkn', '--batch', '2'])['gain'] == 0.1
     assert parse_options(['--norm', 'bkn'])['gain'] == 0.95
+
+
+def test_task_settings_and_input_description():
+    """What the core reads of the CIFAR task: its input before the data loads, the model's display
+    name in the log directory (resnet<6n+2>, not --model's value), test batches of about 256 images
+    in whole groups, and its data errors."""
+    o = parse_options(['--dataset', 'cifar100', '--depth', '2', '--norm', 'gn', '--batch', '3', '--total-batch', '6'])
+    assert cifar.TASK.describe_input(o) == ('cifar100', (32, 32, 3), 100)
+    assert re.fullmatch(re.escape(os.path.join('train_log', 'cifar100-resnet14-gn-b3-g1-')) + '[0-9a-f]{8}',
+                        o['logdir']), o['logdir']
+    assert cifar.TASK.eval_batch_size(o) == 258                # 86 groups of 3: the first multiple >= 256
+    assert cifar.TASK.data_errors == (kdata.DataError,)
+    inception = parse_options(['--model', 'inception', '--dataset', 'svhn', '--norm', 'bn', '--batch', '512',
+                               '--total-batch', '512'])
+    assert cifar.TASK.describe_input(inception) == ('svhn', (32, 32, 3), 10)
+    assert os.path.basename(inception['logdir']).startswith('svhn-inception-bn-b512-g1-')
+    assert cifar.TASK.eval_batch_size(inception) == 512        # one group when --batch exceeds 256
 
 
 #: what each --kn-recipe resolves to at 2 samples per normalisation, with nothing else given

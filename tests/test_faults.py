@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorpack.callbacks import Callback
 
 from kalman_norm import ops
-from kalman_norm.train import cifar, imagenet, core as trainer
+from kalman_norm.train import cifar, imagenet, rundir, core as trainer
 from kalman_norm.train.cifar import parse_options
 from kalman_norm.train.options import OptionError
 
@@ -333,7 +333,6 @@ def test_a_read_only_logdir_is_one_line(tmp_path):
 def test_a_logdir_that_fails_when_claimed_is_one_line(tmp_path, monkeypatch):
     """Writability can change between the check and the claim (or a file system be read-only to
     root too): the claim's own failure is the same kind of line."""
-    from kalman_norm.train import rundir
     real_open = os.open
 
     def read_only(path, *args, **kwargs):
@@ -372,7 +371,7 @@ def test_a_truncated_checkpoint_is_named_and_the_previous_one_resumes(three_epoc
     shutil.copytree(source, logdir)
     os.remove(os.path.join(logdir, 'status.json'))      # as if killed after epoch 3's validation
     _truncate_checkpoint(logdir, 6)
-    assert trainer.unreadable_checkpoint(os.path.join(logdir, 'model-6'))
+    assert rundir.unreadable_checkpoint(os.path.join(logdir, 'model-6'))
     o, (line, code) = _train(['--epochs', '3', '--keep-checkpoints', '5', '--logdir', logdir], ds)
     assert code == 0 and 'epochs=3' in line
     log = open(os.path.join(logdir, 'log.log')).read()
@@ -380,7 +379,7 @@ def test_a_truncated_checkpoint_is_named_and_the_previous_one_resumes(three_epoc
     assert "resuming from epoch 2's instead" in log and 'Resuming after epoch 2' in log
     stats = json.load(open(os.path.join(logdir, 'stats.json')))
     assert [(s['epoch_num'], s['global_step']) for s in stats] == [(1, 2), (2, 4), (3, 6)]
-    assert trainer.unreadable_checkpoint(os.path.join(logdir, 'model-6')) is None      # written again
+    assert rundir.unreadable_checkpoint(os.path.join(logdir, 'model-6')) is None      # written again
     assert stats[:2] == json.load(open(os.path.join(source, 'stats.json')))[:2]
 
 

@@ -7,12 +7,14 @@ ResNet-50 at 32x32 with BN (every architecture x norm builds in tests/test_image
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 import kalman_norm  # noqa: F401
+from kalman_norm.data import DataError
 from kalman_norm.train import imagenet
 from kalman_norm.train.options import OptionError
 
@@ -104,6 +106,25 @@ def test_learning_rate_scales_with_the_total_batch():
     assert (o['epochs'], o['weight_decay'], o['gain'], o['tower_batch']) == (90, 1e-4, 0.1, 32)
     with pytest.raises(OptionError, match='not divisible by --gpus 3'):
         imagenet.parse_options(['--fake-data', 'true', '--gpus', '3'])
+
+
+@pytest.mark.parametrize('arch', imagenet.ARCHS)
+def test_input_description_log_directory_and_test_batch_of_each_arch(arch, tmp_path):
+    """The task's settings and describe_input hook as the core reads them: the default log directory
+    is <data>-<arch>-<norm>-b<batch>-g<gpus>-<hash> (the names of the runs recorded so far), and
+    test batches hold about 64 images, a multiple of --batch."""
+    fake = imagenet.parse_options(['--fake-data', 'true', '--arch', arch, '--norm', 'gn', '--batch', '3',
+                                   '--total-batch', '6', '--gpus', '2', '--image-size', '64', '--num-classes', '7'])
+    assert imagenet.TASK.describe_input(fake) == ('imagenet-fake', (64, 64, 3), 7)
+    assert re.fullmatch(re.escape(os.path.join('train_log', 'imagenet-fake-%s-gn-b3-g2-' % arch)) + '[0-9a-f]{8}',
+                        fake['logdir']), fake['logdir']
+    assert imagenet.TASK.eval_batch_size(fake) == 66           # 22 groups of 3: the first multiple >= 64
+    real = imagenet.parse_options(['--data', str(tmp_path), '--arch', arch])
+    assert imagenet.TASK.describe_input(real) == ('imagenet', (224, 224, 3), 1000)
+    assert re.fullmatch(re.escape(os.path.join('train_log', 'imagenet-%s-bn-b128-g1-' % arch)) + '[0-9a-f]{8}',
+                        real['logdir']), real['logdir']
+    assert imagenet.TASK.eval_batch_size(real) == 128          # one group when --batch exceeds 64
+    assert imagenet.TASK.data_errors == (DataError,)
 
 
 def test_kn_recipe_is_an_option_of_the_imagenet_trainer_too():

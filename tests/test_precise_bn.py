@@ -20,7 +20,7 @@ from tensorpack.tfutils.common import get_global_step_var
 from tensorpack.tfutils.tower import TowerContext
 
 from kalman_norm import NormSpec
-from kalman_norm.train import cifar, core as trainer
+from kalman_norm.train import cifar, evaluation, core as trainer
 from kalman_norm import flow as F
 from kalman_norm.precise_bn import combine_batches, precise_spec, recompute_statistics
 from conftest import session_config
@@ -208,7 +208,7 @@ def test_trainer_records_precise_error_and_the_script_reproduces_it(norm, tmp_pa
 def test_eval_stats_precise_only_for_moving_average_norms():
     with pytest.raises(trainer.OptionError, match='moving averages'):
         cifar.parse_options(['--norm', 'gn', '--eval-stats', 'precise'])
-    assert trainer.eval_tags(cifar.parse_options(['--norm', 'bn', '--eval-stats', 'precise'])) == \
+    assert evaluation.eval_tags(cifar.parse_options(['--norm', 'bn', '--eval-stats', 'precise'])) == \
         [('InferenceTowerMoving', 'val-error-moving')]
     from kalman_norm.train import imagenet
     with pytest.raises(trainer.OptionError, match='CIFAR trainer only'):

@@ -119,7 +119,7 @@ def test_training_ends_only_once_the_graph_is_written(tmp_path):
     train used to end while that thread was inside TensorFlow's C++, and the process aborted at
     interpreter shutdown (SIGABRT after its FINAL line; seen once on a cluster worker joining a
     rerun of a finished run).  The trainer's event writer waits for the graph, then closes."""
-    from kalman_norm.train import core as trainer
+    from kalman_norm.train import callbacks
 
     calls = []
 
@@ -131,14 +131,14 @@ def test_training_ends_only_once_the_graph_is_written(tmp_path):
         def close(self):
             calls.append('close')
 
-    writer = trainer.EventWriter(logdir=str(tmp_path))
+    writer = callbacks.EventWriter(logdir=str(tmp_path))
     writer._writer, writer._write_graph = Writer(), lambda: writer._writer.add_graph(None)
     writer._before_train()
     writer._after_train()
     assert calls == ['graph', 'close'] and not writer._write_graph_thread.is_alive()
     # after_train runs (in tensorpack's finally) even if before_train never did
     calls.clear()
-    idle = trainer.EventWriter(logdir=str(tmp_path))
+    idle = callbacks.EventWriter(logdir=str(tmp_path))
     idle._writer = Writer()
     idle._after_train()
     assert calls == ['close']
@@ -202,7 +202,7 @@ _KILL_AT = textwrap.dedent('''
     import kalman_norm
     from tensorflow.python.checkpoint import checkpoint_management
     from tensorpack.callbacks import ClassificationError
-    from kalman_norm.train import cifar, core as trainer
+    from kalman_norm.train import callbacks, cifar
 
     phase, epoch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
@@ -220,7 +220,7 @@ _KILL_AT = textwrap.dedent('''
         setattr(owner, name, hooked)
 
     if phase == 'training':          # before the epoch's second step: its first step is applied
-        wrap(trainer.StopOnDivergence, '_before_run', lambda cb, ctx: cb.epoch_num == epoch and cb.local_step == 1)
+        wrap(callbacks.StopOnDivergence, '_before_run', lambda cb, ctx: cb.epoch_num == epoch and cb.local_step == 1)
     elif phase == 'checkpointing':   # the epoch's checkpoint files written, the 'checkpoint' index not updated
         wrap(checkpoint_management, 'update_checkpoint_state_internal',
              lambda **kw: kw['model_checkpoint_path'].endswith('model-%d' % (epoch * steps)))

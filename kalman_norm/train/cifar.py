@@ -81,6 +81,7 @@ class CifarTask(core.Task):
     schedule_recipes = SCHEDULE_RECIPES
     precise_bn = True
     identity_if_set = ('validation',)
+    data_errors = (DataError,)
 
     def check(self, o):
         super().check(o)
@@ -88,23 +89,11 @@ class CifarTask(core.Task):
         train_size = TRAIN_SIZES.get(o['dataset'], 50000) - o['validation']
         o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or max(train_size, 0) // o['total_batch']
 
-    def dataset_name(self, o):
-        return o['dataset']
-
-    def num_classes(self, o):
-        return NUM_CLASSES[o['dataset']]
-
-    def image_shape(self, o):
-        return (32, 32, 3)
-
-    def name_parts(self, o):
-        return [o['dataset'], self.model_name(o), o['norm'], 'b%d' % o['batch'], 'g%d' % o['gpus']]
+    def describe_input(self, o):
+        return core.InputDescription(o['dataset'], (32, 32, 3), NUM_CLASSES[o['dataset']])
 
     def lr_schedule(self, o):
         return lr_schedule(o['schedule'], o['lr'], o['epochs'])
-
-    def data_errors(self):
-        return (DataError,)
 
     def load_data(self, o):
         return self.data_from(load_dataset(o['dataset'], o['data'], cache_dir=o['cache_dir'],

@@ -1,29 +1,19 @@
-"""The trainer core shared by the CIFAR and ImageNet trainers.
+"""The trainer core shared by the CIFAR and ImageNet trainers: a trainer is a :class:`Task` (settings
+and four hooks) run by :func:`main`.
 
-A trainer is a :class:`Task` (its data, models, schedules and extra options) run by
-:func:`main`.  The core owns what every run needs and must get right:
-
-* options: the shared ones (:data:`COMMON_OPTIONS`), command line over TOML over the KN recipe
-  (``--kn-recipe``) over defaults, typed and range-checked, then the cross-option checks, then a
-  dry build of the model graph, all before the data is loaded or the log directory touched
-  (:func:`prepare`);
-* the log directory (:mod:`kalman_norm.train.rundir`): one configuration per directory, a lock, a
-  status file, resume from the last complete epoch after a kill at any point;
-* the tensorpack model (:class:`ClassifierModel`): normalised images -> the task's model under
-  the chosen norm -> cross-entropy + L2 on conv/FC kernels; inference towers with moving
-  averages (option A) and/or online batch statistics (option B);
-* data-parallel towers on one machine (each tower normalises only its own samples) or on a
-  cluster (:mod:`kalman_norm.train.distributed`);
-* divergence: the first non-finite loss stops the run, the status says so, and the summary
-  never reports it as a result.
+:func:`prepare` checks every option (command line over TOML over the KN recipe over defaults, then
+the cross-option checks and a dry build of the graph) before the data loads or the log directory
+(:mod:`~kalman_norm.train.rundir`) is touched.  :func:`train` trains :class:`ClassifierModel`
+(normalised images -> the task's model under the norm -> cross-entropy + L2 on conv/FC kernels) on
+data-parallel towers, each normalising only its own samples, here or on a cluster
+(:mod:`~kalman_norm.train.distributed`), with the callbacks of :mod:`~kalman_norm.train.callbacks`
+(a divergence stops the run and is never reported as a result), and reports the line of
+:func:`~kalman_norm.train.evaluation.summarize`.
 """
 import inspect
-import json
-import math
 import os
 import signal
 import sys
-import time
 from collections import namedtuple
 
 import kalman_norm  # noqa: F401  (sets up the TF/tensorpack stack first)
@@ -31,22 +21,24 @@ import numpy as np
 import tensorflow as tf
 from tensorpack import ModelDesc, QueueInput, SimpleTrainer, SyncMultiGPUTrainerReplicated, TrainConfig
 from tensorpack import launch_train_with_config
-from tensorpack.callbacks import (Callback, ClassificationError, EstimatedTimeLeft, Inferencer, InferenceRunner,
-                                  JSONWriter, ModelSaver, ScalarPrinter, ScheduledHyperParamSetter, TFEventWriter)
+from tensorpack.callbacks import (ClassificationError, EstimatedTimeLeft, InferenceRunner, JSONWriter, ScalarPrinter,
+                                  ScheduledHyperParamSetter)
 from tensorpack.models.regularize import regularize_cost
 from tensorpack.tfutils.common import get_global_step_var
 from tensorpack.tfutils.sessinit import SaverRestore
 from tensorpack.tfutils.summary import add_moving_summary
 from tensorpack.tfutils.tower import TowerContext, get_current_tower_context
-from tensorpack.train.base import StopTraining
 from tensorpack.utils import logger
 
 from .distributed import ClusterError, horovod_trainer, make_distributed_trainer, parse_cluster, \
     run_parameter_server
 from . import command_line
 from .. import runtime
+from .callbacks import CheckpointSaver, EpochStatus, EventWriter, FiniteLogits, StopOnDivergence, WallClock
+from .evaluation import EMA_NORMS, eval_tags, eval_batch_size, record_precise, result_head, summarize, test_batches
 from .options import OptionError, resolve
-from .rundir import RunDir, RunDiverged, RunFailed, atomic_write_json, default_logdir, last_complete_epoch
+from .rundir import RunDir, RunFailed, default_logdir, last_complete_epoch, read_stats, restorable_epoch, \
+    truncate_stats
 from ..models import get_model
 from ..norms import get_norm, norms_where
 from ..spec import KN_RECIPES, NormSpec
@@ -55,9 +47,6 @@ __all__ = ['Task', 'Data', 'COMMON_OPTIONS', 'ClassifierModel', 'prepare', 'trai
            'EMA_NORMS', 'KALMAN_NORMS', 'OptionError', 'EXIT_BAD_INPUT', 'EXIT_DIVERGED']
 
 EVAL_MODES = command_line.EVAL_MODES    # (its choices are described in kalman_norm/train/command_line.py)
-PRECISE_TAG = 'val-error-precise'
-#: norms with moving averages, for which --eval-stats chooses between options A and B (registry rows)
-EMA_NORMS = norms_where('moving_averages')
 KALMAN_NORMS = norms_where('kalman')
 EXIT_FAILED = 1          # a run-time failure (a checkpoint that cannot be written, a silent cluster)
 EXIT_BAD_INPUT = command_line.EXIT_BAD_INPUT
@@ -111,12 +100,24 @@ def kn_recipe_options(values):
     return options
 
 
+#: What a task's input is before its data loads: the data set's name (in log directory names and
+#: result lines), one image's shape (H, W, C), and the classes of the dry build (training uses the
+#: loaded data's own count).
+InputDescription = namedtuple('InputDescription', ['dataset', 'image_shape', 'num_classes'])
+
+
 class Task(object):
-    """What one trainer adds to the core.  Subclasses set the attributes and implement the hooks."""
+    """What one trainer adds to the core, as tensorpack's ImageNetModel adds to ModelDesc: settings
+    (the class attributes) and four hooks (check, describe_input, load_data, lr_schedule).  The model
+    is the row of the model registry that ``o[model_option]`` names; :meth:`build_logits` is
+    tensorpack's ``get_logits``."""
     prog = None
     description = None
     options = []                 # task-specific Opt list (after COMMON_OPTIONS)
-    default_log_root = 'train_log'
+    #: schedule name -> its defaults for epochs, lr, weight_decay, nesterov
+    schedule_recipes = {}
+    #: the option naming the model (a row of the model registry of this task's family)
+    model_option = 'model'
     #: build one tower on placeholders before loading data (seconds for CIFAR models; ImageNet's
     #: KN graphs take minutes on a CPU, and their options are checked by signature and NormSpec)
     dry_build = True
@@ -124,14 +125,11 @@ class Task(object):
     precise_bn = False
     #: options that enter the identity only when set to other than their default
     identity_if_set = ()
-    #: the option naming the model (a row of the model registry of this task's family)
-    model_option = 'model'
-
-    def all_options(self):
-        return COMMON_OPTIONS + list(self.options)
-
-    #: schedule name -> its defaults for epochs, lr, weight_decay, nesterov
-    schedule_recipes = {}
+    #: exception types that mean "bad data input" (exit code 2, one line)
+    data_errors = ()
+    #: about this many test images per batch (a multiple of --batch: evaluation.eval_batch_size)
+    eval_batch_target = 256
+    default_log_root = 'train_log'
 
     def check(self, o):
         """Task-specific checks and defaults; raise OptionError.  Subclasses extend it."""
@@ -141,56 +139,44 @@ class Task(object):
         for key in ('epochs', 'lr', 'weight_decay', 'nesterov'):
             if o[key] is None:
                 o[key] = recipe[key]
-        fn, choice, passed = self.model_function(o)
-        accepted = set(inspect.signature(fn).parameters) - set(passed)
+        # every argument of the model's builder that the task does not pass may come from --model-option
+        model = get_model(o[self.model_option])
+        passed = ('image', 'num_classes') + tuple(model.fixed) + tuple(model.trainer_arguments)
+        accepted = set(inspect.signature(model.builder).parameters) - set(passed)
         unknown = sorted(set(o['model_options']) - accepted)
         if unknown:
-            raise OptionError('--model-option %s does not apply to %s; it accepts: %s'
-                              % (', '.join(unknown), choice, ', '.join(sorted(accepted)) or 'none'))
+            raise OptionError('--model-option %s does not apply to --%s %s; it accepts: %s'
+                              % (', '.join(unknown), self.model_option.replace('_', '-'), o[self.model_option],
+                                 ', '.join(sorted(accepted)) or 'none'))
 
-    def model_function(self, o):
-        """(the model's function, the flag that chose it, the arguments the task passes itself):
-        every other argument of the function may come from --model-option."""
-        model = get_model(o[self.model_option])
-        return (model.builder, '--%s %s' % (self.model_option.replace('_', '-'), o[self.model_option]),
-                ('image', 'num_classes') + tuple(model.fixed) + tuple(model.trainer_arguments))
-
-    def name_parts(self, o):
-        """Readable parts of the default log directory name."""
+    def describe_input(self, o):
+        """-> :data:`InputDescription`."""
         raise NotImplementedError
-
-    def model_name(self, o):
-        return get_model(o[self.model_option]).display_name(o)
 
     def load_data(self, o):
-        """-> :class:`Data`; raises the task's data error (a ValueError subclass) with one line."""
+        """-> :class:`Data`; raises one of :attr:`data_errors` (ValueError subclasses) with one line."""
         raise NotImplementedError
-
-    def data_errors(self):
-        """Exception types that mean "bad data input" (exit code 2, one line)."""
-        return ()
-
-    def build_logits(self, o, image, num_classes):
-        return get_model(o[self.model_option]).build(image, num_classes, o)
 
     def lr_schedule(self, o):
         """([(epoch, lr)], interp) for tensorpack's ScheduledHyperParamSetter."""
         raise NotImplementedError
 
-    def image_shape(self, o):
-        raise NotImplementedError
+    def all_options(self):
+        return COMMON_OPTIONS + list(self.options)
 
-    def num_classes(self, o):
-        """Classes before the data is loaded (for the dry build; the data's own count is used later)."""
-        raise NotImplementedError
+    def model_name(self, o):
+        return get_model(o[self.model_option]).display_name(o)
 
-    def dataset_name(self, o):
-        raise NotImplementedError
+    def build_logits(self, o, image, num_classes):
+        return get_model(o[self.model_option]).build(image, num_classes, o)
 
     def eval_batch_size(self, o):
-        """Test batch size: about ``target`` images, a multiple of --batch so that test batches
-        normalised with batch statistics (option B) hold whole groups."""
-        return eval_batch_size(o)
+        return eval_batch_size(o, self.eval_batch_target)
+
+
+def name_parts(task, o):
+    """Readable parts of the default log directory name (the model by its registry display name)."""
+    return [task.describe_input(o).dataset, task.model_name(o), o['norm'], 'b%d' % o['batch'], 'g%d' % o['gpus']]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,7 +200,7 @@ def parse_options(task, argv=None):
     finish_gain_and_spec(o)
     o['identity'] = identity(task, o)
     if o['logdir'] is None:
-        o['logdir'] = default_logdir(task.default_log_root, task.name_parts(o), o['identity'])
+        o['logdir'] = default_logdir(task.default_log_root, name_parts(task, o), o['identity'])
     if o['worker_index'] > 0:
         # the chief (worker 0) owns the run's directory; the others log beside it
         o['logdir'] = '%s.worker%d' % (o['logdir'].rstrip('/'), o['worker_index'])
@@ -323,7 +309,7 @@ class ClassifierModel(ModelDesc):
         self.num_classes = num_classes
 
     def inputs(self):
-        return [tf.TensorSpec([None] + list(self.task.image_shape(self.o)), tf.uint8, 'input'),
+        return [tf.TensorSpec([None] + list(self.task.describe_input(self.o).image_shape), tf.uint8, 'input'),
                 tf.TensorSpec([None], tf.int32, 'label')]
 
     def build_graph(self, image, label):
@@ -380,15 +366,15 @@ def check_fused_prior(o):
                                     if len(lines) > 1 else ''))
 
 
-def check_graph(task, o, num_classes):
+def check_graph(task, o):
     """Build one training tower on placeholders in a throw-away graph: any model or norm option
     that cannot work fails here, in a second, before the data loads."""
-    tower = o['tower_batch']
-    model = ClassifierModel(task, o, np.zeros(3), np.ones(3), num_classes)
+    tower, shown = o['tower_batch'], task.describe_input(o)
+    model = ClassifierModel(task, o, np.zeros(3), np.ones(3), shown.num_classes)
     graph = tf.Graph()
     try:
         with graph.as_default(), TowerContext('', is_training=True):
-            image = tf.compat.v1.placeholder(tf.uint8, [tower] + list(task.image_shape(o)))
+            image = tf.compat.v1.placeholder(tf.uint8, [tower] + list(shown.image_shape))
             label = tf.compat.v1.placeholder(tf.int32, [tower])
             model.build_graph(image, label)
     except (TypeError, ValueError, KeyError, AssertionError, tf.errors.OpError) as e:
@@ -396,173 +382,6 @@ def check_graph(task, o, num_classes):
         raise OptionError('the model cannot be built with these options (%s, --model-option %s, '
                           '--norm-option %s): %s' % (task.model_name(o), o['model_options'],
                                                      o['norm_options'], text))
-
-
-# ----------------------------------------------------------------------------------------------
-# callbacks
-
-class StopOnDivergence(Callback):
-    """Stops training at the first non-finite loss (checked every step: one scalar fetch), and
-    at the end of each epoch if any variable is not finite.
-
-    A step's loss is computed before its update, so the loss alone misses an update that leaves
-    non-finite weights after an epoch's last step: the epoch-end check (one boolean per
-    variable) catches that before the checkpoint and the validation of the epoch, which is why
-    this callback must come before the checkpoint saver.  Once either fires, the weights in
-    memory are unusable; no checkpoint is written after this point, and the last one on disk is
-    the end of the last complete epoch.
-
-    The divergence is kept in :attr:`diverged` and the loop is ended with tensorpack's
-    ``StopTraining``: any other exception passes through tensorpack 0.11's main loop, whose
-    ``logger.error`` call is malformed and prints two "--- Logging error ---" tracebacks that look
-    like a crash, ahead of the one-line DIVERGED message."""
-
-    HINT = ('Usual causes: a learning rate too high for this batch or norm (try --lr 10x smaller), '
-            'an epsilon <= 0 or other bad --norm-option, or corrupt input data.')
-
-    def __init__(self):
-        self.diverged = None            # the RunDiverged, once a loss was not finite
-
-    def _setup_graph(self):
-        self._cost = self.get_tensors_maybe_in_tower(['cost:0'])[0]
-        self._variables = [v for v in tf.compat.v1.global_variables() if v.dtype.base_dtype.is_floating]
-        self._finite = [tf.reduce_all(tf.math.is_finite(v)) for v in self._variables]
-
-    def _trigger_epoch(self):
-        finite = self.trainer.sess.run(self._finite)
-        bad = [v.op.name for v, ok in zip(self._variables, finite) if not ok]
-        if bad:
-            self.stop('%d variable(s) are not finite, e.g. %s' % (len(bad), ', '.join(bad[:3])))
-
-    def stop(self, state):
-        """Record a non-finite ``state`` found after this epoch's last step and end the loop."""
-        self.diverged = RunDiverged(self.global_step, self.epoch_num, None, self.HINT, state=state)
-        raise StopTraining(str(self.diverged))
-
-    def _before_run(self, _):
-        return [self._cost]
-
-    def _after_run(self, _, run_values):
-        if not run_values.results:          # a run that did not fetch the loss
-            return
-        loss = float(run_values.results[0])
-        if not math.isfinite(loss):
-            self.diverged = RunDiverged(self.global_step + 1, self.epoch_num, loss, self.HINT)
-            raise StopTraining(str(self.diverged))
-
-
-class FiniteLogits(Inferencer):
-    """Ends the run as diverged if an inference tower's logits are not finite.
-
-    Weights can stay finite and still be too large for a forward pass (an update with a huge
-    learning rate): every logit is then inf or NaN, and the validation error (100%) would be
-    reported as a result.  Writes no statistic."""
-
-    def __init__(self, divergence, tower):
-        self.divergence, self.tower = divergence, tower
-
-    def _before_inference(self):
-        self.finite = True
-
-    def _get_fetches(self):
-        return ['logits_finite']
-
-    def _on_fetches(self, results):
-        self.finite = self.finite and bool(results[0])
-
-    def _after_inference(self):
-        if not self.finite:
-            self.divergence.stop("the %s tower's logits are not finite" % self.tower)
-        return {}
-
-
-class CheckpointSaver(ModelSaver):
-    """tensorpack's ModelSaver, except that a checkpoint that cannot be written stops the run.
-
-    tensorpack's logs the error (disk full, permission denied) and carries on, so a run would end
-    'finished' with no checkpoint to resume from or evaluate.  The failure is kept in
-    :attr:`failure` and the loop ended with ``StopTraining`` (see :class:`StopOnDivergence` for why
-    not another exception)."""
-
-    def __init__(self, **kwargs):
-        super(CheckpointSaver, self).__init__(**kwargs)
-        self.failure = None
-
-    def _fail(self, what, e):
-        text = (getattr(e, 'message', None) or getattr(e, 'strerror', None) or str(e)).strip().splitlines()
-        self.failure = RunFailed('cannot write %s in %s (%s): free space or make it writable; the run '
-                                 'resumes from its last checkpoint' % (what, self.checkpoint_dir,
-                                                                        text[0] if text else type(e).__name__))
-        raise StopTraining(str(self.failure))
-
-    def _before_train(self):
-        try:
-            super(CheckpointSaver, self)._before_train()
-        except (OSError, tf.errors.OpError) as e:
-            self._fail('the graph', e)
-
-    def _trigger(self):
-        try:
-            self.saver.save(tf.compat.v1.get_default_session(), self.path,
-                            global_step=tf.compat.v1.train.get_global_step(), write_meta_graph=False)
-        except (OSError, tf.errors.OpError) as e:
-            self._fail('the checkpoint of epoch %d' % self.epoch_num, e)
-        logger.info('Model saved to %s-%d.' % (self.path, self.global_step))
-
-
-class WallClock(Callback):
-    """Minutes since this process started training, per epoch (for time budgets)."""
-
-    def _before_train(self):
-        self._start = time.time()
-
-    def _trigger_epoch(self):
-        self.trainer.monitors.put_scalar('wall_minutes', (time.time() - self._start) / 60.0)
-
-
-class EventWriter(TFEventWriter):
-    """tensorpack's TFEventWriter, except that training ends only once the graph is written.
-
-    TFEventWriter serialises the graph for TensorBoard in a daemon thread started before the first
-    step.  A process with (almost) nothing to train -- a cluster worker joining a rerun of a
-    finished run, a run that diverges in its first steps -- can reach interpreter shutdown while
-    that thread is still inside TensorFlow's C++ (``TF_GraphToGraphDef``); CPython then ends the
-    daemon thread with ``pthread_exit``, whose unwinding through TensorFlow's frames aborts the
-    process ("FATAL: exception not rethrown", SIGABRT) after a run that succeeded.  Joining the
-    thread before closing the file also keeps the graph from being written to a closed writer.
-    """
-
-    def _after_train(self):
-        thread = getattr(self, '_write_graph_thread', None)     # None if before_train never ran
-        if thread is not None:
-            thread.join()
-        super(EventWriter, self)._after_train()
-
-
-class EpochStatus(Callback):
-    """Keeps status.json's epoch count current (the run is 'running' until it ends)."""
-
-    def __init__(self, rundir, total_epochs):
-        self.rundir, self.total = rundir, total_epochs
-
-    def _trigger_epoch(self):
-        self.rundir.set_status('running', epochs_done=self.epoch_num, epochs=self.total, pid=os.getpid())
-
-
-def eval_tags(o):
-    """[(inference tower name, summary name)] for the --eval-stats choice."""
-    if o['norm'] not in EMA_NORMS:
-        return [('InferenceTower', 'val-error')]
-    modes = {'both': ['moving', 'batch'], 'all': ['moving', 'batch'], 'precise': ['moving']}.get(
-        o['eval_stats'], [o['eval_stats']])
-    return [('InferenceTower' + m.capitalize(), 'val-error-' + m) for m in modes]
-
-
-def eval_batch_size(o, target=256):
-    """About ``target`` (fewer, larger batches are faster on CPU), a multiple of --batch so that
-    test batches normalised with batch statistics hold whole groups."""
-    g = o['batch']
-    return g * max(1, -(-target // g))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -614,7 +433,6 @@ def make_config(task, o, data, rundir):
     if steps < 1:
         raise OptionError('The training set (%d images) is smaller than one step of %d samples'
                           % (data.train_size, o['total_batch']))
-    eval_bs = task.eval_batch_size(o)
     # the divergence check first: its epoch-end check must run before the checkpoint is written
     divergence = StopOnDivergence()
     callbacks = [divergence,
@@ -622,19 +440,15 @@ def make_config(task, o, data, rundir):
                  WallClock(), EstimatedTimeLeft()]
     points, interp = task.lr_schedule(o)
     callbacks.append(ScheduledHyperParamSetter('learning_rate', points, interp=interp))
-    tags = eval_tags(o)
-    # With batch statistics a partial last batch must still be whole groups, else it is dropped;
-    # then the moving statistics are evaluated on the same images, so that the two compare.
-    whole_groups_of = o['batch'] if any(tag.endswith('batch') for _, tag in tags) else 1
-    for tower_name, tag in tags:
-        callbacks.append(InferenceRunner(data.test(eval_bs, whole_groups_of),
+    for tower_name, tag in eval_tags(o):
+        callbacks.append(InferenceRunner(test_batches(task, o, data),
                                          [ClassificationError('wrong', tag), FiniteLogits(divergence, tower_name)],
                                          tower_name=tower_name))
     if rundir is not None:
         callbacks.append(EpochStatus(rundir, o['epochs']))
     model = ClassifierModel(task, o, data.channel_mean, data.channel_std, data.num_classes)
     done = restorable_epoch(o['logdir'], steps)
-    _truncate_stats(o['logdir'], done)
+    truncate_stats(o['logdir'], done)
     kwargs = {}
     if done:
         kwargs['session_init'] = SaverRestore(os.path.join(o['logdir'], 'model-%d' % (done * steps)))
@@ -644,86 +458,6 @@ def make_config(task, o, data, rundir):
                          max_epoch=o['epochs'], starting_epoch=done + 1, session_config=runtime.session_config(o['threads']),
                          **kwargs)
     return config
-
-
-def unreadable_checkpoint(prefix):
-    """Why the checkpoint ``prefix`` cannot be restored (one line), or None if every tensor reads."""
-    try:
-        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
-        for name in reader.get_variable_to_shape_map():
-            reader.get_tensor(name)
-    except Exception as e:      # OpError subclasses, and IndexError for a truncated data file
-        text = (getattr(e, 'message', None) or str(e)).strip().splitlines()
-        return text[0] if text else type(e).__name__
-    return None
-
-
-def restorable_epoch(logdir, steps):
-    """The last complete epoch (:func:`~kalman_norm.train.rundir.last_complete_epoch`) whose checkpoint
-    reads back whole; a damaged one (truncated by a full disk, say) is named in the log and the
-    previous kept checkpoint with its epoch's statistics is used instead."""
-    epoch = last_complete_epoch(logdir, steps)
-    while epoch:
-        prefix = os.path.join(logdir, 'model-%d' % (epoch * steps))
-        problem = unreadable_checkpoint(prefix)
-        if problem is None:
-            return epoch
-        earlier = last_complete_epoch(logdir, steps, before=epoch)
-        if not earlier:
-            raise OptionError('the checkpoint %s (epoch %d) cannot be read (%s) and no earlier checkpoint with '
-                              'its epoch\'s statistics is kept: move %s away to train from scratch'
-                              % (prefix, epoch, problem, logdir))
-        logger.warn('The checkpoint %s (epoch %d) cannot be read (%s); resuming from epoch %d\'s instead'
-                    % (prefix, epoch, problem, earlier))
-        epoch = earlier
-    return 0
-
-
-def _truncate_stats(logdir, epoch):
-    """stats.json keeps exactly the epochs the resumed run will not redo."""
-    path = os.path.join(logdir, 'stats.json')
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        stats = json.load(f)
-    kept = [s for s in stats if s.get('epoch_num', 0) <= epoch]
-    if len(kept) != len(stats):
-        logger.warn('stats.json has epochs after the last checkpointed epoch %d; they will be redone' % epoch)
-        atomic_write_json(path, kept) if kept else os.remove(path)
-
-
-def _read_stats(o):
-    path = os.path.join(o['logdir'], 'stats.json')
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return json.load(f)
-
-
-def _head(task, o, stats):
-    return '%s %s norm=%s batch=%d gpus=%d epochs=%d' % (
-        task.dataset_name(o), task.model_name(o), o['norm'], o['batch'], o['gpus'],
-        stats[-1]['epoch_num'] if stats else 0)
-
-
-def summarize(task, o, status=None):
-    """One line: best and last validation error per eval option, or the divergence."""
-    stats = _read_stats(o)
-    head = _head(task, o, stats)
-    if status and status.get('status') == 'diverged':
-        return 'DIVERGED %s: %s (no result: the run is recorded as diverged)' % (head, status.get('message'))
-    parts = []
-    for _, tag in eval_tags(o):
-        series = [(s['epoch_num'], s[tag]) for s in stats if tag in s]
-        if not series:
-            continue
-        best = min(series, key=lambda t: t[1])
-        parts.append('%s best %.2f%% (epoch %d) last %.2f%%' % (tag, 100 * best[1], best[0], 100 * series[-1][1]))
-    precise = [s for s in stats if PRECISE_TAG in s]
-    if precise:
-        parts.append('%s %.2f%% (epoch %d, %d batches)' % (PRECISE_TAG, 100 * precise[-1][PRECISE_TAG],
-                                                           precise[-1]['epoch_num'], precise[-1]['precise_batches']))
-    return 'FINAL %s: %s' % (head, '; '.join(parts) if parts else 'no validation yet')
 
 
 def describe_options(o):
@@ -744,7 +478,7 @@ def prepare(task, argv=None):
     rundir.check_identity()
     check_fused_prior(o)
     if task.dry_build:
-        check_graph(task, o, num_classes=task.num_classes(o))
+        check_graph(task, o)
     data = task.load_data(o)
     if data.content_hash is not None:
         # recorded with the run (options.json); a resume on other data is refused here, and again
@@ -813,77 +547,25 @@ def train(task, o, data, session_creator=None):
         return summarize(task, o), 0
     except RunFailed as e:
         logger.error(str(e))
-        _set_status_if_possible(rundir, 'failed', message=str(e), epochs_done=_epochs_done(o, config),
-                                epochs=o['epochs'])
+        rundir.set_status_if_possible('failed', message=str(e), epochs_done=_epochs_done(o, config),
+                                      epochs=o['epochs'])
         return str(e), EXIT_FAILED
     except KeyboardInterrupt as e:       # Ctrl-C, or SIGTERM through main()'s handler
         signum = getattr(e, 'signum', signal.SIGINT)
         name = signal.Signals(signum).name
         done = _epochs_done(o, config)
         logger.info('Interrupted by %s after epoch %d' % (name, done))
-        _set_status_if_possible(rundir, 'interrupted', signal=name, epochs_done=done, epochs=o['epochs'])
+        rundir.set_status_if_possible('interrupted', signal=name, epochs_done=done, epochs=o['epochs'])
+        head = result_head(task, o, read_stats(o['logdir']))
         return ('INTERRUPTED %s: by %s after epoch %d of %d (recorded as interrupted; the same command resumes '
-                'after epoch %d)' % (_head(task, o, _read_stats(o)), name, done, o['epochs'], done)), 128 + signum
+                'after epoch %d)' % (head, name, done, o['epochs'], done)), 128 + signum
     finally:
         rundir.release()
-
-
-def precise_result(task, o, data, checkpoint, batches):
-    """PreciseBN's evaluation of ``checkpoint`` (:func:`kalman_norm.precise_bn.precise_evaluation`):
-    ``batches`` training batches of the tower's size in a fixed order, then the evaluation set of
-    the epochs' inference runners (the same images, in the same batches)."""
-    from ..precise_bn import PRECISE_SEED, precise_evaluation
-    if data.train_batches is None:
-        raise OptionError('--eval-stats %s: this task provides no training batches for PreciseBN' % o['eval_stats'])
-    mean, std = np.asarray(data.channel_mean, np.float32), np.asarray(data.channel_std, np.float32)
-
-    def build_logits(images):
-        return task.build_logits(o, (tf.cast(images, tf.float32) - mean) / std, data.num_classes)
-
-    def restore(sess):
-        tf.compat.v1.train.Saver().restore(sess, checkpoint)
-
-    def train_images():
-        flow, produced = data.train_batches(PRECISE_SEED), 0
-        flow.reset_state()
-        while True:              # as many epochs of the flow as ``batches`` needs
-            for images, _ in flow:
-                if produced == batches:
-                    return
-                produced += 1
-                yield images
-
-    whole_groups_of = o['batch'] if any(tag.endswith('batch') for _, tag in eval_tags(o)) else 1
-    test = data.test(task.eval_batch_size(o), whole_groups_of)
-    test.reset_state()
-    return precise_evaluation(build_logits, o['spec'], restore, train_images(), test,
-                              runtime.session_config(o['threads']))
-
-
-def record_precise(task, o, data, step):
-    """PreciseBN's error of the final checkpoint into stats.json's last epoch (once)."""
-    stats = _read_stats(o)
-    if not stats or PRECISE_TAG in stats[-1]:
-        return
-    logger.info('PreciseBN: recomputing the moving statistics over %d training batches' % o['precise_batches'])
-    result = precise_result(task, o, data, os.path.join(o['logdir'], 'model-%d' % step), o['precise_batches'])
-    stats[-1].update({PRECISE_TAG: result['error'], 'precise_batches': result['batches'],
-                      'precise_images': result['images']})
-    atomic_write_json(os.path.join(o['logdir'], 'stats.json'), stats)
-    logger.info('PreciseBN: %s %.4f on %d images' % (PRECISE_TAG, result['error'], result['images']))
 
 
 def _epochs_done(o, config):
     """Epochs a resume would not redo (0 before the configuration exists)."""
     return last_complete_epoch(o['logdir'], config.steps_per_epoch) if config is not None else 0
-
-
-def _set_status_if_possible(rundir, status, **fields):
-    # a full disk that stopped the run may refuse the status file too; the log says what happened
-    try:
-        rundir.set_status(status, **fields)
-    except OSError as e:
-        logger.warn('Could not record the status %r in %s: %s' % (status, rundir.path, e))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -920,10 +602,7 @@ def main(task, argv=None):
         try:
             o, data = prepare(task, argv)
             line, code = train(task, o, data)
-        except OptionError as e:
-            print('error: %s' % e, file=sys.stderr)
-            raise SystemExit(EXIT_BAD_INPUT)
-        except task.data_errors() as e:
+        except (OptionError,) + tuple(task.data_errors) as e:
             print('error: %s' % e, file=sys.stderr)
             raise SystemExit(EXIT_BAD_INPUT)
         except KeyboardInterrupt as e:

@@ -52,6 +52,8 @@ class ImageNetTask(core.Task):
     options = command_line.IMAGENET_OPTIONS
 
     schedule_recipes = SCHEDULE_RECIPES
+    data_errors = (DataError,)
+    eval_batch_target = 64          # 224x224 images: 64 fit any GPU
 
     def check(self, o):
         super().check(o)
@@ -61,32 +63,18 @@ class ImageNetTask(core.Task):
             raise OptionError('--num-classes applies to --fake-data only (real data has its classes)')
         o['steps_per_epoch_estimate'] = o['steps_per_epoch'] or TRAIN_SIZE // o['total_batch']
 
-    def dataset_name(self, o):
-        return 'imagenet-fake' if o['fake_data'] else 'imagenet'
-
-    def num_classes(self, o):
-        return o['num_classes'] or 1000
-
-    def image_shape(self, o):
-        return (o['image_size'], o['image_size'], 3)
-
-    def name_parts(self, o):
-        return [self.dataset_name(o), o['arch'], o['norm'], 'b%d' % o['batch'], 'g%d' % o['gpus']]
+    def describe_input(self, o):
+        return core.InputDescription('imagenet-fake' if o['fake_data'] else 'imagenet',
+                                     (o['image_size'], o['image_size'], 3), o['num_classes'] or 1000)
 
     def lr_schedule(self, o):
         return lr_schedule(o['schedule'], o['lr'], o['epochs'], o['total_batch'])
-
-    def eval_batch_size(self, o):
-        return core.eval_batch_size(o, target=64)      # 224x224 images: 64 fit any GPU
-
-    def data_errors(self):
-        return (DataError,)
 
     def load_data(self, o):
         tower = o['tower_batch']
         size = o['image_size']
         if o['fake_data']:
-            classes = self.num_classes(o)
+            classes = self.describe_input(o).num_classes
             steps = o['steps_per_epoch'] or FAKE_SIZES['train'] // o['total_batch']
             train = fake_imagenet_dataflow(tower, size, classes, num_batches=steps * o['gpus'], seed=o['seed'])
 

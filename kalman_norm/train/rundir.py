@@ -17,8 +17,8 @@ directory, so the directory guards itself:
 * **Data.**  ``options.json`` records the training and test data's content hash
   (``data_hash``); a resume with other data is refused.
 
-Resuming from any kill point is :func:`last_complete_epoch`: the last epoch that is both recorded
-in ``stats.json`` and has its checkpoint.
+Resuming from any kill point is :func:`restorable_epoch`: the last epoch that is both recorded
+in ``stats.json`` and has a checkpoint that reads back whole.
 """
 import errno
 import fcntl
@@ -27,10 +27,14 @@ import json
 import os
 import re
 
+import tensorflow as tf
+from tensorpack.utils import logger
+
 from .options import OptionError
 from ..provenance import atomic_write_json, utc_now
 
-__all__ = ['RunDir', 'identity_hash', 'atomic_write_json', 'last_complete_epoch', 'RunDiverged', 'RunFailed']
+__all__ = ['RunDir', 'identity_hash', 'atomic_write_json', 'last_complete_epoch', 'restorable_epoch',
+           'unreadable_checkpoint', 'read_stats', 'truncate_stats', 'RunDiverged', 'RunFailed']
 
 OPTIONS_FILE = 'options.json'
 STATUS_FILE = 'status.json'
@@ -98,6 +102,56 @@ def last_complete_epoch(logdir, steps_per_epoch, before=None):
                 f.startswith('model-%d.data-' % (epoch * steps_per_epoch)) for f in os.listdir(logdir)):
             return epoch
     return 0
+
+
+def unreadable_checkpoint(prefix):
+    """Why the checkpoint ``prefix`` cannot be restored (one line), or None if every tensor reads."""
+    try:
+        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as e:      # OpError subclasses, and IndexError for a truncated data file
+        text = (getattr(e, 'message', None) or str(e)).strip().splitlines()
+        return text[0] if text else type(e).__name__
+    return None
+
+
+def restorable_epoch(logdir, steps):
+    """The last complete epoch (:func:`last_complete_epoch`) whose checkpoint reads back whole; a
+    damaged one (truncated by a full disk, say) is named in the log and the previous kept
+    checkpoint with its epoch's statistics is used instead."""
+    epoch = last_complete_epoch(logdir, steps)
+    while epoch:
+        prefix = os.path.join(logdir, 'model-%d' % (epoch * steps))
+        problem = unreadable_checkpoint(prefix)
+        if problem is None:
+            return epoch
+        earlier = last_complete_epoch(logdir, steps, before=epoch)
+        if not earlier:
+            raise OptionError('the checkpoint %s (epoch %d) cannot be read (%s) and no earlier checkpoint with '
+                              'its epoch\'s statistics is kept: move %s away to train from scratch'
+                              % (prefix, epoch, problem, logdir))
+        logger.warn('The checkpoint %s (epoch %d) cannot be read (%s); resuming from epoch %d\'s instead'
+                    % (prefix, epoch, problem, earlier))
+        epoch = earlier
+    return 0
+
+
+def read_stats(logdir):
+    """stats.json's epochs ([] before the first epoch's)."""
+    return _read_json(os.path.join(logdir, 'stats.json')) or []
+
+
+def truncate_stats(logdir, epoch):
+    """stats.json keeps exactly the epochs the resumed run will not redo."""
+    path = os.path.join(logdir, 'stats.json')
+    stats = _read_json(path)
+    if stats is None:
+        return
+    kept = [s for s in stats if s.get('epoch_num', 0) <= epoch]
+    if len(kept) != len(stats):
+        logger.warn('stats.json has epochs after the last checkpointed epoch %d; they will be redone' % epoch)
+        atomic_write_json(path, kept) if kept else os.remove(path)
 
 
 class RunDir(object):
@@ -212,6 +266,13 @@ class RunDir(object):
     def set_status(self, status, **fields):
         fields.update(status=status, updated=utc_now())
         atomic_write_json(os.path.join(self.path, STATUS_FILE), fields)
+
+    def set_status_if_possible(self, status, **fields):
+        # a full disk that stopped the run may refuse the status file too; the log says what happened
+        try:
+            self.set_status(status, **fields)
+        except OSError as e:
+            logger.warn('Could not record the status %r in %s: %s' % (status, self.path, e))
 
 
 def default_logdir(root, name_parts, identity):
