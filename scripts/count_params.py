@@ -14,7 +14,8 @@ of 32), KN (``bkn`` with the paper's process noise R, ``process_noise=True``: on
 per channel in every KN layer that receives a prior; the library's default has no R; the gain q
 is fixed, so no q variable).  Exit status 1 if a count does not match the paper.  A second table
 counts the same nets under the micro-batch field's norms (issue 22; FIELD_NORMS), which the paper
-does not have.
+does not have.  :func:`build_run` builds the net of a CIFAR-trainer config, with its norm or
+another (the leaderboard's parameter column, scripts/study/efficiency.py, counts both).
 """
 import argparse
 import os
@@ -75,6 +76,18 @@ def build(architecture, norm_column, image_size=64, batch=2, num_classes=NUM_CLA
     graph = tf.Graph()
     with graph.as_default(), TowerContext('', is_training=True), kn.norm_scope(norm, **options):
         ARCHITECTURES[architecture](tf.zeros([batch, image_size, image_size, 3]), num_classes)
+    return graph
+
+
+def build_run(options, spec=None):
+    """The training graph (forward only) of the run that CIFAR-trainer ``options`` describe (its
+    model, depth, classes, tower batch and norm, as ``kalman_norm.train.cifar.parse_options`` reads
+    them from a config), under ``spec`` instead of the run's own norm when given; returns the graph."""
+    from kalman_norm.train import cifar
+    graph = tf.Graph()
+    image = [options['tower_batch']] + list(cifar.TASK.describe_input(options).image_shape)
+    with graph.as_default(), TowerContext('', is_training=True), (spec or options['spec']):
+        cifar.TASK.build_logits(options, tf.zeros(image), cifar.TASK.describe_input(options).num_classes)
     return graph
 
 

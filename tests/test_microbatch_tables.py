@@ -129,3 +129,95 @@ def test_a_precise_row_reports_precisebn_as_its_a_column():
     precise = row_summary({'row': 'x', 'moving_stats': 'precise'}, recs)
     assert precise['moving'] == [pytest.approx(80.0)] * 2 and precise['batch'] == [pytest.approx(70.0)] * 2
     assert precise['paired'] == [(pytest.approx(80.0), pytest.approx(70.0))] * 2
+
+
+# ---- the cost columns (step time vs BN, folding, extra parameters) ----------------------------
+
+from study import efficiency  # noqa: E402
+from study.schema import StudyError  # noqa: E402
+
+LEADERBOARD_BENCHMARKS = {'mb_bn_b2': 'BN', 'mb_brn_b2': 'BRN', 'mb_gn_b2': 'GN', 'mb_gnws_b2': 'GN+WS',
+                          'mb_frn_b2': 'FRN+TLU', 'mb_evonorm_s0_b2': 'EvoNorm-S0', 'mb_evonorm_b0_b2': 'EvoNorm-B0',
+                          'mb_mabn_b2': 'MABN per device', 'mb_bn_precise_b2': 'BN', 'mb_bkn_b2': 'BKN default recipe',
+                          'mb_bknws_b2': 'BKN+WS default recipe', 'mb_bkn_precise_b2': 'BKN default recipe',
+                          'mb_bn_b128': 'BN'}
+#: ResNet-20's norm layers: the stem (16) and two per block, 3 blocks per stage of 16, 32, 64 channels
+RESNET20_NORM_CHANNELS = 16 + 3 * 2 * (16 + 32 + 64)
+
+
+def test_every_row_names_the_benchmark_configuration_of_its_config():
+    table = load_table(table_path(REPO, 'microbatch'))
+    assert table['benchmark_record'] == 'results/benchmark_norms.json'
+    assert {r['row']: r['benchmark'] for r in table['rows']} == LEADERBOARD_BENCHMARKS
+    for r in table['rows']:
+        # the label's norm and settings equal the row config's (else a StudyError); no record: not measured
+        cell = efficiency.step_time_cell(r, _options(find_config(REPO, 'cpu', r['row'])), None, 'x.json')
+        assert cell == 'not measured (no x.json yet)'
+
+
+def test_a_label_that_is_not_the_rows_configuration_is_refused():
+    row = {'row': 'mb_gn_b2', 'benchmark': 'GN+WS'}
+    with pytest.raises(StudyError, match=r"^row mb_gn_b2: benchmark label 'GN\+WS' is not the row's configuration "
+                                         r"\(row vs label: weight_standardization False vs True\)$"):
+        efficiency.step_time_cell(row, _options(find_config(REPO, 'cpu', 'mb_gn_b2')), None, 'x.json')
+    row = {'row': 'mb_bkn_b2', 'benchmark': 'BKN analytic prior'}       # the older recipe: R learned, input hand-on
+    with pytest.raises(StudyError, match="process_noise False vs True; propagate 'output' vs 'input'"):
+        efficiency.step_time_cell(row, _options(find_config(REPO, 'cpu', 'mb_bkn_b2')), None, 'x.json')
+    row = {'row': 'mb_bn_b2', 'benchmark': 'GN'}
+    with pytest.raises(StudyError, match="norm 'bn' vs 'gn'"):
+        efficiency.step_time_cell(row, _options(find_config(REPO, 'cpu', 'mb_bn_b2')), None, 'x.json')
+
+
+def _table_with(tmp_path, record_line, rows):
+    text = 'title = "t"\nclaim = "c"\n%s\n[seeds]\ncpu = 1\n' % record_line
+    for row, extra in rows:
+        text += '[[rows]]\nrow = "%s"\nlabel = "%s"\nmetric = "accuracy"\n%s\n' % (row, row, extra)
+    path = tmp_path / 't.toml'
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize('record_line, extra, message', [
+    ('benchmark_record = "r.json"', 'benchmark = "GNN"', "benchmark 'GNN' is not a label of scripts/benchmark_norms.py"),
+    ('benchmark_record = "r.json"', '', 'the row needs benchmark = '),
+    ('', 'benchmark = "GN"', "benchmark = ... needs the table's benchmark_record"),
+])
+def test_schema_checks_the_benchmark_labels_with_one_line(tmp_path, record_line, extra, message):
+    with pytest.raises(StudyError) as e:
+        load_table(_table_with(tmp_path, record_line, [('mb_gn_b2', extra)]))
+    assert message in str(e.value) and '\n' not in str(e.value)
+
+
+def test_cost_cells_read_the_record_and_count_the_rows_nets(tmp_path):
+    root = str(tmp_path / 'repo')
+    shutil.copytree(os.path.join(REPO, 'configs'), os.path.join(root, 'configs'))
+    os.makedirs(os.path.join(root, 'results'))
+    rows = ['mb_bn_b2', 'mb_frn_b2', 'mb_evonorm_b0_b2', 'mb_mabn_b2', 'mb_bknws_b2', 'mb_bn_b128']
+    table = load_table(_table_with(tmp_path, 'benchmark_record = "results/b.json"',
+                                   [(r, 'benchmark = "%s"' % LEADERBOARD_BENCHMARKS[r]) for r in rows]))
+    record = {'command': 'python scripts/benchmark_norms.py --depth 3', 'model': 'ResNet-20', 'depth_n': 3,
+              'batch': 128, 'timed_rounds': 20, 'warmup_rounds': 15, 'threads_per_session': 1,
+              'machine_description': 'a CPU', 'machine': {'cores': 2}, 'note': 'shared',
+              'load_average_1min': {'before_timed_rounds': 3.0, 'after_timed_rounds': 3.5},
+              'measurements': [{'label': 'BN', 'group_size': 2, 'grouping': '64 groups of 2', 'ms_per_step': 200.0,
+                                'ratio_to_bn': 1.0},
+                               {'label': 'FRN+TLU', 'group_size': 2, 'grouping': '64 groups of 2',
+                                'ms_per_step': 250.0, 'ratio_to_bn': 1.25},
+                               {'label': 'MABN per device', 'group_size': 2, 'grouping': '64 groups of 2',
+                                'ms_per_step': 300.0, 'ratio_to_bn': 1.5}]}
+    with open(os.path.join(root, 'results', 'b.json'), 'w') as f:
+        json.dump(record, f)
+    cells = efficiency.cost_cells(root, table, 'cpu')
+    assert [cells[r][0] for r in rows] == [
+        '1.00×', '1.25×', 'not measured (groups of 2)', '1.50×', 'not measured (groups of 2)',
+        'not measured (groups of 128)']
+    assert [cells[r][1] for r in rows] == ['yes', 'no', 'no', 'yes', 'yes', 'yes']
+    # FRN's τ and EvoNorm's v: one per channel of every norm layer; WS and MABN's centring: none
+    extra = '{:+,}'.format(RESNET20_NORM_CHANNELS)
+    assert [cells[r][2] for r in rows] == ['+0', extra, extra, '+0', '+0', '+0']
+    note = efficiency.cost_note(table, record)
+    assert record['command'] in note and 'BN: 200.0 ms/step at 64 groups of 2' in note and 'shared' in note
+    record.update(depth_n=5, model='ResNet-32')
+    with open(os.path.join(root, 'results', 'b.json'), 'w') as f:
+        json.dump(record, f)
+    assert efficiency.cost_cells(root, table, 'cpu')['mb_bn_b2'][0] == 'not measured (the record is ResNet-32 at 128 per step)'

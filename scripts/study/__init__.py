@@ -1,7 +1,8 @@
 """The study behind ``scripts/reproduce.py``, one module per job: :mod:`.schema` (table files and row
 configs), :mod:`.records` (runs on disk, run.json, records and their numbers), :mod:`.stats` (the
-claims' tests and verdicts), :mod:`.render` (the Markdown) and :mod:`.cost` (the dry run's
-estimate).  Everything is re-exported here: ``import study; study.load_table(...)``.
+claims' tests and verdicts), :mod:`.render` (the Markdown), :mod:`.efficiency` (a table's cost
+columns: step time, folding, parameters) and :mod:`.cost` (the dry run's estimate).  Everything is
+re-exported here: ``import study; study.load_table(...)``.
 
 Layout (relative to a *root*, the repository by default)::
 
@@ -16,4 +17,5 @@ from .schema import *    # noqa: F401,F403
 from .records import *   # noqa: F401,F403
 from .stats import *     # noqa: F401,F403
 from .render import *    # noqa: F401,F403
+from .efficiency import *  # noqa: F401,F403
 from .cost import *      # noqa: F401,F403

@@ -1,6 +1,7 @@
 """The Markdown the study writes: results/<table>.md and the READMEs' generated claim blocks."""
 import os
 
+from .efficiency import COST_HEADERS, cost_cells, cost_note, read_benchmark
 from .records import is_diverged, load_record, record_conventions, record_dir, record_is_stale, summarize_row
 from .schema import (_need, budget_line, claim_evals, find_config, load_config, load_table, planned_seeds,
                      row_available, table_path)
@@ -187,6 +188,7 @@ def render_table(root, table, profile, command, figures=()):
     from tabulate import tabulate
     summaries, rows = {}, []
     all_data, all_machines = set(), set()
+    costs = cost_cells(root, table, profile) if table.get('benchmark_record') else None
     for r in table['rows']:
         name = r['row']
         available = row_available(r, profile)
@@ -243,8 +245,14 @@ def render_table(root, table, profile, command, figures=()):
               'statistics.' % (table.get('eval_set') or EVAL_SET[table['trainer']]), '']
     headers = ['row', 'paper', 'ours A (moving)', 'ours B (online)', 'train error (%)', 'seeds done / planned',
                'epochs', 'data', 'machine', 'conventions: seeds']
+    if costs is not None:       # after the train error, as issue 22's leaderboard orders its columns
+        rows = [cells[:5] + costs.get(r['row'], ['—'] * len(COST_HEADERS)) + cells[5:]
+                for r, cells in zip(table['rows'], rows)]
+        headers = headers[:5] + COST_HEADERS + headers[5:]
     lines.append(tabulate(rows, headers=headers, tablefmt='github', disable_numparse=True))
     lines += ['', CONVENTIONS_NOTE, '']
+    if costs is not None:
+        lines += [cost_note(table, read_benchmark(root, table['benchmark_record'])), '']
     if table['claims']:
         not_run = {r['row']: r['reason'] for r in table['rows'] if not row_available(r, profile)}
         claim_cells, tested = claim_rows(table['claims'], summaries, not_run)

@@ -148,6 +148,10 @@ TABLE_FIELDS = {
     'discussion': Field('str', 'discussion must be a string (Markdown)', default=''),
     # what the accuracies are measured on, when not the trainer's test set (a --validation split)
     'eval_set': Field('text', 'eval_set must be a non-empty string, e.g. "validation split (...)"'),
+    # the cost columns (step time vs BN, folding, extra parameters; study/efficiency.py): the JSON
+    # record of scripts/benchmark_norms.py --json, relative to the repository; every row then names
+    # its configuration there (a row's ``benchmark``)
+    'benchmark_record': Field('text', 'benchmark_record must be a path, e.g. "results/benchmark_norms.json"'),
     'seeds': Field('table', 'needs a [seeds] table with seeds per profile (%s)' % ', '.join(PROFILES), required=True),
     'rows': Field('list', 'needs at least one [[rows]] entry', required=True),
     'claims': Field('list', 'claims must be [[claims]] entries', default=[]),
@@ -167,6 +171,8 @@ ROW_FIELDS = {
     'reason': Field('str', 'reason must be a string'),
     # 'precise': the row's A column is PreciseBN's evaluation (the trainer's val-error-precise)
     'moving_stats': Field('choice', "moving_stats must be 'ema' or 'precise', got {value!r}", choices=('ema', 'precise')),
+    # the row's label in scripts/benchmark_norms.py (its step-time column)
+    'benchmark': Field('text', 'benchmark must be a label of scripts/benchmark_norms.py, got {value!r}'),
 }
 CLAIM_FIELDS = {
     'label': Field('str', 'a [[claims]] entry needs label = "..."', required=True),
@@ -209,6 +215,7 @@ def load_table(path):
         if r.get('available', True) is not True:
             _need(isinstance(r.get('reason'), str) and r['reason'].startswith('not run here: '),
                   '%s: an unavailable row needs reason = "not run here: <why>"' % w)
+        _check_benchmark_label(t, r, w)
     for c in t['claims']:
         _need(isinstance(c.get('label'), str), '%s: %s' % (where, CLAIM_FIELDS['label'].message))
         w = '%s, claim %r' % (where, c['label'])
@@ -229,6 +236,22 @@ def load_table(path):
     t['name'] = os.path.splitext(os.path.basename(path))[0]
     t['path'] = path
     return t
+
+
+def _check_benchmark_label(table, row, where):
+    """A table with cost columns names every row's benchmark label; a label must be one of
+    scripts/benchmark_norms.py's (imported only for such a table: it loads TensorFlow's graph code)."""
+    if 'benchmark_record' not in table:
+        _need('benchmark' not in row, '%s: benchmark = ... needs the table\'s benchmark_record = "<json path>"' % where)
+        return
+    _need(table.get('trainer', 'cifar') == 'cifar', '%s: cost columns (benchmark_record) are for CIFAR tables only'
+          % where)
+    _need('benchmark' in row, '%s: the table has cost columns (benchmark_record): the row needs benchmark = '
+          '"<label of scripts/benchmark_norms.py>"' % where)
+    from .efficiency import benchmark_labels
+    labels = benchmark_labels()
+    _need(row['benchmark'] in labels, '%s: benchmark %r is not a label of scripts/benchmark_norms.py; labels: %s'
+          % (where, row['benchmark'], ', '.join(labels)))
 
 
 def row_available(row, profile):
