@@ -23,3 +23,29 @@ def test_readme_links_and_figures_exist(doc):
     assert links, 'no links found in %s: the pattern is wrong' % doc
     missing = [t for t in links if not os.path.exists(os.path.join(os.path.dirname(path), t))]
     assert not missing, '%s links to files that do not exist: %s' % (doc, missing)
+
+
+def other_measurements(path):
+    """[(linked files, 'ours' cell)] of results/README's table of measurements that are not runs
+    of the study runner (its header: entry | what | budget | ours | paper)."""
+    text = open(path).read()
+    start = text.index('| entry | what | budget | ours | paper |')
+    rows = []
+    for line in text[start:].split('\n\n')[0].splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip('|').split(' | ')]
+        rows.append(([t for t in LINK.findall(cells[0])], cells[3]))
+    return rows
+
+
+def test_every_number_in_the_other_measurements_is_in_its_files():
+    """Those numbers are typed into the README, so each must appear in the script output the row
+    links to: a re-measurement that changes a file then fails here until the sentence follows."""
+    path = os.path.join(REPO, 'results', 'README.md')
+    rows = other_measurements(path)
+    assert len(rows) >= 7, 'the table was not found whole: %d rows' % len(rows)
+    for links, ours in rows:
+        assert links, 'a row without a linked file: %s' % ours[:60]
+        source = ''.join(open(os.path.join(os.path.dirname(path), t)).read() for t in links)
+        numbers = re.findall(r'\d[\d,]*(?:\.\d+)?', ours)
+        missing = [n for n in numbers if n not in source and n.replace(',', '') not in source]
+        assert not missing, 'results/README cites %s for %s, but they do not say %s' % (links, ours[:60], missing)
