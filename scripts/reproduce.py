@@ -21,6 +21,7 @@ The logic is in scripts/study/: schema (tables, configs), records (states, run.j
 stats (the claims' tests), render (the Markdown), cost (the dry run's estimate).
 """
 import argparse
+import contextlib
 import os
 import queue
 import shlex
@@ -216,7 +217,8 @@ def execute(args, study, run):
                 except queue.Empty:
                     line = b''
                 if log is None and os.path.isfile(options):
-                    log = take_dir()
+                    with _holding_interrupts():
+                        log = take_dir()
                 if line is None:
                     break
                 if log is None:
@@ -239,7 +241,8 @@ def execute(args, study, run):
                 study.finish_run_json(run['logdir'], 'interrupted', (time.time() - start) / 60.0)
             raise
         if log is None and os.path.isfile(options):
-            log = take_dir()
+            with _holding_interrupts():
+                log = take_dir()
         if log is None:
             sys.stderr.write(b''.join(pending[-20:]).decode(errors='replace'))
             return code
@@ -292,8 +295,28 @@ def main(argv=None):
     return 0
 
 
+#: while a run directory is being taken (run.json started, the pid written) a SIGTERM is held
+#: back, so that an interrupted run always has the run.json it can be finished and resumed from
+_HELD = {'holding': False, 'pending': False}
+
+
 def _interrupt(*_):
+    if _HELD['holding']:
+        _HELD['pending'] = True
+        return
     raise KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def _holding_interrupts():
+    _HELD.update(holding=True, pending=False)
+    try:
+        yield
+    finally:
+        _HELD['holding'] = False
+        if _HELD['pending']:
+            _HELD['pending'] = False
+            raise KeyboardInterrupt()
 
 
 def run_all(args, study, runs, failed, recorded):

@@ -709,6 +709,25 @@ def test_a_killed_runner_leaves_the_run_resumable(tmp_path, fake_trainer, capsys
     assert len(study.read_json(os.path.join(study.record_dir(root, 'cpu', 'tiny_bn', 1), 'run.json'))['attempts']) == 2
 
 
+def test_a_kill_while_the_run_directory_is_taken_waits_until_it_is(tmp_path, fake_trainer, capsys):
+    """A SIGTERM between run.json's start and the pid (the race the test above can hit) is held
+    until the directory is taken, so the run still ends 'interrupted', with no pid left."""
+    import signal
+    root = make_root(tmp_path, TABLE.replace('cpu = 2', 'cpu = 1'), rows=('tiny_bn', 'tiny_gn'))
+    fake_trainer.setenv('FAKE_MODE_SEED1', 'hang')
+    set_run_pid = study.set_run_pid
+
+    def sigterm_then_set_pid(logdir, pid):
+        os.kill(os.getpid(), signal.SIGTERM)
+        set_run_pid(logdir, pid)
+
+    fake_trainer.setattr(study, 'set_run_pid', sigterm_then_set_pid)
+    assert reproduce.main(['tiny', '--root', root, '--rows', 'tiny_bn']) == 130
+    run = study.read_json(os.path.join(study.logdir_of(root, 'cpu', 'tiny_bn', 1), 'run.json'))
+    assert run['exit_code'] == 'interrupted' and 'pid' not in run
+    assert 'left resumable' in capsys.readouterr().out
+
+
 def test_estimate_of_a_run_launched_by_hand_uses_the_trainers_clock(tmp_path):
     root = make_root(tmp_path)
     d = write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=5.0)
