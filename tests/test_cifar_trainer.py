@@ -30,7 +30,7 @@ from tensorpack.input_source import TensorInput
 from tensorpack.tfutils.sesscreate import NewSessionCreator
 from tensorpack.tfutils.tower import get_current_tower_context
 
-from kalman_norm.train import cifar, evaluation, core as trainer
+from kalman_norm.train import cifar, classifier, evaluation, core as trainer
 from kalman_norm import data as kdata
 from kalman_norm.train.cifar import parse_options
 from kalman_norm.train.options import OptionError
@@ -236,7 +236,7 @@ def test_replicated_towers_normalize_only_their_own_samples():
     with tf.Graph().as_default():
         tower_trainer = trainer.make_trainer(o)
         assert type(tower_trainer).__name__ == 'SyncMultiGPUTrainerReplicated'
-        config = TrainConfig(model=trainer.ClassifierModel(cifar.TASK, o, mean, std, 10),
+        config = TrainConfig(model=classifier.ClassifierModel(cifar.TASK, o, mean, std, 10),
                              data=TensorInput(tower_input),
                              callbacks=[capture], monitors=[], steps_per_epoch=2, max_epoch=1,
                              session_creator=no_grappler_session())

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from kalman_norm import KN_RECIPES
-from kalman_norm.train import cifar, imagenet, core as trainer
+from kalman_norm.train import cifar, classifier, imagenet, core as trainer
 from kalman_norm.train.cifar import DEFAULTS, parse_options
 from kalman_norm.train.options import read_config
 
@@ -232,7 +232,7 @@ def test_cifar_kn_configs_state_every_kn_option_and_build(path):
     recipe = set(KN_RECIPES['library']) - {'prior_method', 'prior_samples', 'gain'}
     assert {'prior', 'gain'} <= set(conf) and recipe <= set(conf['norm_options']), _ids(path)
     o = parse_options(['--config', path])
-    trainer.check_graph(cifar.TASK, o)
+    classifier.check_graph(cifar.TASK, o)
 
 
 def test_a_row_is_run_by_one_trainer():

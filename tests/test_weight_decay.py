@@ -8,7 +8,7 @@ from tensorpack.tfutils.tower import TowerContext
 import kalman_norm as kn
 from conftest import graph_session
 from kalman_norm.models import get_model
-from kalman_norm.train.core import weight_decay_cost
+from kalman_norm.train.classifier import weight_decay_cost
 
 tf1 = tf.compat.v1
 WD = 5e-4
