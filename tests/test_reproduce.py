@@ -501,17 +501,17 @@ def test_estimates_measured_from_records_else_default(tmp_path):
     # ResNet-8 (depth 1) at 2 of 390 steps an epoch, GN's relative cost
     assert minutes == pytest.approx(study.BASE_MINUTES_PER_EPOCH / 3 * study.NORM_COST['gn'] * 2 / (50000 / 8))
     write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.0)
-    assert study.minutes_per_epoch(root, 'cpu', bn) == (1.5, 'measured (median of 1 records)')
-    # the median: one run slowed by a shared machine does not move it
+    assert study.minutes_per_epoch(root, 'cpu', bn) == (1.5, 'measured (fastest of 1 records)')
+    # the fastest: runs slowed by a shared machine do not move it
     write_record(root, 'tiny_bn', 2, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.4)
     write_record(root, 'tiny_bn', 3, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=20.0)
-    assert study.minutes_per_epoch(root, 'cpu', bn) == (1.7, 'measured (median of 3 records)')
+    assert study.minutes_per_epoch(root, 'cpu', bn) == (1.5, 'measured (fastest of 3 records)')
     # a row of a measured model with another norm: the model's records times the norms' cost ratio
     minutes, source = study.minutes_per_epoch(root, 'cpu', gn)
     assert source == 'scaled from 3 records of the model with other norms'
-    assert minutes == pytest.approx(1.7 * study.NORM_COST['gn'] / study.NORM_COST['bn'])
+    assert minutes == pytest.approx(1.5 * study.NORM_COST['gn'] / study.NORM_COST['bn'])
     write_record(root, 'tiny_gn', 1, [0.5, 0.4], minutes=5.0)
-    assert study.minutes_per_epoch(root, 'cpu', gn) == (2.5, 'measured (median of 1 records)')
+    assert study.minutes_per_epoch(root, 'cpu', gn) == (2.5, 'measured (fastest of 1 records)')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -733,7 +733,7 @@ def test_estimate_of_a_run_launched_by_hand_uses_the_trainers_clock(tmp_path):
     d = write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=5.0)
     study.write_json(os.path.join(d, 'run.json'), {'note': 'launched outside reproduce.py'})
     bn = study.load_config(os.path.join(root, 'configs', 'cpu', 'tiny', 'tiny_bn.toml'))
-    assert study.minutes_per_epoch(root, 'cpu', bn) == (2.5, 'measured (median of 1 records)')
+    assert study.minutes_per_epoch(root, 'cpu', bn) == (2.5, 'measured (fastest of 1 records)')
 
 
 def test_plot_curves_command_line(tmp_path, capsys):
@@ -898,11 +898,11 @@ def test_dry_run_of_an_imagenet_table_estimates_from_its_own_records_only(tmp_pa
     write_record(root, 'cifar_bn', 1, [0.5, 0.4], minutes=4.0, config_text=CONFIG % 'bn')
     assert study.minutes_per_epoch(root, 'cpu', inet_bn) == (None, 'no estimate (no record of this model yet)')
     write_record(root, 'tiny_bn', 1, [0.5, 0.4], batch_errors=[0.5, 0.4], minutes=3.0, options=IMAGENET_OPTIONS)
-    assert study.minutes_per_epoch(root, 'cpu', inet_bn) == (1.5, 'measured (median of 1 records)')
-    assert study.minutes_per_epoch(root, 'cpu', cifar_bn) == (2.0, 'measured (median of 1 records)')
+    assert study.minutes_per_epoch(root, 'cpu', inet_bn) == (1.5, 'measured (fastest of 1 records)')
+    assert study.minutes_per_epoch(root, 'cpu', cifar_bn) == (2.0, 'measured (fastest of 1 records)')
     assert reproduce.main(['tiny', '--root', root, '--dry-run']) == 0
     out = capsys.readouterr().out
-    assert _row_cells(out, 'tiny_bn | 2')[4:] == ['1.50', 'measured (median of 1 records)', '3']
+    assert _row_cells(out, 'tiny_bn | 2')[4:] == ['1.50', 'measured (fastest of 1 records)', '3']
     # the table's other norms on the same model: scaled from that record by the norms' costs
     assert _row_cells(out, 'tiny_gn | 1')[4:] == ['%.2f' % (1.5 * study.NORM_COST['gn']),
                                               'scaled from 1 records of the model with other norms', '4']

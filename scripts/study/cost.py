@@ -2,7 +2,6 @@
 measured fallbacks of cost.toml (next to this module)."""
 import glob
 import os
-import statistics
 
 from .records import load_record, record_trainer
 from .schema import DEFAULT_DEPTH, _is_number, _load_toml, is_imagenet, load_config
@@ -33,8 +32,8 @@ def _cost_key(config):
 
 
 def minutes_per_epoch(root, profile, config):
-    """(minutes, source): the median over this profile's records of the same trainer, model and norm
-    (wall minutes / epochs, see :func:`_cost_key`); else the median over records of the same model
+    """(minutes, source): the fastest of this profile's records of the same trainer, model and norm
+    (wall minutes / epochs, see :func:`_cost_key`); else the fastest of the records of the same model
     with other norms, each scaled by the norms' relative step time (:data:`NORM_COST`); else, for
     CIFAR, the documented default model.  Minutes per epoch hardly depend on the number of epochs; a
     CIFAR config with --steps-per-epoch is scaled by its share of an epoch.  An ImageNet config has
@@ -62,12 +61,13 @@ def minutes_per_epoch(root, profile, config):
             # the same model with another norm: its minutes times the ratio of the two norms'
             # step times, so a new row of a measured model does not fall back to the default
             scaled.append(per_epoch * NORM_COST.get(key[-1], 1.0) / NORM_COST.get(rec_key[-1], 1.0))
-    # the median: records made while the machine was shared run slower, and a few do not make
-    # every estimate slow
+    # the fastest record: a shared machine (two runs side by side, tests beside them) only ever
+    # slows a run down, and most records were made on one, so their median overstates a run
+    # on its own (the dry run's promise)
     if same:
-        return float(statistics.median(same)), 'measured (median of %d records)' % len(same)
+        return float(min(same)), 'measured (fastest of %d records)' % len(same)
     if scaled:
-        return (float(statistics.median(scaled)),
+        return (float(min(scaled)),
                 'scaled from %d records of the model with other norms' % len(scaled))
     if is_imagenet(config):
         return None, 'no estimate (no record of this model yet)'
