@@ -116,10 +116,9 @@ def evaluate(args, logdir=None):
                                strict_counts=not o.get('partial_data', False))
     data = cifar.TASK.data_from(ds, o)
     mean, std = np.asarray(data.channel_mean, np.float32), np.asarray(data.channel_std, np.float32)
-    whole_groups_of = o['batch'] if any(tag.endswith('batch') for _, tag in trainer.eval_tags(o)) else 1
 
     def moving_error(restore):
-        test = data.test(cifar.TASK.eval_batch_size(o), whole_groups_of)
+        test = evaluation.test_batches(cifar.TASK, o, data)
         test.reset_state()
         return evaluate_moving(
             lambda images: cifar.TASK.build_logits(o, (tf.cast(images, tf.float32) - mean) / std, data.num_classes),
