@@ -18,7 +18,9 @@ KN's defaults are this package's recipe; the paper's and the authors' are one ke
 ``kn.norm_scope('bkn', group_size=2, **kn.KN_RECIPES['paper'])`` (see :data:`KN_RECIPES`).
 """
 import importlib
+import importlib.abc
 import importlib.util
+import os
 import sys
 
 from ._environment import StackError, check_installed, check_stack, prepare_environment
@@ -32,6 +34,29 @@ if 'tensorflow' in sys.modules:
 from . import compat  # noqa: E402
 
 compat.apply_all()
+
+
+class _CheckoutModels(importlib.abc.MetaPathFinder):
+    """``kalman_norm.models`` of a source checkout (setup.py beside this package) is the checkout's
+    own ``models/``, as setup.py's package_dir maps it.  Without this, a checkout imported through
+    PYTHONPATH (a fixed-commit worktree running a campaign) would take the models of whichever
+    editable install the interpreter has: code of another commit, silently."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def find_spec(self, name, path=None, target=None):
+        if name != __name__ + '.models':
+            return None
+        return importlib.util.spec_from_file_location(name, os.path.join(self.folder, '__init__.py'),
+                                                      submodule_search_locations=[self.folder])
+
+
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if (os.path.isfile(os.path.join(_CHECKOUT, 'setup.py'))
+        and os.path.isfile(os.path.join(_CHECKOUT, 'models', 'registry.py'))
+        and not any(isinstance(f, _CheckoutModels) for f in sys.meta_path)):
+    sys.meta_path.insert(0, _CheckoutModels(os.path.join(_CHECKOUT, 'models')))
 
 __version__ = "0.1.0"
 

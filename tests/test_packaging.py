@@ -3,6 +3,7 @@ resolves to the repository's folder, a built wheel carries them (and the fused o
 top-level `models` package, and the installed wheel, away from the repository, trains a CIFAR model."""
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,6 +18,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_models_import_from_the_top_level_folder():
     assert os.path.realpath(os.path.dirname(kalman_norm.models.__file__)) == os.path.join(REPO, 'models')
+
+
+def test_a_checkout_on_pythonpath_uses_its_own_models(tmp_path):
+    """A fixed-commit worktree imported through PYTHONPATH trains with its own models/, not with
+    those of the editable install this interpreter has (setup.py's package_dir maps only that one)."""
+    checkout = tmp_path / 'checkout'
+    shutil.copytree(os.path.join(REPO, 'kalman_norm'), str(checkout / 'kalman_norm'),
+                    ignore=shutil.ignore_patterns('__pycache__', '*.so'))
+    shutil.copytree(os.path.join(REPO, 'models'), str(checkout / 'models'), ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copy(os.path.join(REPO, 'setup.py'), str(checkout / 'setup.py'))
+    code = ('import importlib.util, kalman_norm; '
+            'print(kalman_norm.__file__); print(importlib.util.find_spec("kalman_norm.models").origin)')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+                       env=dict(os.environ, PYTHONPATH=str(checkout)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    package, models = r.stdout.split()
+    assert package == str(checkout / 'kalman_norm' / '__init__.py')
+    assert models == str(checkout / 'models' / '__init__.py')
 
 
 @pytest.fixture(scope='module')
