@@ -1,11 +1,12 @@
-"""The Markdown the study writes: results/<table>.md and the READMEs' generated claim blocks."""
+"""The Markdown the study writes: results/<table>.md and the READMEs' generated blocks (claims,
+and a table's rows ranked)."""
 import os
 
 from .efficiency import COST_HEADERS, cost_cells, cost_note, read_benchmark
 from .records import is_diverged, load_record, record_conventions, record_dir, record_is_stale, summarize_row
 from .schema import (_need, budget_line, claim_evals, find_config, load_config, load_table, planned_seeds,
                      row_available, table_path)
-from .stats import ALPHA, claim_test, claim_verdict, fmt_mean_std, holm, mean_std
+from .stats import ALPHA, claim_test, claim_verdict, fmt_mean_std, holm, mean_ci, mean_std
 
 
 #: what a rendered table says per trainer: the split its accuracy is measured on, and the paper's
@@ -121,8 +122,9 @@ def row_summary(row, records):
     return s
 
 
-#: a generated block of a Markdown file: ``<!-- reproduce: claims SELECTOR ... -->`` ... ``<!-- /reproduce -->``
-BLOCK_START, BLOCK_END = '<!-- reproduce: claims ', '<!-- /reproduce -->'
+#: a generated block of a Markdown file: ``<!-- reproduce: KIND ARGUMENT ... -->`` ... ``<!-- /reproduce -->``,
+#: KIND ``claims`` (SELECTOR ...: :func:`claims_block`) or ``ranking`` (TABLE: :func:`ranking_block`)
+BLOCK_START, BLOCK_END = '<!-- reproduce: ', '<!-- /reproduce -->'
 
 
 def _claim_selected(claim, selector):
@@ -157,8 +159,33 @@ def claims_block(root, selectors, link_prefix, profile='cpu'):
                     tablefmt='github', disable_numparse=True)
 
 
+def ranking_block(root, table_name, link_prefix, profile='cpu'):
+    """A table's rows ranked by their mean accuracy A (moving statistics, or the norm's one
+    evaluation), each with the 95% t-interval of its mean, its seeds and, where the table has a
+    benchmark record, its cost columns; rows with fewer than 2 seeds follow, unranked."""
+    from tabulate import tabulate
+    t = load_table(table_path(root, table_name))
+    summaries, not_run = table_summaries(root, t, profile)
+    costs = cost_cells(root, t, profile) if t.get('benchmark_record') else {}
+    ranked, unranked = [], []
+    for r in t['rows']:
+        if r['row'] in not_run:
+            continue
+        ci = mean_ci(summaries[r['row']]['moving'])
+        cells = [r['label'],
+                 '—' if ci['n'] == 0 else '%.2f' % ci['mean'],
+                 '—' if ci['low'] is None else '[%.2f, %.2f]' % (ci['low'], ci['high']),
+                 str(ci['n'])] + list(costs.get(r['row'], []))
+        (ranked if ci['n'] >= 2 else unranked).append((ci['mean'], cells))
+    ranked.sort(key=lambda x: -x[0])
+    rows = [[str(k + 1)] + cells for k, (_, cells) in enumerate(ranked)] + [['—'] + cells for _, cells in unranked]
+    headers = ['rank', 'row ([%s](%s%s.md))' % (table_name, link_prefix, table_name), 'accuracy A (%)',
+               '95% CI of the mean', 'seeds'] + (list(COST_HEADERS) if costs else [])
+    return tabulate(rows, headers=headers, tablefmt='github', disable_numparse=True)
+
+
 def rewrite_blocks(root, path, profile='cpu'):
-    """Rewrite every generated claims block of the Markdown file ``path`` from the records; True
+    """Rewrite every generated block of the Markdown file ``path`` from the records; True
     if the file changed.  The links are relative to the file (results/<table>.md)."""
     with open(path) as f:
         text = f.read()
@@ -172,8 +199,13 @@ def rewrite_blocks(root, path, profile='cpu'):
         head_end = text.index('-->', start) + len('-->')
         end = text.find(BLOCK_END, head_end)
         _need(end >= 0, '%s: a generated block opened at character %d is not closed by %s' % (path, start, BLOCK_END))
-        selectors = text[start + len(BLOCK_START):head_end - len('-->')].split()
-        out += [text[pos:head_end], '\n', claims_block(root, selectors, prefix, profile), '\n']
+        kind, *arguments = text[start + len(BLOCK_START):head_end - len('-->')].split()
+        _need(kind in ('claims', 'ranking') and arguments and (kind == 'claims' or len(arguments) == 1),
+              '%s: a generated block must be "claims SELECTOR ..." or "ranking TABLE", got %r'
+              % (path, ' '.join([kind] + arguments)))
+        block = (claims_block(root, arguments, prefix, profile) if kind == 'claims'
+                 else ranking_block(root, arguments[0], prefix, profile))
+        out += [text[pos:head_end], '\n', block, '\n']
         pos = end
     out.append(text[pos:])
     new = ''.join(out)

@@ -65,6 +65,16 @@ def _t_result(diff, se, df, stats):
             'p': float(2 * stats.t.sf(abs(diff) / se, df))}
 
 
+def mean_ci(values):
+    """{mean, low, high, n} with the (1 - ALPHA) t-interval of the mean; low/high None below 2 values."""
+    m, sd, n = mean_std(values)
+    if n < 2:
+        return {'mean': m, 'low': None, 'high': None, 'n': n}
+    from scipy import stats
+    half = stats.t.ppf(1 - ALPHA / 2, n - 1) * sd / math.sqrt(n)
+    return {'mean': m, 'low': m - half, 'high': m + half, 'n': n}
+
+
 def holm(pvalues):
     """Holm's step-down adjustment of the p-values (None entries are not tests and stay None)."""
     tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
