@@ -31,7 +31,8 @@ def _values(sess, seed=0):
     rng = np.random.RandomState(seed)
     draw = {'gamma': lambda s: rng.uniform(0.5, 1.5, s), 'beta': lambda s: rng.normal(0, 0.5, s),
             'tau': lambda s: rng.normal(-0.2, 0.4, s), 'v': lambda s: rng.uniform(0.3, 1.5, s),
-            'epsilon_l': lambda s: rng.uniform(-0.3, 0.3, s), 'EMA': lambda s: rng.uniform(0.3, 3.0, s)}
+            'epsilon_l': lambda s: rng.uniform(-0.3, 0.3, s), 'EMA': lambda s: rng.uniform(0.3, 3.0, s),
+            'device_moment': lambda s: rng.uniform(0.3, 3.0, s)}
     values = {}
     for var in tf1.global_variables():
         base = var.op.name.split('/')[-1]
@@ -293,12 +294,15 @@ def test_evonorm_b0_inference(layout):
 class RefMABN(object):
     """Yan et al. 2020, Algorithm 1 per micro-batch group, with the layer's schedules."""
 
-    def __init__(self, m, mode, groups, channels, batch_steps, renorm_start, rmax, momentum, ema0):
+    def __init__(self, m, mode, groups, channels, batch_steps, renorm_start, rmax, momentum, ema0, device0=None):
         self.m, self.mode, self.groups = m, mode, groups
         self.batch_steps, self.renorm_start, self.rmax, self.momentum = batch_steps, renorm_start, rmax, momentum
         rows = (m - 1, groups, channels) if mode == 'per_device' else (m - 1, channels)
         self.x2h, self.gzh = np.zeros(rows), np.zeros(rows)
         self.ema, self.t = np.array(ema0, np.float64), 0
+        # per device, r compares χ̄ with the device's own running χ (a GPU keeps its own running_var)
+        self.device = None if mode != 'per_device' else \
+            np.ones((groups, channels)) if device0 is None else np.array(device0, np.float64)
 
     def _window(self, hist, cur):
         if self.m == 1:
@@ -321,7 +325,8 @@ class RefMABN(object):
         chi = x2 if self.t < self.batch_steps else window
         std = np.sqrt(chi + EPS)[:, None, :, None]
         z = xg / std
-        r = np.clip(np.sqrt(chi + EPS) / np.sqrt(self.ema + EPS), 1 / self.rmax, self.rmax)
+        running = self.ema if self.device is None else self.device
+        r = np.clip(np.sqrt(chi + EPS) / np.sqrt(running + EPS), 1 / self.rmax, self.rmax)
         r = np.ones_like(r) if self.t < self.renorm_start else r
         y = z * (r * gamma)[:, None, :, None] + beta[None, None, :, None]
         dz = dyg * (r * gamma)[:, None, :, None]
@@ -330,6 +335,8 @@ class RefMABN(object):
         g_bar = gz if self.t < self.batch_steps else g_window
         dx = (dz - z * g_bar[:, None, :, None]) / std
         self.ema = self.momentum * self.ema + (1 - self.momentum) * chi.mean(0)
+        if self.device is not None:
+            self.device = self.momentum * self.device + (1 - self.momentum) * chi
         self.x2h, self.gzh, self.t = x2_next, gz_next, self.t + 1
         return y.reshape(xc.shape), dx.reshape(xc.shape)
 
@@ -351,7 +358,8 @@ def test_mabn_steps_match_algorithm_1(layout, mode, m, gs):
         dx = tf.gradients(tf.reduce_sum(y * proj), xt)[0]
         vals = _values(sess)
         updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
-        ref = RefMABN(m, mode, N // gs, C, batch_steps, renorm_start, rmax, 0.8, vals['mabn/variance/EMA'])
+        ref = RefMABN(m, mode, N // gs, C, batch_steps, renorm_start, rmax, 0.8, vals['mabn/variance/EMA'],
+                      vals.get('mabn/device_moment'))
         for step, x in enumerate(xs):
             got_y, got_dx, _ = sess.run([y, dx, updates], {xt: x})
             want_y, want_dx = ref.step(to_nc(x, layout), gs, to_nc(proj, layout), vals['mabn/gamma'],
@@ -359,19 +367,24 @@ def test_mabn_steps_match_algorithm_1(layout, mode, m, gs):
             _close(got_y, want_y, layout, 'output, step %d' % step)
             _close(got_dx, want_dx, layout, 'dL/dx, step %d' % step)
             np.testing.assert_allclose(sess.run(_var('mabn/variance/EMA')), ref.ema, **TOL)
+            if mode == 'per_device':
+                np.testing.assert_allclose(sess.run(_var('mabn/device_moment')), ref.device, **TOL)
         if m > 1:
             np.testing.assert_allclose(sess.run(_var('mabn/x2_history')), ref.x2h, **TOL)
             np.testing.assert_allclose(sess.run(_var('mabn/gz_history')), ref.gzh, **TOL)
         assert sess.run(_var('mabn/step_count')) == steps
 
 
-def test_mabn_per_device_group_uses_only_its_own_history():
-    """Changing one group's inputs at step 1 changes only that group's outputs at step 2."""
+@pytest.mark.parametrize('renorm_start', [1000, 0])
+def test_mabn_per_device_group_uses_only_its_own_history(renorm_start):
+    """Changing one group's inputs at step 1 changes only that group's outputs at step 2: its
+    window (χ̄) and, once r is on (``renorm_start=0``), the running χ that r divides by."""
     def two_steps(x1):
         with graph_session() as sess:
             xt = tf1.placeholder(tf.float32, x1.shape)
             with TowerContext('', is_training=True):
-                y = MovingAverageBatchNorm('mabn', xt, group_size=2, history=4, batch_stats_steps=0)
+                y = MovingAverageBatchNorm('mabn', xt, group_size=2, history=4, batch_stats_steps=0,
+                                           renorm_start=renorm_start)
             sess.run(tf1.global_variables_initializer())
             updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
             sess.run(updates, {xt: x1})

@@ -76,20 +76,24 @@ def MovingAverageBatchNorm(x, *, group_size=None, history=16, history_mode='per_
                    y = γ r z + β,  r = stop_grad(clip(sqrt(χ̄ + ε) / sqrt(χ + ε), 1/rmax, rmax))
         backward:  g = ∂L/∂z,  gz_B = mean(g · z),  ḡ = SMA of gz_B over the last m steps,
                    ∂L/∂x = (g - z ḡ) / sqrt(χ̄ + ε)
-    the backward pass's batch statistic replaced by its moving average, as the forward one.  χ
-    (``variance/EMA``, initial 1) is the EMA of χ̄ (mean over groups) with ``momentum``, as in the
-    authors' code; r is 1 for the first ``renorm_start`` steps, and for the first
-    ``batch_stats_steps`` steps χ̄ = χ_B and ḡ = gz_B (then ∂L/∂x is the exact gradient of z).
+    the backward pass's batch statistic replaced by its moving average, as the forward one.  χ is
+    the running second moment, an EMA of χ̄ with ``momentum`` (the authors' ``running_var``):
+    ``variance/EMA`` (initial 1) over the mean of the groups' χ̄, for inference (one update op,
+    ``var_ema_op``, moves it with the per-device χ below); r is 1 for the first ``renorm_start``
+    steps, and for the first ``batch_stats_steps`` steps χ̄ = χ_B and ḡ = gz_B (then ∂L/∂x is the
+    exact gradient of z).
     With fewer than m steps stored the SMA is over those stored.
 
     ``history_mode`` says whose statistics fill a group's window:
       * ``'per_device'`` (default): the group's own statistics of its last m steps, as a GPU
         holding g samples has (the authors' ``MABN.py``).  Variables ``x2_history``,
-        ``gz_history`` [m-1, G, C]; the tower batch must be static.
+        ``gz_history`` [m-1, G, C]; the tower batch must be static.  r divides by the group's own
+        running χ, ``device_moment`` [G, C] (the EMA of its χ̄: a GPU keeps its own
+        ``running_var``), so nothing of another group enters a group's training forward.
       * ``'official_simulation'``: the authors' ImageNet simulation (``cls/networks/MABN.py``):
         the groups of a step are a sequence of devices' iterations, and group i's window is the
         m statistics ending at it, i.e. groups i-m+1..i of this step and the tail of the last
-        (``x2_history``, ``gz_history`` [m-1, C]).
+        (``x2_history``, ``gz_history`` [m-1, C]); r divides by the shared χ, as there.
 
     The layer's own counter ``step_count`` drives the schedules; the histories, the counter and
     the EMA are updated by the first training tower (the forward ones by the EMA's update policy,
@@ -132,6 +136,12 @@ def MovingAverageBatchNorm(x, *, group_size=None, history=16, history_mode='per_
         gz_history = get('gz_history', rows, initializer=tf.zeros_initializer(), trainable=False)
         ema.track(x2_history)
         ema.track(gz_history)
+    # r's running χ: the device's own per device; the one shared by the simulation's groups
+    device_moment = None
+    if history_mode == 'per_device':
+        device_moment = get('device_moment', [groups, layout.channels], initializer=tf.ones_initializer(),
+                            trainable=False)
+        ema.track(device_moment)
     steps_before = steps.read_value()
     count = _window_count(steps_before, groups, history_mode, history)
     use_batch = steps_before < float(batch_stats_steps)
@@ -161,7 +171,8 @@ def MovingAverageBatchNorm(x, *, group_size=None, history=16, history_mode='per_
         return z, grad
 
     z = normalize(grouped)
-    moving_std = tf.sqrt(ema.variance + epsilon)
+    running = ema.variance if device_moment is None else device_moment.read_value()
+    moving_std = tf.sqrt(running + epsilon)
     r = tf.clip_by_value(tf.sqrt(chi_bar + epsilon) / moving_std, 1.0 / rmax, rmax)
     r = tf.stop_gradient(tf.where(steps_before < float(renorm_start), tf.ones_like(r), r))
     out = z * layout.broadcast(r * gamma, rank) + layout.broadcast(beta, rank)
@@ -169,9 +180,11 @@ def MovingAverageBatchNorm(x, *, group_size=None, history=16, history_mode='per_
     if not update:
         return tf.identity(out, name='output')
     with tf.control_dependencies([out]):
-        ops = [tf.compat.v1.assign(ema.variance, momentum * ema.variance
-                                   + (1.0 - momentum) * tf.reduce_mean(chi_bar, 0), name='var_ema_op'),
-               tf.compat.v1.assign_add(steps, 1.0, name='step_count_op')]
+        moments = [tf.compat.v1.assign(ema.variance, momentum * ema.variance
+                                       + (1.0 - momentum) * tf.reduce_mean(chi_bar, 0))]
+        if device_moment is not None:
+            moments.append(tf.compat.v1.assign(device_moment, momentum * device_moment + (1.0 - momentum) * chi_bar))
+        ops = [tf.group(*moments, name='var_ema_op'), tf.compat.v1.assign_add(steps, 1.0, name='step_count_op')]
         if x2_history is not None:
             ops.append(tf.compat.v1.assign(x2_history, x2_next, name='x2_history_op'))
     return ema.attach(out, ops)
