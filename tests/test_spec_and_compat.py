@@ -258,7 +258,7 @@ EXPECTED_VARS = {
     'frn': {'gamma', 'beta', 'tau'},
     'evonorm_s0': {'gamma', 'beta', 'v'},
     'evonorm_b0': {'gamma', 'beta', 'v', 'variance/EMA'},
-    'mabn': {'gamma', 'beta', 'variance/EMA', 'step_count', 'x2_history', 'gz_history'},
+    'mabn': {'gamma', 'beta', 'variance/EMA', 'step_count', 'x2_history', 'gz_history', 'device_moment'},
 }
 
 
