@@ -61,9 +61,18 @@ def _prior_method():
     return spec.prior_method, spec.prior_samples
 
 
-def norm(name, x, **overrides):
-    """The normalization layer of the innermost :func:`kalman_norm.norm_scope`."""
-    return current_norm()(name, x, **overrides)
+def norm(name, x, activation=True, **overrides):
+    """The normalization layer of the innermost :func:`kalman_norm.norm_scope`.
+
+    ``activation=False`` says that no activation follows (the output enters a residual sum): a
+    norm whose nonlinearity is part of the layer (FRN's TLU, EvoNorm; the registry's
+    ``fused_activation``) is then built without it, as the papers' nets build the layer before a
+    residual addition, so that it has no variable or update that nothing uses.  Other norms
+    ignore it."""
+    spec = current_norm()
+    if not activation and spec.norm.fused_activation:
+        overrides = dict(overrides, nonlinearity=False)
+    return spec(name, x, **overrides)
 
 
 @layer_register(log_shape=True)

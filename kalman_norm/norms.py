@@ -48,6 +48,9 @@ class Norm:
             layer is y = a·x + b per channel with a, b fixed by its variables, so it folds into the
             preceding conv's kernel and bias; False where a or b depends on the input (per-sample
             statistics) or the layer applies a nonlinearity of its own.  Each row says why.
+        fused_activation: the layer's nonlinearity is part of it (it replaces BN + ReLU) and its
+            option ``nonlinearity=False`` leaves it out; ``flow.norm(..., activation=False)``, for a
+            layer whose output enters a residual sum, builds it so, as the papers' nets do.
     """
     name: str
     layer: Callable
@@ -64,6 +67,7 @@ class Norm:
     updates_per_layer: int = 0
     centered_weights: bool = False
     folds_at_inference: bool = False
+    fused_activation: bool = False
 
 
 _REGISTRY = Registry('normalization', Norm)
@@ -123,14 +127,15 @@ for _row in [
 for _row in [
     # ν² per sample and the TLU max(y, τ): no fold
     Norm('frn', FilterResponseNorm, check_filter_response_norm_options,
-         'Filter Response Normalization + TLU (replaces BN + ReLU)', 'Singh & Krishnan 2020'),
+         'Filter Response Normalization + TLU (replaces BN + ReLU)', 'Singh & Krishnan 2020', fused_activation=True),
     # per-sample group std and sigmoid(v·x): no fold
     Norm('evonorm_s0', EvoNormS0, check_evonorm_s0_options,
-         'EvoNorm-S0: x sigmoid(vx) / group std (replaces BN + ReLU)', 'Liu et al. 2020', channel_groups=True),
+         'EvoNorm-S0: x sigmoid(vx) / group std (replaces BN + ReLU)', 'Liu et al. 2020', channel_groups=True,
+         fused_activation=True),
     # max(moving std, v·x + instance std) depends on x per sample: no fold
     Norm('evonorm_b0', EvoNormB0, check_evonorm_b0_options,
          'EvoNorm-B0: x / max(batch std, vx + instance std) over micro-batch groups (replaces BN + ReLU)',
-         'Liu et al. 2020', group_size=True, moving_averages=True, updates_per_layer=1),
+         'Liu et al. 2020', group_size=True, moving_averages=True, updates_per_layer=1, fused_activation=True),
     Norm('mabn', MovingAverageBatchNorm, check_moving_average_batch_norm_options,
          'Moving Average Batch Normalization over micro-batch groups, centred conv kernels', 'Yan et al. 2020',
          group_size=True, moving_averages=True, updates_per_layer=3, centered_weights=True,

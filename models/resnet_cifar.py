@@ -20,7 +20,7 @@ def residual_block(name, x, channels, stride):
         y = F.conv2d('conv1', x, channels, 3, strides=stride)
         y = F.relu(F.norm('bn1', y))
         y = F.conv2d('conv2', y, channels, 3)
-        y = F.norm('bn2', y)
+        y = F.norm('bn2', y, activation=False)
         shortcut = x
         if stride != 1 or in_channels != channels:
             extra = channels - in_channels

@@ -24,8 +24,8 @@ def _last_norm(name, x, zero_init):
     """The block's last norm; its gamma starts at 0 when asked and when the norm has a gamma."""
     from kalman_norm.spec import current_norm
     if zero_init and current_norm().norm.affine:
-        return F.norm(name, x, gamma_init=0.0)
-    return F.norm(name, x)
+        return F.norm(name, x, activation=False, gamma_init=0.0)
+    return F.norm(name, x, activation=False)
 
 
 def bottleneck_block(name, x, width, stride, zero_init_residual=True):
@@ -41,7 +41,7 @@ def bottleneck_block(name, x, width, stride, zero_init_residual=True):
         shortcut = x
         if stride != 1 or _channels(x) != out_channels:
             with tf.compat.v1.variable_scope('shortcut'):
-                shortcut = F.norm('bn', F.conv2d('conv', x, out_channels, 1, strides=stride))
+                shortcut = F.norm('bn', F.conv2d('conv', x, out_channels, 1, strides=stride), activation=False)
         return F.relu(F.add(y, shortcut))
 
 

@@ -50,7 +50,8 @@ NORMS = {
 }
 #: The micro-batch field beside KN (issue 22), not in the paper: the same nets under each new norm.
 #: WS standardises the conv kernels (no variable); FRN adds a learned τ per channel, EvoNorm a v per
-#: channel (B0 also a moving variance, not trainable); MABN centres its kernels (no variable).
+#: channel (B0 also a moving variance, not trainable) in every norm layer an activation follows (not
+#: before a residual sum: flow.norm(..., activation=False)); MABN centres its kernels (no variable).
 FIELD_NORMS = {
     'BN+WS': ('bn', {'weight_standardization': True}),
     'GN+WS': ('gn', {'channel_groups': 32, 'weight_standardization': True}),

@@ -79,6 +79,8 @@ def train_run(model, norm, steps=2, **model_kw):
         with TowerContext('', is_training=True), kalman_norm.norm_scope(norm, **norm_options(norm, model)):
             logits = MODELS[model](image, **dict(model_kw))
         loss = _loss(logits, labels)
+        trainable = tf1.trainable_variables()
+        unused = [v.op.name for v, g in zip(trainable, tf.gradients(loss, trainable)) if g is None]
         updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
         if steps:
             with tf.control_dependencies(updates):
@@ -91,6 +93,7 @@ def train_run(model, norm, steps=2, **model_kw):
                 losses.append(sess.run([train_op, loss])[1])
             priors = sess.run([(d.prior_mean, d.prior_var) for d in diags])
     return {'graph': graph, 'losses': losses, 'num_updates': len(updates), 'logits_shape': logits.shape.as_list(),
+            'unused': unused,
             'priors': {d.layer: p for d, p in zip(diags, priors)}}
 
 
@@ -105,7 +108,19 @@ def test_trains_two_steps_with_finite_loss(model, norm):
     assert run['losses'][-1] != run['losses'][0]              # the steps changed the weights
     # norms with moving averages register their updates: mean and variance per layer; EvoNorm-B0
     # keeps a variance alone; MABN its second moment, step counter and window of statistics
-    assert run['num_updates'] == get_norm(norm).updates_per_layer * len(_gamma_channels(run['graph']))
+    row = get_norm(norm)
+    layers = set(_gamma_channels(run['graph']))
+    with run['graph'].as_default():
+        ema_layers = {v.op.name[:-len('/variance/EMA')] for v in tf1.global_variables()
+                      if v.op.name.endswith('/variance/EMA')}
+    assert run['num_updates'] == row.updates_per_layer * len(ema_layers)
+    if row.fused_activation:
+        # the layers before a residual sum are built without their nonlinearity (B0: no statistics)
+        assert ema_layers < layers if row.moving_averages and model == 'resnet' else ema_layers <= layers
+    else:
+        assert ema_layers == (layers if row.moving_averages else set())
+    # every trainable variable reaches the loss: none is created for a nonlinearity nothing uses
+    assert run['unused'] == []
 
 
 # ------------------------------------------------------------------ KN priors flow through the models

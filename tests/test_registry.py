@@ -36,6 +36,7 @@ def test_norm_row_traits_match_its_layer(name):
     assert row.moving_averages == ('eval_stats' in params and 'momentum' in params)
     assert row.kalman == ('prior' in params)
     assert row.step_warmup == ('warmup' in params)
+    assert row.fused_activation == ('nonlinearity' in params)
     built, updates = _built_variables(name)
     assert updates == row.updates_per_layer and (updates > 0) == row.moving_averages
     assert row.affine == ('n/gamma' in built)
