@@ -46,7 +46,7 @@ NORMS = [                    # (label, norm, spec options)
     ('LN', 'ln', {}),
     ('WN', 'wn', {}),
     ('none', 'none', {}),
-    # the micro-batch field beside KN (issue 22)
+    # the micro-batch field beside KN
     ('GN+WS', 'gn', dict(weight_standardization=True)),
     ('BN+WS', 'bn', dict(weight_standardization=True)),
     ('BKN+WS analytic prior', 'bkn', dict(prior_method='analytic', weight_standardization=True, **KN_THEN)),

@@ -13,7 +13,7 @@ Norms: BN (``bn``), GN (``gn``, 32 channel groups: every width of the three nets
 of 32), KN (``bkn`` with the paper's process noise R, ``process_noise=True``: one ``noise_rho``
 per channel in every KN layer that receives a prior; the library's default has no R; the gain q
 is fixed, so no q variable).  Exit status 1 if a count does not match the paper.  A second table
-counts the same nets under the micro-batch field's norms (issue 22; FIELD_NORMS), which the paper
+counts the same nets under the micro-batch field's norms (FIELD_NORMS), which the paper
 does not have.  :func:`build_run` builds the net of a CIFAR-trainer config, with its norm or
 another (the leaderboard's parameter column, scripts/study/efficiency.py, counts both).
 """
@@ -48,7 +48,7 @@ NORMS = {
     'GN': ('gn', {'channel_groups': 32}),
     'KN': ('bkn', {'process_noise': True}),
 }
-#: The micro-batch field beside KN (issue 22), not in the paper: the same nets under each new norm.
+#: The micro-batch field beside KN, not in the paper: the same nets under each new norm.
 #: WS standardises the conv kernels (no variable); FRN adds a learned τ per channel, EvoNorm a v per
 #: channel (B0 also a moving variance, not trainable) in every norm layer an activation follows (not
 #: before a residual sum: flow.norm(..., activation=False)); MABN centres its kernels (no variable).
@@ -176,7 +176,7 @@ def main(argv=None):
             '',
             '## The micro-batch field beside KN (not in the paper)',
             '',
-            'The same nets under the norms of issue 22 (`kalman_norm/norms.py`), counted the same way; '
+            'The same nets under the micro-batch field\'s norms (`kalman_norm/norms.py`), counted the same way; '
             '"vs BN" is the difference from the BN row above. Options: '
             + '; '.join('%s `%s`%s' % (c, n, ''.join(', %s=%r' % kv for kv in sorted(o.items())))
                         for c, (n, o) in FIELD_NORMS.items()) + '.',

@@ -277,7 +277,7 @@ def render_table(root, table, profile, command, figures=()):
               'statistics.' % (table.get('eval_set') or EVAL_SET[table['trainer']]), '']
     headers = ['row', 'paper', 'ours A (moving)', 'ours B (online)', 'train error (%)', 'seeds done / planned',
                'epochs', 'data', 'machine', 'conventions: seeds']
-    if costs is not None:       # after the train error, as issue 22's leaderboard orders its columns
+    if costs is not None:       # after the train error, as the leaderboard orders its columns
         rows = [cells[:5] + costs.get(r['row'], ['—'] * len(COST_HEADERS)) + cells[5:]
                 for r, cells in zip(table['rows'], rows)]
         headers = headers[:5] + COST_HEADERS + headers[5:]
