@@ -257,13 +257,12 @@ def test_kn_study_discussion_matches_records_and_verdicts():
     text = _discussion('kn_study')
     bn2 = _final('bn_b2')
     output = _final('bkn_output')
-    # the headline: ahead in both means, not seed for seed; established with online statistics only
+    # the headline: ahead in both means, not seed for seed; its verdict is left to the claims table,
+    # which every new seed may change
     assert _mean('bkn_output') > _mean('bn_b2') and _mean('bkn_output', 'B') > _mean('bn_b2', 'B')
     assert "BN@2's best seed beats some of its seeds with moving statistics" in text
     assert 0 < sum(v < max(bn2) for v in output) < len(output)
-    assert 'established (with online statistics only' in text
-    assert _claim('kn_study', 'BKN (output hand-on) - BN at bs=2', 'A')[1] == 'not established'
-    assert _claim('kn_study', 'BKN (output hand-on) - BN at bs=2', 'B')[1] == 'holds'
+    assert "its verdict after Holm's correction" in text and 'established (with' not in text
     # the paper's prediction step and the authors' recipe
     assert 'the gap to BN@2 is not established' in text
     assert _mean('bkn_analytic') < _mean('bn_b2') and _mean('bkn_analytic') < _mean('bkn_output')
@@ -375,10 +374,7 @@ def test_table7_discussion_matches_its_rows_and_claims():
         assert _mean(bn2, which) < _mean(kn, which) < _mean(bn128, which)
     moving, online = _claim('table7', 'KN - BN at bs=2, moving'), _claim('table7', 'KN - BN at bs=2, online', 'B')
     assert 'is many times the paper\'s +1.5 / +0.9' in text and moving[0] > 3 * 1.5 and online[0] > 3 * 0.9
-    assert 'established with online statistics only' in text
-    assert (moving[1], online[1]) == ('not established', 'holds')
-    assert _claim('table7', 'BN at 128 - KN at bs=2, online', 'B') == (
-        _claim('table7', 'BN at 128 - KN at bs=2, online', 'B')[0], 'not established')
+    assert 'established' not in text.split('KN − BN at 2 is many times')[1].split('reverse order')[0]
     assert all(_claim('table7', 'BN at 128 - KN at bs=2, ' + w, e)[0] > 0 for w, e in (('moving', 'A'), ('online', 'B')))
     assert 'BN at 2 ends with a training error of 31.4%, KN at 2 and BN at 128 both with 20.4–20.5%' in text
     means = {row: sum(_train_error(row)) / len(_train_error(row)) for row in (kn, bn2, bn128)}
