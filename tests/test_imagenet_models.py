@@ -68,6 +68,8 @@ def forward_graph(arch, norm, **options):
                 'norm_layers': {name.rsplit('/', 1)[0]: shape[0] for name, shape in trainable.items()
                                 if name.endswith('/beta')},
                 'prior_layers': [d.layer for d in kn_diagnostics(graph)],
+                'ema_layers': {v.op.name[:-len('/variance/EMA')] for v in tf1.global_variables()
+                               if v.op.name.endswith('/variance/EMA')},
                 'num_updates': len(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS))}
 
 
@@ -121,7 +123,13 @@ BUILT = sorted({(a, n) for a in ARCHS for n in ('bn', 'gn', 'bkn')}
 def test_builds(arch, norm):
     info = forward_graph(arch, norm)
     assert info['logits_shape'] == [BATCH, CLASSES]
-    assert info['num_updates'] == get_norm(norm).updates_per_layer * len(info['norm_layers'])
+    row = get_norm(norm)
+    # one set of moving-average updates per layer that keeps moving statistics: every norm layer,
+    # but for a norm with a fused nonlinearity not those before a residual sum (built without it)
+    assert info['num_updates'] == row.updates_per_layer * len(info['ema_layers'])
+    if row.moving_averages and not row.fused_activation:
+        assert info['ema_layers'] == set(info['norm_layers'])
+    assert info['ema_layers'] <= set(info['norm_layers'])
     if norm in ('wn', 'none'):
         assert not any(n.endswith('/gamma') for n in info['trainable'])       # zero-init skipped: no gamma
 
