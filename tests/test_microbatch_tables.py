@@ -141,8 +141,9 @@ LEADERBOARD_BENCHMARKS = {'mb_bn_b2': 'BN', 'mb_brn_b2': 'BRN', 'mb_gn_b2': 'GN'
                           'mb_mabn_b2': 'MABN per device', 'mb_bn_precise_b2': 'BN', 'mb_bkn_b2': 'BKN default recipe',
                           'mb_bknws_b2': 'BKN+WS default recipe', 'mb_bkn_precise_b2': 'BKN default recipe',
                           'mb_bn_b128': 'BN'}
-#: ResNet-20's norm layers: the stem (16) and two per block, 3 blocks per stage of 16, 32, 64 channels
-RESNET20_NORM_CHANNELS = 16 + 3 * 2 * (16 + 32 + 64)
+#: the channels of ResNet-20's norm layers that an activation follows: the stem (16) and the first
+#: of each block's two, 3 blocks per stage of 16, 32, 64 channels (the second enters the residual sum)
+RESNET20_ACTIVATED_NORM_CHANNELS = 16 + 3 * (16 + 32 + 64)
 
 
 def test_every_row_names_the_benchmark_configuration_of_its_config():
@@ -212,8 +213,9 @@ def test_cost_cells_read_the_record_and_count_the_rows_nets(tmp_path):
         '1.00×', '1.25×', 'not measured (groups of 2)', '1.50×', 'not measured (groups of 2)',
         'not measured (groups of 128)']
     assert [cells[r][1] for r in rows] == ['yes', 'no', 'no', 'yes', 'yes', 'yes']
-    # FRN's τ and EvoNorm's v: one per channel of every norm layer; WS and MABN's centring: none
-    extra = '{:+,}'.format(RESNET20_NORM_CHANNELS)
+    # FRN's τ and EvoNorm's v: one per channel of every norm layer an activation follows; WS and
+    # MABN's centring: none
+    extra = '{:+,}'.format(RESNET20_ACTIVATED_NORM_CHANNELS)
     assert [cells[r][2] for r in rows] == ['+0', extra, extra, '+0', '+0', '+0']
     note = efficiency.cost_note(table, record)
     assert record['command'] in note and 'BN: 200.0 ms/step at 64 groups of 2' in note and 'shared' in note
