@@ -93,7 +93,10 @@ def MovingAverageBatchNorm(x, *, group_size=None, history=16, history_mode='per_
       * ``'official_simulation'``: the authors' ImageNet simulation (``cls/networks/MABN.py``):
         the groups of a step are a sequence of devices' iterations, and group i's window is the
         m statistics ending at it, i.e. groups i-m+1..i of this step and the tail of the last
-        (``x2_history``, ``gz_history`` [m-1, C]); r divides by the shared χ, as there.
+        (``x2_history``, ``gz_history`` [m-1, C]); r divides by the shared χ, as there.  Its
+        schedules are this layer's (``batch_stats_steps``, ``renorm_start``), where the authors'
+        simulation uses batch statistics in its first step only and r from step 100: pass those
+        values to follow it exactly.
 
     The layer's own counter ``step_count`` drives the schedules; the histories, the counter and
     the EMA are updated by the first training tower (the forward ones by the EMA's update policy,
