@@ -287,12 +287,13 @@ def test_kn_study_discussion_matches_records_and_verdicts():
     assert _claim('kn_study', 'BKN q = 0.5 - BKN q = 0.1', 'B')[0] < 0
     assert 'None differs from the default by an established amount' in text
     assert 'None is established to lead' in text
-    assert _claim('kn_study', 'GN - BN at bs=2')[1] == 'not established'
-    assert _claim('kn_study', 'BKN (output hand-on) - GN at bs=2')[1] == 'not established'
-    assert 'its lead over GN@2 is not established' in text
+    # GN@2's verdicts are left to the claims table (new seeds flip them: BKN - GN@2 did at 7 seeds)
+    assert 'the claims above give GN@2 − BN@2 and BKN − GN@2 with their verdicts' in ' '.join(text.split())
+    assert 'over GN@2 is not established' not in text
     assert _mean('bkn_output') > max(_mean('gn_b2'), _mean('brn_b2_varema'))
     gn16 = _claim('kn_study', 'GN with 16 groups - BN at bs=2')
-    assert gn16[0] < 0 and gn16[1] == 'not established' and _mean('gn16_b2') < _mean('gn_b2')
+    assert gn16[0] < 0 and _mean('gn16_b2') < _mean('gn_b2')
+    assert 'its claim gives the gain over BN@2 that its CI rules out' in ' '.join(text.split())
     # q = 0, seed 2: within the default's seeds
     q0 = _stats('bkn_q0')[2][-1]
     assert '(79.9% with moving statistics, 78.3% online, training error 17.4%)' in text
