@@ -264,9 +264,8 @@ def test_kn_study_discussion_matches_records_and_verdicts():
     assert 0 < sum(v < max(bn2) for v in output) < len(output)
     assert "its verdict after Holm's correction" in text and 'established (with' not in text
     # the paper's prediction step and the authors' recipe
-    assert 'the gap to BN@2 is not established' in text
+    assert 'the claims above give the gap to BN@2 and its verdict' in text
     assert _mean('bkn_analytic') < _mean('bn_b2') and _mean('bkn_analytic') < _mean('bkn_output')
-    assert _claim('kn_study', 'BKN (analytic prior) - BN at bs=2')[1] == 'not established'
     authors = _final('bkn_authors')
     assert 'Seed 1 ends at 74.6%, below' in text and round(authors[0], 1) == 74.6
     assert authors[0] < _mean('bn_b2') and authors[0] < _mean('bkn_analytic')
@@ -278,15 +277,17 @@ def test_kn_study_discussion_matches_records_and_verdicts():
     assert (round(100 * s2[4]['train_error']), round(100 * s2[5]['train_error'])) == (40, 82)
     assert round(authors[1], 1) == 55.5
     # learned q and R; the one-option ablations; GN and BRN
-    assert "not established to differ from q = 0.1's" in text and "not established to differ from R off's" in text
+    # their verdicts and the ablations' are left to the claims table, which new seeds may change
+    joined = ' '.join(text.split())
+    assert "against q = 0.1's is the claim above" in joined and "against R off's is the claim above" in joined
     ablations = {'bkn_q03': 'BKN q = 0.3 - BKN q = 0.1', 'bkn_q05': 'BKN q = 0.5 - BKN q = 0.1',
                  'bkn_qlearned': 'BKN q learned', 'bkn_r': 'BKN learned R', 'bkn_nopool': 'BKN Eq. 7 variance',
                  'bkn_noguard': 'BKN without guard'}
-    for label in ablations.values():
-        assert _claim('kn_study', label)[1] == 'not established', label
+    for label in ablations.values():             # one claim per ablation, as the prose says
+        assert _claim('kn_study', label) is not None, label
     assert _claim('kn_study', 'BKN q = 0.5 - BKN q = 0.1', 'B')[0] < 0
-    assert 'None differs from the default by an established amount' in text
-    assert 'None is established to lead' in text
+    assert 'established amount' not in text and 'None is established' not in text
+    assert 'An ablation replaces the default only once it is established to lead' in joined
     # GN@2's verdicts are left to the claims table (new seeds flip them: BKN - GN@2 did at 7 seeds)
     assert 'the claims above give GN@2 − BN@2 and BKN − GN@2 with their verdicts' in ' '.join(text.split())
     assert 'over GN@2 is not established' not in text
