@@ -395,9 +395,9 @@ def test_table8_discussion_matches_its_rows_claims_and_estimates():
     kn = 'inception_bkn_b2'
     at2 = ['inception_bn_b2', 'inception_brn_b2_varema', 'inception_wn_b2', 'inception_ln_b2', 'inception_gn_b2']
     assert all(_mean(kn) > _mean(row) for row in at2)
-    assert 'two seeds establish one of them' in text and 'only KN − WN is established' in text
-    verdicts = {c: v for c, v in _claims('table8').items() if v[1] == 'holds'}
-    assert [c for c, _ in verdicts] == ['KN - WN at bs=2, CIFAR-10']
+    # verdicts are left to the claims table (the plan's seeds 3-4 may change them)
+    assert 'established' not in text.split('the gaps are this budget')[1].split('Among the baselines')[0]
+    assert "their verdicts after Holm's correction are the claims'" in ' '.join(text.split())
     assert 'KN − BN at 2 and KN − WN are larger than the paper\'s, KN − LN about the paper\'s' in text
     assert _claim('table8', 'KN - BN at bs=2')[0] > 1.5 and _claim('table8', 'KN - WN')[0] > 3.07
     assert abs(_claim('table8', 'KN - LN')[0] - 13.20) < 1
@@ -407,7 +407,7 @@ def test_table8_discussion_matches_its_rows_claims_and_estimates():
     assert 'the means rank WN first, then BRN (the EMA-of-the-variance row), GN, BN and LN' in text
     assert sorted(at2, key=_mean, reverse=True) == ['inception_wn_b2', 'inception_brn_b2_varema', 'inception_gn_b2',
                                                     'inception_bn_b2', 'inception_ln_b2']
-    assert _claim('table8', 'BN - WN')[1] == 'not established'
+    assert '(the paper +1.6; its claim gives the verdict)' in ' '.join(text.split())
     # the comparison with ResNet-20
     assert "on ResNet-20 GN's mean is *below* BN at 2's (Fig. 4)" in text and _claim('fig4', 'GN - BN')[0] < 0
     assert 'KN − BN at 2 is several times larger here than there' in text
