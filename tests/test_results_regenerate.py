@@ -545,3 +545,10 @@ def test_readme_numbers_are_their_files():
              open(os.path.join(REPO, 'results', 'prior_diagnostic.md')).read().splitlines() if line.startswith('| (mean)')]
     assert len(means) == 2 and abs(100 * (1 - means[0][4]) - 43) <= 0.55 and means[0][0] > 10
     assert round(means[1][0], 1) == 0.5
+
+
+def test_readme_calibrated_prior_sentence_matches_its_records():
+    """README: correcting the prediction's bias at q = 0.3 gives runs that collapse or end below the default."""
+    text = ' '.join(open(os.path.join(REPO, 'README.md')).read().split())
+    assert 'its runs at q = 0.3 collapse or end below the default' in text
+    assert all(v < min(_final('bkn_output')) for v in _final('bkn_calibrated_q03'))
