@@ -13,7 +13,6 @@ next run once ``--stop-file`` exists; a run cut short resumes when its item is q
 import argparse
 import fcntl
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -21,6 +20,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import study  # noqa: E402  (scripts/study/: a record's reading and its conventions, one definition)
 PROFILE = 'cpu'
 #: what a commit of a record holds besides the record: every report and the READMEs' blocks
 REPORTS = ['results/*.md', 'results/*.png', 'README.md', 'results/README.md']
@@ -69,13 +70,11 @@ def check_arguments(args):
 
 def record_message(record, row, seed, layout):
     """The commit message of a record: its accuracies, epochs, wall time, conventions and commit."""
-    def read(name, default=None):
-        path = os.path.join(record, name)
-        return json.load(open(path)) if os.path.isfile(path) else default
-    stats, run = read('stats.json', []), read('run.json', {})
-    status = read('status.json', {}).get('status', 'finished')
-    conventions = (read('options.json', {}).get('identity') or {}).get('conventions', 1)
-    last = stats[-1] if stats else {}
+    rec = study.load_record(record)
+    run = rec['run'] or {}
+    status = (rec['status'] or {}).get('status', 'finished')
+    conventions = study.record_conventions(rec)
+    last = rec['stats'][-1] if rec['stats'] else {}
     accuracies = ['%s %.2f' % (name, 100 * (1 - last[tag])) for tag, name in
                   (('val-error-moving', 'moving'), ('val-error-batch', 'online'), ('val-error-precise', 'precise'),
                    ('val-error', 'eval')) if tag in last]
