@@ -15,6 +15,7 @@ def test_mean_ci_is_the_t_interval():
     assert ci['n'] == 4 and ci['mean'] == pytest.approx(np.mean(values))
     assert (ci['low'], ci['high']) == (pytest.approx(np.mean(values) - half), pytest.approx(np.mean(values) + half))
     assert study.mean_ci([80.0]) == {'mean': 80.0, 'low': None, 'high': None, 'n': 1}
+    assert study.mean_ci([80.0, 80.0]) == {'mean': 80.0, 'low': 80.0, 'high': 80.0, 'n': 2}
 
 
 def _cells(text, label):

@@ -70,9 +70,11 @@ def mean_ci(values):
     m, sd, n = mean_std(values)
     if n < 2:
         return {'mean': m, 'low': None, 'high': None, 'n': n}
+    if sd == 0:
+        return {'mean': m, 'low': m, 'high': m, 'n': n}
     from scipy import stats
-    half = stats.t.ppf(1 - ALPHA / 2, n - 1) * sd / math.sqrt(n)
-    return {'mean': m, 'low': m - half, 'high': m + half, 'n': n}
+    t = _t_result(m, sd / math.sqrt(n), n - 1, stats)
+    return {'mean': m, 'low': t['low'], 'high': t['high'], 'n': n}
 
 
 def holm(pvalues):
